@@ -1,0 +1,286 @@
+"""The one compatibility layer between ``basicsr==1.4.2`` and today's stack.
+
+``apply()`` must run before ``basicsr`` is imported (the first fix is needed for the import itself);
+it is idempotent and every SSR package calls it on import. Each fix names the quirk it works
+around and the version it is for; drop a fix once BasicSR releases its own.
+"""
+import argparse
+import functools
+import os
+import os.path as osp
+import sys
+import tempfile
+import threading
+import types
+
+import torch
+
+_APPLIED = False
+_LOCK = threading.Lock()
+
+
+class OptionError(SystemExit):
+    """A bad option value found at start-up; exits with one line naming the key and the value."""
+
+    def __init__(self, key, value, problem):
+        self.key, self.value, self.problem = key, value, problem
+        super().__init__(f'Option error: {key} = {value!r}: {problem}')
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 1 (torchvision >= 0.17): basicsr 1.4.2 imports `torchvision.transforms.functional_tensor`,
+# which was removed. Its only use is `rgb_to_grayscale`, which lives in `functional` now.
+# ----------------------------------------------------------------------------------------------
+def _fix_functional_tensor():
+    name = 'torchvision.transforms.functional_tensor'
+    if name in sys.modules:
+        return
+    try:
+        __import__(name)
+        return
+    except ImportError:
+        pass
+    from torchvision.transforms import functional
+    shim = types.ModuleType(name)
+    shim.rgb_to_grayscale = functional.rgb_to_grayscale
+    sys.modules[name] = shim
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 2 (basicsr 1.4.2 `train.load_resume_state`): it maps the state onto
+# `torch.cuda.current_device()`, which crashes on CPU, and `--auto_resume` looks for
+# `experiments/<name>/training_states` relative to the current directory instead of the root path
+# the launcher hands over. Also torch >= 2.6 loads with `weights_only=True`, which refuses the
+# scheduler state (a `collections.Counter`); training states are our own files, so load them fully.
+# ----------------------------------------------------------------------------------------------
+def latest_training_state(experiments_root):
+    """Path of the newest ``<iter>.state`` under ``experiments_root/training_states``, or None."""
+    state_dir = osp.join(experiments_root, 'training_states')
+    if not osp.isdir(state_dir):
+        return None
+    iters = []
+    for entry in os.listdir(state_dir):
+        stem, ext = osp.splitext(entry)
+        if ext == '.state' and stem.isdigit():
+            iters.append(int(stem))
+    if not iters:
+        return None
+    return osp.join(state_dir, f'{max(iters)}.state')
+
+
+def _state_map_location(opt):
+    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
+        device = torch.device('cuda', torch.cuda.current_device())
+    else:
+        device = torch.device('cpu')
+    return device
+
+
+def load_resume_state(opt):
+    from basicsr.utils import check_resume
+    resume_state_path = None
+    if opt.get('auto_resume'):
+        root = opt.get('root_path') or os.getcwd()
+        resume_state_path = latest_training_state(osp.join(root, 'experiments', opt['name']))
+        if resume_state_path is not None:
+            opt['path']['resume_state'] = resume_state_path
+    elif opt['path'].get('resume_state'):
+        resume_state_path = opt['path']['resume_state']
+    if resume_state_path is None:
+        return None
+    if not osp.isfile(resume_state_path):
+        raise OptionError('path:resume_state', resume_state_path, 'file does not exist')
+    resume_state = torch.load(resume_state_path, map_location=_state_map_location(opt), weights_only=False)
+    check_resume(opt, resume_state['iter'])
+    return resume_state
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 3 (basicsr 1.4.2 `BaseModel.save_network` / `save_training_state`): `torch.save` straight
+# onto the final name, so a kill during a save leaves a truncated latest checkpoint that
+# `--auto_resume` then picks. Write to a temporary file in the same folder, fsync, rename.
+# ----------------------------------------------------------------------------------------------
+def atomic_torch_save(obj, path):
+    """``torch.save`` that either leaves the complete new file at ``path`` or the old one."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if osp.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _save_network(self, net, net_label, current_iter, param_key='params'):
+    from basicsr.utils.dist_util import get_dist_info
+    if get_dist_info()[0] != 0:
+        return
+    label = 'latest' if current_iter == -1 else current_iter
+    save_path = osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
+    nets = net if isinstance(net, list) else [net]
+    keys = param_key if isinstance(param_key, list) else [param_key]
+    if len(nets) != len(keys):
+        raise ValueError('save_network: the lengths of net and param_key differ.')
+    save_dict = {}
+    for net_, key_ in zip(nets, keys):
+        state_dict = self.get_bare_model(net_).state_dict()
+        save_dict[key_] = {(k[7:] if k.startswith('module.') else k): v.detach().cpu() for k, v in state_dict.items()}
+    atomic_torch_save(save_dict, save_path)
+
+
+def _save_training_state(self, epoch, current_iter):
+    from basicsr.utils.dist_util import get_dist_info
+    if get_dist_info()[0] != 0 or current_iter == -1:
+        return
+    state = {
+        'epoch': epoch,
+        'iter': current_iter,
+        'optimizers': [o.state_dict() for o in self.optimizers],
+        'schedulers': [s.state_dict() for s in self.schedulers],
+    }
+    extra = getattr(self, 'extra_training_state', None)
+    if callable(extra):  # e.g. EMA / AMP scaler states of SSR models
+        state.update(extra())
+    atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 4 (lmdb >= 1.5 / 3.x with basicsr 1.4.2 `LmdbBackend`): one environment per dataset, but
+# lmdb refuses to open the same path twice in one process (train and val reading one LMDB).
+# Share one read-only environment per (process, path); a forked worker opens its own.
+# ----------------------------------------------------------------------------------------------
+_LMDB_ENVS = {}
+
+
+def shared_lmdb_env(path, **kwargs):
+    import lmdb
+    key = (os.getpid(), osp.realpath(path))
+    with _LOCK:
+        env = _LMDB_ENVS.get(key)
+        if env is None:
+            if not osp.isdir(path):
+                raise FileNotFoundError(f'LMDB folder does not exist: {path}')
+            env = lmdb.open(path, readonly=True, lock=False, readahead=kwargs.get('readahead', False),
+                            max_readers=kwargs.get('max_readers', 126))
+            _LMDB_ENVS[key] = env
+    return env
+
+
+def _lmdb_backend_init(self, db_paths, client_keys='default', readonly=True, lock=False, readahead=False, **kwargs):
+    if isinstance(client_keys, str):
+        client_keys = [client_keys]
+    self.db_paths = [str(v) for v in db_paths] if isinstance(db_paths, (list, tuple)) else [str(db_paths)]
+    if len(client_keys) != len(self.db_paths):
+        raise ValueError('client_keys and db_paths should have the same length, '
+                         f'but received {len(client_keys)} and {len(self.db_paths)}.')
+    self._client = {key: shared_lmdb_env(path, readahead=readahead) for key, path in zip(client_keys, self.db_paths)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 5 (OpenCV >= 4.14 with basicsr 1.4.2 `random_add_jpg_compression`): the quality is drawn
+# with `np.random.uniform` and passed as a float, which `cv2.imencode` now rejects.
+# ----------------------------------------------------------------------------------------------
+def _wrap_jpg_quality(add_jpg_compression):
+
+    @functools.wraps(add_jpg_compression)
+    def add_jpg_compression_int_quality(img, quality=90):
+        return add_jpg_compression(img, int(round(float(quality))))
+
+    add_jpg_compression_int_quality.__ssr_compat__ = True
+    return add_jpg_compression_int_quality
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 6 (basicsr 1.4.2 DDP under `torchrun ... --launcher pytorch`): `init_dist` ignores
+# `dist_params` for the pytorch launcher and `_init_dist_pytorch` divides by the GPU count
+# (crash on CPU); `model_to_device` passes `device_ids=[cuda device]` to DDP even on CPU.
+# The backend comes from `dist_params.backend` in the option file (default: nccl with GPUs,
+# gloo without). The option file is read here because `parse_options` reads it only after.
+# ----------------------------------------------------------------------------------------------
+def _dist_backend_from_argv(argv):
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt', type=str)
+    args, _ = parser.parse_known_args(argv)
+    backend = None
+    if args.opt and osp.isfile(args.opt):
+        import yaml
+        with open(args.opt, 'r') as f:
+            opt = yaml.safe_load(f) or {}
+        backend = (opt.get('dist_params') or {}).get('backend')
+    if backend is None:
+        backend = 'nccl' if torch.cuda.is_available() else 'gloo'
+    return backend
+
+
+def _init_dist(launcher, backend=None, **kwargs):
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    from basicsr.utils import dist_util
+    if mp.get_start_method(allow_none=True) is None:
+        mp.set_start_method('spawn')
+    backend = _dist_backend_from_argv(sys.argv[1:]) if backend in (None, 'nccl') else backend
+    if launcher == 'pytorch':
+        if backend == 'nccl':
+            if not torch.cuda.is_available():
+                raise OptionError('dist_params:backend', backend, 'nccl needs CUDA GPUs; use gloo on CPU')
+            torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', os.environ['RANK'])) % torch.cuda.device_count())
+        dist.init_process_group(backend=backend, **kwargs)
+    elif launcher == 'slurm':
+        dist_util._init_dist_slurm(backend, **kwargs)
+    else:
+        raise OptionError('--launcher', launcher, 'expected none, pytorch or slurm')
+
+
+def _model_to_device(self, net):
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+    net = net.to(self.device)
+    if self.opt['dist']:
+        find_unused = self.opt.get('find_unused_parameters', False)
+        device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == 'cuda' else None
+        net = DistributedDataParallel(net, device_ids=device_ids, find_unused_parameters=find_unused)
+    elif self.opt['num_gpu'] > 1:
+        net = DataParallel(net)
+    return net
+
+
+def apply():
+    """Apply every fix (idempotent). Must run before the first ``import basicsr``."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    with _LOCK:
+        if _APPLIED:
+            return
+        _fix_functional_tensor()
+        import basicsr.data.degradations as degradations
+        import basicsr.models.base_model as base_model
+        import basicsr.train as bsr_train
+        import basicsr.utils.dist_util as dist_util
+        import basicsr.utils.file_client as file_client
+        import basicsr.utils.options as bsr_options
+
+        bsr_train.load_resume_state = load_resume_state
+        base_model.BaseModel.save_network = _save_network
+        base_model.BaseModel.save_training_state = _save_training_state
+        base_model.BaseModel.model_to_device = _model_to_device
+        file_client.LmdbBackend.__init__ = _lmdb_backend_init
+        if not getattr(degradations.add_jpg_compression, '__ssr_compat__', False):
+            degradations.add_jpg_compression = _wrap_jpg_quality(degradations.add_jpg_compression)
+        dist_util.init_dist = _init_dist
+        bsr_options.init_dist = _init_dist
+        _APPLIED = True

@@ -1,0 +1,82 @@
+"""Start-up checks of a parsed option file: every ``type`` is registered, every input path exists.
+
+A failure raises :class:`ssr_utils.compat.OptionError`, which exits with one line naming the
+option key (``a:b:c``) and the value.
+"""
+import os
+import os.path as osp
+
+from ssr_utils.compat import OptionError
+
+# keys whose values are files or folders that must exist before training starts
+_PATH_KEY_PREFIXES = ('dataroot', 'meta_info', 'pca_path')
+_OPTIONAL_PATH_KEYS = ('pretrain_network', 'pretrained_model_path', 'pretrained_path')
+
+
+def _registries():
+    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+    return ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+
+def _require_registered(registry, key, value):
+    if value not in registry:
+        known = ', '.join(sorted(name for name, _ in registry))
+        raise OptionError(key, value, f'no such {registry._name} type registered (known: {known})')
+
+
+def _resolve_path(value, root_path):
+    """A relative path is taken from the current directory, else from the repository root."""
+    if osp.isabs(value) or osp.exists(value) or root_path is None:
+        return value
+    rooted = osp.join(root_path, value)
+    return rooted if osp.exists(rooted) else value
+
+
+def _check_paths(node, key_path, root_path):
+    for key, value in list(node.items()):
+        full_key = f'{key_path}:{key}' if key_path else key
+        if isinstance(value, dict):
+            _check_paths(value, full_key, root_path)
+            continue
+        if not isinstance(key, str) or value is None:
+            continue
+        is_required = key.startswith(_PATH_KEY_PREFIXES)
+        is_optional = key.startswith(_OPTIONAL_PATH_KEYS)
+        if not (is_required or is_optional):
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        resolved = []
+        for item in values:
+            if not isinstance(item, str):
+                raise OptionError(full_key, item, 'expected a path')
+            item = _resolve_path(os.path.expanduser(item), root_path)
+            if not osp.exists(item):
+                raise OptionError(full_key, item, 'path does not exist')
+            resolved.append(item)
+        node[key] = resolved if isinstance(value, (list, tuple)) else resolved[0]
+
+
+def check_options(opt, root_path=None):
+    """Validate ``opt`` in place (relative input paths are resolved against the root path)."""
+    arch_reg, dataset_reg, loss_reg, metric_reg, model_reg = _registries()
+    _require_registered(model_reg, 'model_type', opt.get('model_type', 'SRModel'))
+    for key, value in opt.items():
+        if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
+            if 'type' not in value:
+                raise OptionError(f'{key}:type', None, 'missing')
+            _require_registered(arch_reg, f'{key}:type', value['type'])
+    for phase, dataset_opt in (opt.get('datasets') or {}).items():
+        if 'type' not in dataset_opt:
+            raise OptionError(f'datasets:{phase}:type', None, 'missing')
+        _require_registered(dataset_reg, f'datasets:{phase}:type', dataset_opt['type'])
+    for key, value in (opt.get('train') or {}).items():
+        if isinstance(value, dict) and key.endswith('_opt') and 'type' in value and key not in ('optim_g', 'optim_d'):
+            _require_registered(loss_reg, f'train:{key}:type', value['type'])
+    for name, metric in ((opt.get('val') or {}).get('metrics') or {}).items():
+        if isinstance(metric, dict) and 'type' in metric:
+            _require_registered(metric_reg, f'val:metrics:{name}:type', metric['type'])
+    _check_paths(opt.get('datasets') or {}, 'datasets', root_path)
+    _check_paths(opt.get('path') or {}, 'path', root_path)
+    for key, value in opt.items():
+        if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
+            _check_paths(value, key, root_path)
