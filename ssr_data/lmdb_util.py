@@ -1,4 +1,4 @@
-"""LMDB files in BasicSR's format: PNG-encoded values, ``meta_info.txt`` lines ``name (h,w,c) level``.
+"""LMDB files in BasicSR's format: PNG-encoded values, ``meta_info.txt`` lines ``<key>.png (h,w,c) level``.
 
 Readers (BasicSR's ``LmdbBackend``/``imfrombytes``) decode the value and trust the decoded shape.
 """
@@ -53,6 +53,9 @@ class LmdbWriter:
         self._pending = 0
 
     def put_encoded(self, key, value, shape):
+        # BasicSR recovers keys from meta_info.txt with `line.split('.')[0]`
+        if not key or not key.isascii() or '.' in key or ' ' in key:
+            raise ValueError(f'LMDB key {key!r} must be ASCII without dots or spaces')
         self.txn.put(key.encode('ascii'), value)
         self.meta.append((key, shape))
         self._pending += 1
@@ -74,7 +77,7 @@ class LmdbWriter:
         self.env.close()
         with open(osp.join(self.path, 'meta_info.txt'), 'w') as f:
             for key, (h, w, c) in self.meta:
-                f.write(f'{key} ({h},{w},{c}) {self.compress_level}\n')
+                f.write(f'{key}.png ({h},{w},{c}) {self.compress_level}\n')
 
     def __enter__(self):
         return self
@@ -99,8 +102,8 @@ def read_meta_info(lmdb_path):
             try:
                 shape = tuple(int(v) for v in parts[1].strip('()').split(','))
             except (IndexError, ValueError):
-                raise ValueError(f'{meta_path}:{line_no}: expected "name (h,w,c) level", got {line!r}')
-            entries.append((parts[0], shape))
+                raise ValueError(f'{meta_path}:{line_no}: expected "<key>.png (h,w,c) level", got {line!r}')
+            entries.append((parts[0].split('.')[0], shape))
     return entries
 
 

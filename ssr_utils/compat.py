@@ -115,6 +115,14 @@ def atomic_torch_save(obj, path):
         if osp.exists(tmp_path):
             os.remove(tmp_path)
         raise
+    # temporaries of earlier writers of this name that were killed mid-save (one writer per name)
+    prefix = f'.{osp.basename(path)}.'
+    for entry in os.listdir(folder):
+        if entry.startswith(prefix) and entry.endswith('.tmp'):
+            try:
+                os.remove(osp.join(folder, entry))
+            except OSError:
+                pass
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
         try:

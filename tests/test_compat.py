@@ -1,0 +1,117 @@
+"""Each fix of ssr_utils/compat.py against the basicsr 1.4.2 quirk it works around."""
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+
+
+def test_functional_tensor_shim_lets_basicsr_import():
+    import basicsr  # noqa: F401  (fails on torchvision >= 0.17 without the shim)
+    from basicsr.data.degradations import rgb_to_grayscale
+    img = torch.rand(1, 3, 4, 4)
+    gray = rgb_to_grayscale(img)
+    expected = 0.2989 * img[:, 0] + 0.587 * img[:, 1] + 0.114 * img[:, 2]
+    assert torch.allclose(gray[:, 0], expected, atol=1e-3)
+
+
+def _fake_state(folder, iters):
+    os.makedirs(osp.join(folder, 'training_states'), exist_ok=True)
+    for it in iters:
+        torch.save({'epoch': 0, 'iter': it, 'optimizers': [], 'schedulers': [], 'tensor': torch.ones(2)},
+                   osp.join(folder, 'training_states', f'{it}.state'))
+
+
+def test_resume_state_loads_on_cpu_and_from_any_directory(tmp_path, monkeypatch):
+    import basicsr.train as bsr_train
+    root = tmp_path / 'repo'
+    _fake_state(str(root / 'experiments' / 'exp'), [4, 12, 8])
+    elsewhere = tmp_path / 'elsewhere'
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    opt = {'name': 'exp', 'auto_resume': True, 'root_path': str(root), 'num_gpu': 0, 'network_g': {},
+           'path': {'models': str(root / 'experiments' / 'exp' / 'models')}}
+    # the function the training pipeline calls is the fixed one
+    state = bsr_train.load_resume_state(opt)
+    assert state['iter'] == 12
+    assert state['tensor'].device.type == 'cpu'
+    assert opt['path']['resume_state'].endswith(osp.join('training_states', '12.state'))
+    # BasicSR's check_resume points the network at the checkpoint of that iteration
+    assert opt['path']['pretrain_network_g'].endswith('net_g_12.pth')
+
+
+def test_resume_without_states_starts_fresh(tmp_path):
+    import basicsr.train as bsr_train
+    opt = {'name': 'none', 'auto_resume': True, 'root_path': str(tmp_path), 'num_gpu': 0, 'path': {}}
+    assert bsr_train.load_resume_state(opt) is None
+
+
+def test_same_lmdb_opened_by_two_backends(tmp_path):
+    from basicsr.utils import FileClient, imfrombytes
+    from ssr_data.lmdb_util import LmdbWriter
+    img = (np.arange(6 * 5 * 3) % 255).astype(np.uint8).reshape(6, 5, 3)
+    path = str(tmp_path / 'x.lmdb')
+    with LmdbWriter(path) as writer:
+        writer.put('a', img)
+    # train and val datasets each build their own client on the same path
+    first = FileClient('lmdb', db_paths=[path], client_keys=['gt'])
+    second = FileClient('lmdb', db_paths=[path, path], client_keys=['lq', 'gt'])
+    for client, key in ((first, 'gt'), (second, 'lq'), (second, 'gt')):
+        decoded = imfrombytes(client.get('a', key), float32=False)
+        assert np.array_equal(decoded, img)
+
+
+def test_jpeg_with_float_quality():
+    from basicsr.data.degradations import add_jpg_compression, random_add_jpg_compression
+    rng = np.random.default_rng(0)
+    img = rng.random((16, 16, 3)).astype(np.float32)
+    out = random_add_jpg_compression(img, quality_range=(30.2, 30.8))
+    assert out.shape == img.shape and out.dtype == np.float32
+    # the float is rounded, not truncated away: same result as the integer quality
+    assert np.array_equal(add_jpg_compression(img, 30.6), add_jpg_compression(img, 31))
+    assert not np.array_equal(add_jpg_compression(img, 31), img)
+
+
+def test_ddp_wrapper_on_cpu_has_no_device_ids(monkeypatch):
+    import torch.distributed as dist
+    from basicsr.models.base_model import BaseModel
+    captured = {}
+
+    class FakeDDP(torch.nn.Module):
+
+        def __init__(self, module, device_ids=None, find_unused_parameters=False):
+            super().__init__()
+            captured['device_ids'] = device_ids
+            self.module = module
+
+    monkeypatch.setattr('torch.nn.parallel.DistributedDataParallel', FakeDDP)
+    model = BaseModel.__new__(BaseModel)
+    model.opt = {'dist': True, 'num_gpu': 0}
+    model.device = torch.device('cpu')
+    wrapped = model.model_to_device(torch.nn.Linear(2, 2))
+    assert isinstance(wrapped, FakeDDP) and captured['device_ids'] is None
+    assert not dist.is_initialized()
+
+
+def test_dist_backend_is_read_from_the_option_file(tmp_path):
+    from ssr_utils.compat import _dist_backend_from_argv
+    opt_file = tmp_path / 'o.yml'
+    opt_file.write_text('name: x\ndist_params:\n  backend: gloo\n')
+    assert _dist_backend_from_argv(['-opt', str(opt_file), '--launcher', 'pytorch']) == 'gloo'
+    opt_file.write_text('name: x\n')
+    expected = 'nccl' if torch.cuda.is_available() else 'gloo'
+    assert _dist_backend_from_argv(['-opt', str(opt_file)]) == expected
+
+
+def test_apply_is_idempotent():
+    import basicsr.data.degradations as degradations
+    from ssr_utils import compat
+    before = degradations.add_jpg_compression
+    compat.apply()
+    compat._APPLIED = False
+    try:
+        compat.apply()
+    finally:
+        compat._APPLIED = True
+    # wrapping twice would round twice and hide the original; the wrapper is applied once
+    assert degradations.add_jpg_compression is before
