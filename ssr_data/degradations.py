@@ -1,0 +1,296 @@
+"""Depth-informed, spatially variant degradation of SSR (paper Eq. 1; SPEC pipeline step 1).
+
+``sv_blur_downsample`` blurs with one kernel per LR pixel and subsamples in the same pass;
+:class:`SVDegradation` draws everything for one training sample (kernel map from depth, Gaussian /
+Poisson noise, JPEG) from a ``numpy.random.Generator``, so one seed fixes one sample.
+"""
+import math
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ssr_data import kernels as K
+from ssr_utils.compat import OptionError
+
+
+# below this many unfolded values (8 MiB in float32) the unfold path is used; above, the polyphase loop,
+# whose extra memory does not grow with k²
+_UNFOLD_MAX_ELEMENTS = 1 << 21
+
+
+def _check_op_inputs(img, kernels, scale):
+    if img.dim() != 4 or kernels.dim() != 4:
+        raise ValueError(f'sv_blur_downsample: img must be B×C×H×W and kernels B×k²×h×w, '
+                         f'got {tuple(img.shape)} and {tuple(kernels.shape)}')
+    b, _, hh, ww = img.shape
+    kk = kernels.shape[1]
+    k = int(round(math.sqrt(kk)))
+    if k * k != kk or k % 2 == 0:
+        raise ValueError(f'sv_blur_downsample: kernels have {kk} channels, expected k² for an odd k')
+    if int(scale) != scale or scale < 1:
+        raise ValueError(f'sv_blur_downsample: scale must be a positive integer, got {scale}')
+    scale = int(scale)
+    if hh % scale or ww % scale:
+        raise ValueError(f'sv_blur_downsample: image size {hh}×{ww} is not divisible by scale {scale}')
+    h, w = hh // scale, ww // scale
+    if kernels.shape[0] != b or tuple(kernels.shape[2:]) != (h, w):
+        raise ValueError(f'sv_blur_downsample: kernels {tuple(kernels.shape)} do not match the LR grid '
+                         f'{b}×k²×{h}×{w} of image {tuple(img.shape)} at scale {scale}')
+    r = k // 2
+    if r >= hh or r >= ww:
+        raise ValueError(f'sv_blur_downsample: reflect padding of {r} needs an image larger than {r} pixels, '
+                         f'got {hh}×{ww}')
+    return k, scale, h, w
+
+
+def sv_blur_downsample(img, kernels, scale):
+    """Spatially variant blur and ×``scale`` subsampling in one pass, evaluated at kept positions only.
+
+    ``out[b,c,i,j] = Σ_uv kernels[b,u·k+v,i,j] · img[b,c,s·i+u−k//2, s·j+v−k//2]`` with reflect padding.
+
+    The padded image is split once into its s² polyphase components; tap (u, v) then reads a shifted
+    LR-sized window of one component, so the work is k² multiply-adds over the LR grid and the extra
+    memory is one copy of the padded image. Small inputs (a training crop) take one strided unfold
+    instead (fewer, larger operations). float16/bfloat16 inputs are accumulated in float32.
+
+    Args:
+        img (Tensor): B×C×H×W, H and W multiples of ``scale``.
+        kernels (Tensor): B×k²×(H/s)×(W/s), one row-major k×k kernel per LR pixel.
+        scale (int): s.
+
+    Returns:
+        Tensor: B×C×(H/s)×(W/s) in the dtype of ``img``.
+    """
+    k, s, h, w = _check_op_inputs(img, kernels, scale)
+    r = k // 2
+    out_dtype = img.dtype
+    acc_dtype = torch.float64 if img.dtype == torch.float64 else torch.float32
+    padded = F.pad(img.to(acc_dtype), (r, r, r, r), mode='reflect')
+    kernels = kernels.to(device=img.device, dtype=acc_dtype)
+    b, c = img.shape[:2]
+    if b * c * k * k * h * w <= _UNFOLD_MAX_ELEMENTS:
+        # small inputs (one training crop): one strided unfold beats k² tiny kernel launches
+        cols = F.unfold(padded, k, stride=s).view(b, c, k * k, h * w)
+        out = cols.mul_(kernels.reshape(b, 1, k * k, h * w)).sum(2).view(b, c, h, w)
+        return out.to(out_dtype)
+    out = img.new_zeros((b, c, h, w), dtype=acc_dtype)
+    taps = kernels.unsqueeze(1)  # B×1×k²×h×w: tap uv broadcasts over the channels
+    # On CPU one image at a time: each of the k² multiply-adds then stays small enough to run on one
+    # thread, which avoids an OpenMP fork/join per tap (costly on busy machines) and keeps the working
+    # set in cache. On GPUs the whole batch per tap: k² launches instead of B·k².
+    groups = [slice(i, i + 1) for i in range(b)] if img.device.type == 'cpu' else [slice(0, b)]
+    for g in groups:
+        o = out[g]
+        phases = [[padded[g, :, pu::s, pv::s].contiguous() for pv in range(s)] for pu in range(s)]
+        for u in range(k):
+            a, pu = divmod(u, s)
+            for v in range(k):
+                b0, pv = divmod(v, s)
+                o.addcmul_(phases[pu][pv][:, :, a:a + h, b0:b0 + w], taps[g, :, u * k + v])
+    return out.to(out_dtype)
+
+
+def naive_sv_blur_downsample(img, kernels, scale):
+    """The naive method (reference and benchmark baseline): per-HR-pixel kernels, a full-resolution
+    spatially variant blur with a stride-1 unfold, then subsampling. Same result, s² times the work and
+    memory of order B·C·k²·H·W."""
+    k, s, _, _ = _check_op_inputs(img, kernels, scale)
+    r = k // 2
+    b, c, hh, ww = img.shape
+    kernels_hr = kernels.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)  # B×k²×H×W
+    cols = F.unfold(F.pad(img, (r, r, r, r), mode='reflect'), k).view(b, c, k * k, hh * ww)
+    blurred = (cols * kernels_hr.view(b, 1, k * k, hh * ww)).sum(2).view(b, c, hh, ww)
+    return blurred[:, :, ::s, ::s]
+
+
+def sv_blur_downsample_reference(img, kernels, scale):
+    """Direct per-pixel loop of the formula (float64, for tests on tiny inputs only)."""
+    k = int(round(math.sqrt(kernels.shape[1])))
+    r = k // 2
+    b, c, hh, ww = img.shape
+    h, w = hh // scale, ww // scale
+
+    def reflect(i, n):
+        if i < 0:
+            return -i
+        if i >= n:
+            return 2 * (n - 1) - i
+        return i
+
+    img64, ker64 = img.double(), kernels.double()
+    out = torch.zeros(b, c, h, w, dtype=torch.float64)
+    for i in range(h):
+        for j in range(w):
+            acc = torch.zeros(b, c, dtype=torch.float64)
+            for u in range(k):
+                y = reflect(scale * i + u - r, hh)
+                for v in range(k):
+                    x = reflect(scale * j + v - r, ww)
+                    acc += ker64[:, u * k + v, i, j][:, None] * img64[:, :, y, x]
+            out[:, :, i, j] = acc
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# noise and JPEG (numpy Generator driven, for per-sample determinism)
+# -------------------------------------------------------------------------------------------------
+def add_gaussian_noise(img, sigma, gray, rng):
+    """``img`` C×h×w float in [0, 1]; ``sigma`` on the [0, 1] scale; ``gray``: one noise for all channels."""
+    c, h, w = img.shape
+    noise = rng.standard_normal((1 if gray else c, h, w)).astype(np.float32) * float(sigma)
+    return (img + torch.from_numpy(noise).to(img.device, img.dtype)).clamp_(0, 1)
+
+
+def add_poisson_noise(img, scale, gray, rng):
+    """Shot noise: counts ~ Poisson(255·img) (luma only when ``gray``), the deviation scaled by ``scale``."""
+    arr = img.detach().cpu().numpy().astype(np.float64)
+    if gray:
+        luma = (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None]
+        noisy = rng.poisson(np.clip(luma, 0, 1) * 255.0) / 255.0
+        noise = noisy - luma
+    else:
+        noisy = rng.poisson(np.clip(arr, 0, 1) * 255.0) / 255.0
+        noise = noisy - arr
+    noise = torch.from_numpy((noise * float(scale)).astype(np.float32)).to(img.device, img.dtype)
+    return (img + noise).clamp_(0, 1)
+
+
+def jpeg_compress(img, quality):
+    """JPEG round trip of a C×h×w RGB float tensor in [0, 1] with an integer ``quality`` (OpenCV needs int)."""
+    if isinstance(quality, (bool, np.bool_)) or not isinstance(quality, (int, np.integer)):
+        raise TypeError(f'JPEG quality must be an int, got {quality!r} ({type(quality).__name__})')
+    arr = img.detach().cpu().clamp(0, 1).mul(255.0).round().byte().permute(1, 2, 0).numpy()
+    bgr = np.ascontiguousarray(arr[:, :, ::-1])
+    ok, buf = cv2.imencode('.jpg', bgr, [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    if not ok:
+        raise RuntimeError(f'cv2.imencode failed for JPEG quality {quality}')
+    dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(dec)).permute(2, 0, 1).to(img.device, torch.float32).div_(255.0)
+
+
+def quantize(img):
+    """Round to 8-bit levels, as a saved LR image would be."""
+    return img.clamp(0, 1).mul(255.0).round().div(255.0)
+
+
+# -------------------------------------------------------------------------------------------------
+# the per-sample degradation
+# -------------------------------------------------------------------------------------------------
+def _pair(opt, key, default):
+    value = opt.get(key, default)
+    if value is None:
+        value = default
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise OptionError(key, value, 'expected a [low, high] pair')
+    lo, hi = float(value[0]), float(value[1])
+    if lo > hi:
+        raise OptionError(key, value, 'low is larger than high')
+    return lo, hi
+
+
+def _prob(opt, key, default):
+    value = float(opt.get(key, default))
+    if not 0.0 <= value <= 1.0:
+        raise OptionError(key, value, 'expected a probability in [0, 1]')
+    return value
+
+
+KERNEL_MODES = ('depth', 'invariant', 'linear', 'rotate', 'block')
+
+
+class SVDegradation:
+    """Depth-driven spatially variant blur + ×s subsampling + noise + JPEG, drawn from a numpy Generator.
+
+    Option keys (a dataset's option dict; all optional except ``scale``):
+        scale, kernel_size (21), kernel_mode (``depth`` | ``invariant`` | ``linear`` | ``rotate`` |
+        ``block``), sigma_range ([0.6, 5.0] for ×4), rho_min (0.2), theta_jitter (0.3 rad),
+        jitter_cells (4), block_size (8),
+        use_noise (true), noise_range ([1, 30], 0..255 scale), gray_noise_prob (0.4),
+        poisson_prob (0.0), poisson_scale_range ([0.05, 3.0]),
+        use_jpeg (true), jpeg_range ([30, 95], integer qualities).
+    Paper Table 3: ``w/o noise`` = use_noise false, ``w/o jpeg`` = use_jpeg false, ``noise + jpeg`` = both.
+    """
+
+    def __init__(self, opt):
+        self.scale = opt.get('scale', 4)
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
+            raise OptionError('scale', self.scale, 'expected a positive integer')
+        self.kernel_size = K.check_kernel_size(opt.get('kernel_size', 21))
+        self.kernel_mode = opt.get('kernel_mode', 'depth')
+        if self.kernel_mode not in KERNEL_MODES:
+            raise OptionError('kernel_mode', self.kernel_mode, f'expected one of {", ".join(KERNEL_MODES)}')
+        self.sigma_range = _pair(opt, 'sigma_range', K.default_sigma_range(self.scale))
+        if self.sigma_range[0] <= 0:
+            raise OptionError('sigma_range', opt.get('sigma_range'), 'sigmas must be positive')
+        self.rho_min = float(opt.get('rho_min', 0.2))
+        if not 0.0 < self.rho_min <= 1.0:
+            raise OptionError('rho_min', self.rho_min, 'expected a value in (0, 1]')
+        self.theta_jitter = float(opt.get('theta_jitter', 0.3))
+        self.jitter_cells = int(opt.get('jitter_cells', 4))
+        self.block_size = int(opt.get('block_size', 8))
+        self.use_noise = bool(opt.get('use_noise', True))
+        self.noise_range = _pair(opt, 'noise_range', (1.0, 30.0))
+        self.gray_noise_prob = _prob(opt, 'gray_noise_prob', 0.4)
+        self.poisson_prob = _prob(opt, 'poisson_prob', 0.0)
+        self.poisson_scale_range = _pair(opt, 'poisson_scale_range', (0.05, 3.0))
+        self.use_jpeg = bool(opt.get('use_jpeg', True))
+        jr = _pair(opt, 'jpeg_range', (30, 95))
+        if not 1 <= jr[0] <= jr[1] <= 100:
+            raise OptionError('jpeg_range', opt.get('jpeg_range'), 'JPEG qualities are integers in [1, 100]')
+        self.jpeg_range = (int(round(jr[0])), int(round(jr[1])))
+
+    def kernel_params(self, depth_lq, rng):
+        """Per-pixel (σ_major, σ_minor, θ) maps (h×w) and the per-image scalars, for the kernel mode."""
+        h, w = depth_lq.shape[-2:]
+        mode = self.kernel_mode
+        if mode == 'depth':
+            smaj, smin, theta, p = K.sample_depth_kernel_params(depth_lq.reshape(h, w), rng, self.sigma_range,
+                                                                self.rho_min, self.theta_jitter,
+                                                                self.jitter_cells)
+        elif mode == 'invariant':
+            sig = float(rng.uniform(*self.sigma_range))
+            rho = float(rng.uniform(self.rho_min, 1.0))
+            th = float(rng.uniform(0, math.pi))
+            smaj, smin, theta = (torch.full((h, w), sig), torch.full((h, w), sig * rho), torch.full((h, w), th))
+            p = {'rho': rho, 'theta': th}
+        else:
+            seed = int(rng.integers(0, 2**31 - 1))
+            smaj, smin, theta, p = K.pattern_params(mode, h, w, seed, self.sigma_range, self.rho_min,
+                                                    block=self.block_size, theta_jitter=self.theta_jitter)
+        params = {'focus': float(p.get('focus', -1.0)), 'rho': float(p.get('rho', -1.0)),
+                  'theta': float(p.get('theta', -1.0)), 'sigma_mean': float(smaj.mean())}
+        return smaj, smin, theta, params
+
+    def __call__(self, gt, depth_hr, rng):
+        """Degrade one sample.
+
+        Args:
+            gt (Tensor): 3×H×W RGB float in [0, 1], H and W multiples of the scale.
+            depth_hr (Tensor): 1×H×W depth in [0, 1] (1 = near).
+            rng (np.random.Generator): the only randomness used.
+
+        Returns:
+            dict: ``lq`` 3×h×w, ``kernel`` k²×h×w, ``depth_lq`` 1×h×w, ``params`` (floats / int).
+        """
+        s = self.scale
+        depth_lq = F.avg_pool2d(depth_hr[None].float(), s)[0]  # area average: the LR pixel's footprint
+        smaj, smin, theta, params = self.kernel_params(depth_lq[0], rng)
+        kmap = K.kernel_map_from_params(smaj, smin, theta, self.kernel_size)  # 1×k²×h×w
+        lq = sv_blur_downsample(gt[None].float(), kmap, s)[0].clamp_(0, 1)
+        noise_sigma, gray, poisson_scale, quality = 0.0, 0.0, 0.0, -1
+        if self.use_noise:
+            noise_sigma = float(rng.uniform(*self.noise_range)) / 255.0
+            gray = float(rng.uniform() < self.gray_noise_prob)
+            lq = add_gaussian_noise(lq, noise_sigma, bool(gray), rng)
+            if self.poisson_prob > 0 and rng.uniform() < self.poisson_prob:
+                poisson_scale = float(rng.uniform(*self.poisson_scale_range))
+                lq = add_poisson_noise(lq, poisson_scale, bool(gray), rng)
+        if self.use_jpeg:
+            quality = int(rng.integers(self.jpeg_range[0], self.jpeg_range[1] + 1))
+            lq = jpeg_compress(lq, quality)
+        else:
+            lq = quantize(lq)
+        params.update(noise_sigma=noise_sigma, gray_noise=gray, poisson_scale=poisson_scale, jpeg_quality=quality)
+        return {'lq': lq, 'kernel': kmap[0], 'depth_lq': depth_lq, 'params': params}
