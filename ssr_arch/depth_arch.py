@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from ssr_utils.compat import OptionError
+from ssr_utils.extras import require
 
 BACKENDS = ('prior', 'dpt', 'depth_anything')
 # (input size, multiple, mean, std, keep aspect ratio) when the folder has no preprocessor_config.json;
@@ -94,11 +95,8 @@ def _load_depth_network(backend, model_path):
                           'downloaded at run time; save them with save_pretrained first)')
     if not osp.isfile(osp.join(model_path, 'config.json')):
         raise OptionError('model_path', model_path, 'no config.json in the folder (not a save_pretrained folder)')
-    try:
-        from transformers import AutoModelForDepthEstimation
-    except ImportError as err:
-        raise ImportError(f'backend {backend!r} needs transformers (pip install -e .[depth])') from err
-    net = AutoModelForDepthEstimation.from_pretrained(model_path, local_files_only=True)
+    transformers = require('transformers', f'the {backend!r} depth backend')
+    net = transformers.AutoModelForDepthEstimation.from_pretrained(model_path, local_files_only=True)
     model_type = getattr(net.config, 'model_type', '')
     expected = {'dpt': ('dpt', ), 'depth_anything': ('depth_anything', )}[backend]
     if model_type not in expected:
