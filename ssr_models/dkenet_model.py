@@ -1,0 +1,55 @@
+"""DKENetModel: stage 1, kernel estimation trained with L1 on the per-pixel kernel map."""
+from collections import OrderedDict
+
+from basicsr.utils.registry import MODEL_REGISTRY
+from ssr_models.svkr_base import KernelSRBaseModel, resize_depth
+from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
+from ssr_utils.compat import OptionError
+
+
+@MODEL_REGISTRY.register()
+class DKENetModel(KernelSRBaseModel):
+    """Trains a kernel estimator (``network_g``, e.g. ``type: DKENet``) on (lq, depth_lq, kernel) samples.
+
+    Options:
+        train.kernel_opt: loss on the LR-resolution kernel map (e.g. ``{type: L1Loss, loss_weight: 1}``).
+        depth_from: ``data`` (default; the sample's ``depth_lq``, falling back to the estimator when a
+            sample has none) or ``lq`` (always the depth estimator on the LR input, as SVKR's first pass).
+        depth_estimator: arch options of that estimator (default ``{type: MonocularDepth}``).
+    """
+
+    def __init__(self, opt):
+        depth_from = opt.get('depth_from', 'data')
+        if depth_from not in ('data', 'lq'):
+            raise OptionError('depth_from', depth_from, 'expected data or lq')
+        super().__init__(opt)
+
+    def setup_losses(self, train_opt):
+        self.cri_kernel = self.build_optional_loss(train_opt, 'kernel_opt')
+        if self.cri_kernel is None:
+            raise OptionError('train:kernel_opt', None, 'DKENetModel needs a kernel loss (e.g. type: L1Loss)')
+
+    @property
+    def _uses_depth(self):
+        return getattr(self.get_bare_model(self.net_g), 'use_depth', True)
+
+    def feed_data(self, data):
+        self.lq = data['lq'].to(self.device)
+        self.gt = data['gt'].to(self.device) if 'gt' in data else None
+        self.kernel_gt = data['kernel'].to(self.device) if 'kernel' in data else None
+        self.depth_lq = None
+        if self._uses_depth:
+            if self.opt.get('depth_from', 'data') == 'data' and 'depth_lq' in data:
+                self.depth_lq = resize_depth(data['depth_lq'].to(self.device), self.lq.shape[-2:])
+            else:
+                self.depth_lq = self.estimate_depth_lq()
+
+    def compute_losses(self):
+        if self.kernel_gt is None:
+            raise KeyError("DKENetModel: the training data has no 'kernel' entry (ground-truth kernel map)")
+        self.output = {'kernel': self.net_g(self.lq, self.depth_lq)}
+        l_kernel = self.cri_kernel(self.output['kernel'], self.kernel_gt)
+        return l_kernel, OrderedDict(l_kernel=l_kernel)
+
+    def run_network(self, net):
+        return {'sr': None, 'kernel': net(self.lq, self.depth_lq), 'depth': self.depth_lq}

@@ -1,0 +1,56 @@
+"""SVKRModel: stage 3, the whole refinement loop (Algorithm 1) fine-tuned end to end."""
+from collections import OrderedDict
+
+from basicsr.utils.registry import MODEL_REGISTRY
+from ssr_models.svkr_base import KernelSRBaseModel
+from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
+from ssr_utils.compat import OptionError
+
+
+@MODEL_REGISTRY.register()
+class SVKRModel(KernelSRBaseModel):
+    """Trains / validates ``network_g`` (``type: SVKR``) from LR images alone (blind).
+
+    Options:
+        train.pixel_opt: loss on the final SR image Iᵀ.
+        train.kernel_opt: optional loss on the final kernel map Kᵀ (needs the sample's ``kernel``).
+        train.all_iterates (bool, default false): apply both losses to every iterate t = 0..T (averaged)
+            instead of the final one only.
+    Validation scores every iterate: ``<metric>_t<t>`` for t = 0..T, and ``<metric>`` for the final
+    output; SR image Iᵀ, depth Dᵀ and the variance heat map of Kᵀ are saved and logged.
+    """
+
+    def setup_losses(self, train_opt):
+        self.cri_pix = self.build_optional_loss(train_opt, 'pixel_opt')
+        self.cri_kernel = self.build_optional_loss(train_opt, 'kernel_opt')
+        if self.cri_pix is None and self.cri_kernel is None:
+            raise OptionError('train:pixel_opt', None, 'SVKRModel needs pixel_opt and/or kernel_opt')
+        self.all_iterates = bool(train_opt.get('all_iterates', False))
+
+    def feed_data(self, data):
+        self.lq = data['lq'].to(self.device)
+        self.gt = data['gt'].to(self.device) if 'gt' in data else None
+        self.kernel_gt = data['kernel'].to(self.device) if 'kernel' in data else None
+
+    def compute_losses(self):
+        out = self.net_g(self.lq, return_all=self.all_iterates)
+        self.output = out
+        srs = out['srs'] if self.all_iterates else [out['sr']]
+        kernels = out['kernels'] if self.all_iterates else [out['kernel']]
+        l_total, loss_dict = 0, OrderedDict()
+        if self.cri_pix is not None:
+            if self.gt is None:
+                raise KeyError("SVKRModel: the training data has no 'gt' entry")
+            l_pix = sum(self.cri_pix(sr, self.gt) for sr in srs) / len(srs)
+            l_total = l_total + l_pix
+            loss_dict['l_pix'] = l_pix
+        if self.cri_kernel is not None:
+            if self.kernel_gt is None:
+                raise KeyError("SVKRModel: train:kernel_opt is set but the data has no 'kernel' entry")
+            l_kernel = sum(self.cri_kernel(k, self.kernel_gt) for k in kernels) / len(kernels)
+            l_total = l_total + l_kernel
+            loss_dict['l_kernel'] = l_kernel
+        return l_total, loss_dict
+
+    def run_network(self, net):
+        return net(self.lq, return_all=True)

@@ -1,0 +1,247 @@
+"""MAConv, DABlock, DKENet, NBSR and SVKR (Algorithm 1) on tiny shapes, CPU."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import ssr_arch  # noqa: F401  (registers the archs)
+from basicsr.archs import build_network
+from basicsr.utils.registry import ARCH_REGISTRY
+from ssr_arch.dkenet_arch import DKENet
+from ssr_arch.maconv_arch import DABlock, MAConv, split_sizes
+from ssr_arch.nbsr_arch import NBSR
+from ssr_arch.svkr_arch import SVKR
+from ssr_data.kernels import KernelPCA, random_kernels
+
+K = 7  # small kernels keep the tests fast; the code paths are the same as k = 21
+TINY_KE = {'type': 'DKENet', 'kernel_size': K, 'num_feat': [8, 12], 'num_depth_feat': [4, 6], 'reduction': 2}
+TINY_SR = {'type': 'NBSR', 'kernel_size': K, 'num_feat': 8, 'num_block': 1, 'num_grow_ch': 4, 'num_cond': 8,
+           'pca_dim': 4}
+
+
+class _TestDepth(nn.Module):
+    """A small real depth network for the loop tests: a fixed random conv + sigmoid, min-max normalised
+    per image like the contract's estimators, and sensitive to the image content."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 5, 1, 2)
+        self.calls = []
+
+    def forward(self, img):
+        self.calls.append(tuple(img.shape[-2:]))
+        d = torch.sigmoid(self.conv(img) * 4)
+        lo = d.amin(dim=(1, 2, 3), keepdim=True)
+        hi = d.amax(dim=(1, 2, 3), keepdim=True)
+        return (d - lo) / (hi - lo).clamp_min(1e-6)
+
+
+if '_TestDepth' not in ARCH_REGISTRY:
+    ARCH_REGISTRY.register(_TestDepth)
+
+
+def test_split_sizes_cover_all_channels():
+    for channels in range(2, 12):
+        for parts in range(2, channels + 1):
+            sizes = split_sizes(channels, parts)
+            assert sum(sizes) == channels and max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize('c_in,c_out,split', [(5, 7, 2), (8, 3, 3), (6, 6, 2), (9, 4, 4)])
+def test_maconv_in_out_channels(c_in, c_out, split):
+    conv = MAConv(c_in, c_out, split=split)
+    x = torch.rand(2, c_in, 9, 7, requires_grad=True)
+    y = conv(x)
+    assert y.shape == (2, c_out, 9, 7)
+    y.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_maconv_groups_modulate_each_other():
+    torch.manual_seed(0)
+    conv = MAConv(4, 4, split=2, kernel_size=1)
+    x = torch.rand(1, 4, 5, 5)
+    x2 = x.clone()
+    x2[:, 2:] += 1.0  # change only the second group
+    y, y2 = conv(x), conv(x2)
+    # the first group's output changes too: it is modulated by the second group
+    assert not torch.allclose(y[:, :2], y2[:, :2])
+
+
+def test_maconv_rejects_bad_split():
+    with pytest.raises(ValueError, match='split'):
+        MAConv(3, 8, split=4)
+    with pytest.raises(ValueError, match='split'):
+        MAConv(8, 8, split=1)
+
+
+def test_dablock_depends_on_depth_features():
+    torch.manual_seed(0)
+    block = DABlock(8, 4)
+    x = torch.rand(1, 8, 6, 6)
+    d1, d2 = torch.rand(1, 4, 6, 6), torch.rand(1, 4, 6, 6)
+    y1, y2 = block(x, d1), block(x, d2)
+    assert y1.shape == x.shape
+    assert (y1 - y2).abs().max() > 1e-4
+    with pytest.raises(ValueError, match='depth'):
+        block(x)
+    plain = DABlock(8, 0)  # no depth: no SFT, depth ignored
+    assert torch.equal(plain(x, d1), plain(x, d2))
+
+
+@pytest.mark.parametrize('scale,h,w', [(2, 7, 9), (3, 8, 5), (4, 11, 13), (4, 1, 3)])
+def test_dkenet_shapes_and_softmax(scale, h, w):
+    torch.manual_seed(0)
+    net = DKENet(kernel_size=K, scale=scale, num_feat=[8, 12], num_depth_feat=[4, 6], reduction=2)
+    lr, depth = torch.rand(2, 3, h, w), torch.rand(2, 1, h, w)
+    kmap = net(lr, depth)
+    assert kmap.shape == (2, K * K, h, w)
+    assert (kmap >= 0).all()
+    torch.testing.assert_close(kmap.sum(1), torch.ones(2, h, w), rtol=0, atol=1e-5)
+    up = net(lr, depth, upscale=True)
+    assert up.shape == (2, K * K, scale * h, scale * w)
+    torch.testing.assert_close(up[..., ::scale, ::scale], kmap)
+    # an HR-size depth map is resized to the LR size
+    assert net(lr, torch.rand(2, 1, scale * h, scale * w)).shape == kmap.shape
+
+
+def test_dkenet_default_is_paper_setting_and_depth_matters():
+    net = build_network({'type': 'DKENet'})
+    assert net.kernel_size == 21 and net.scale == 4 and net.use_depth
+    torch.manual_seed(0)
+    net = DKENet(**{k: v for k, v in TINY_KE.items() if k != 'type'})
+    lr = torch.rand(1, 3, 8, 8)
+    assert (net(lr, torch.zeros(1, 1, 8, 8)) - net(lr, torch.rand(1, 1, 8, 8))).abs().max() > 1e-6
+    with pytest.raises(ValueError, match='depth'):
+        net(lr)
+    blind = DKENet(kernel_size=K, num_feat=[8, 12], use_depth=False, reduction=2)
+    assert not any('depth' in name for name, _ in blind.named_parameters())
+    assert torch.equal(blind(lr, None), blind(lr, torch.rand(1, 1, 8, 8)))
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_nbsr_scales_and_kernel_conditioning(scale, tmp_path):
+    torch.manual_seed(0)
+    pca = KernelPCA.fit(random_kernels(300, K, seed=1), 4)
+    pca_path = str(tmp_path / 'pca.pth')
+    pca.save(pca_path)
+    net = build_network(dict(TINY_SR, scale=scale, pca_path=pca_path))
+    torch.testing.assert_close(net.pca.components, pca.components)
+    lr = torch.rand(1, 3, 6, 7)
+    k1 = random_kernels(42, K, seed=2).reshape(1, 6, 7, K * K).permute(0, 3, 1, 2)
+    k2 = random_kernels(42, K, seed=3).reshape(1, 6, 7, K * K).permute(0, 3, 1, 2)
+    sr1 = net(lr, k1)
+    assert sr1.shape == (1, 3, 6 * scale, 7 * scale)
+    assert (sr1 - net(lr, k2)).abs().max() > 1e-6
+    with pytest.raises(ValueError, match='kernel map size'):
+        net(lr, k1[..., :5, :])
+
+
+def test_nbsr_pca_is_part_of_the_state_dict(tmp_path):
+    net = NBSR(**{k: v for k, v in TINY_SR.items() if k != 'type'})  # PCA fit on the default distribution
+    assert net.pca.dim == 4 and torch.isfinite(net.pca.components).all()
+    other = NBSR(**{k: v for k, v in TINY_SR.items() if k != 'type'})
+    other.pca.components.zero_()
+    other.load_state_dict(net.state_dict())
+    torch.testing.assert_close(other.pca.components, net.pca.components)
+
+
+def _svkr(num_iter=3, gamma=0.9, use_depth=True, **kwargs):
+    torch.manual_seed(0)
+    return SVKR(num_iter=num_iter, gamma=gamma, use_depth=use_depth, depth_opt={'type': '_TestDepth'},
+                kernel_opt=TINY_KE, sr_opt=TINY_SR, scale=2, **kwargs)
+
+
+def test_svkr_follows_algorithm_1():
+    net = _svkr(num_iter=3, gamma=0.7).eval()
+    lr = torch.rand(1, 3, 8, 10)
+    with torch.no_grad():
+        net.depth_net.calls.clear()
+        out = net(lr, return_all=True)
+        de, ke, sr_net = net.depth_net, net.kernel_net, net.sr_net
+        # D⁰ from the LR image, D² and D³ from the HR-size SR images (D¹ = D⁰ is not recomputed)
+        assert de.calls == [(8, 10), (16, 20), (16, 20)]
+
+        def depth_of(img):
+            d = de(img)
+            if d.shape[-2:] != lr.shape[-2:]:
+                d = F.interpolate(d, size=lr.shape[-2:], mode='bilinear', align_corners=False, antialias=True)
+            return d.clamp(0, 1)
+
+        image = lr  # I⁰ = LR
+        depth = depth_of(image)
+        kernel = ke(lr, depth)
+        ref_k, ref_d, ref_i = [kernel], [depth], [sr_net(lr, kernel)]
+        for _ in range(3):
+            depth = depth_of(image)
+            kernel = 0.7 * ke(lr, depth) + 0.3 * kernel
+            image = sr_net(lr, kernel)
+            ref_k.append(kernel)
+            ref_d.append(depth)
+            ref_i.append(image)
+    assert len(out['kernels']) == len(out['depths']) == len(out['srs']) == 4
+    for t in range(4):
+        torch.testing.assert_close(out['kernels'][t], ref_k[t], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(out['depths'][t], ref_d[t], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(out['srs'][t], ref_i[t], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out['kernel'], ref_k[-1])
+    torch.testing.assert_close(out['sr'], ref_i[-1])
+    torch.testing.assert_close(out['depth'], ref_d[-1])
+    assert out['sr'].shape == (1, 3, 16, 20) and out['depth'].shape == (1, 1, 8, 10)
+    # kernels stay normalised under the γ mixing
+    torch.testing.assert_close(out['kernel'].sum(1), torch.ones(1, 8, 10), rtol=0, atol=1e-5)
+
+
+def test_svkr_gamma_mixing_numerically():
+    net = _svkr(num_iter=2, gamma=0.9).eval()
+    lr = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        out = net(lr, return_all=True)
+        k1, k2 = out['kernels'][1], out['kernels'][2]
+        fresh = net.kernel_net(lr, out['depths'][2])
+    # K² = γ·KE(LR, D²) + (1 − γ)·K¹, and K² differs from both terms alone
+    torch.testing.assert_close(k2, 0.9 * fresh + 0.1 * k1, rtol=1e-6, atol=1e-8)
+    assert (k2 - fresh).abs().max() > 0 and (k2 - k1).abs().max() > 0
+    # the first iteration re-estimates from DE(LR) = D⁰, so K¹ = K⁰ (Algorithm 1 with I⁰ = LR)
+    torch.testing.assert_close(out['kernels'][1], out['kernels'][0])
+
+
+def test_svkr_t0_and_no_depth():
+    net = _svkr(num_iter=0).eval()
+    lr = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        out = net(lr)
+        assert out['sr'].shape == (1, 3, 12, 12)
+        torch.testing.assert_close(out['sr'], net.sr_net(lr, out['kernel']))
+    blind = _svkr(num_iter=1, use_depth=False).eval()
+    assert blind.depth_net is None and not blind.kernel_net.use_depth
+    with torch.no_grad():
+        out = blind(lr, return_all=True)
+    assert out['depth'] is None and out['sr'].shape == (1, 3, 12, 12)
+
+
+def test_svkr_loads_stage_checkpoints(tmp_path):
+    torch.manual_seed(1)
+    ke = build_network(dict(TINY_KE, scale=2))
+    sr = build_network(dict(TINY_SR, scale=2))
+    torch.save({'params': ke.state_dict()}, tmp_path / 'ke.pth')
+    torch.save({'params': sr.state_dict(), 'params_ema': sr.state_dict()}, tmp_path / 'sr.pth')
+    net = _svkr(pretrain_network_kernel=str(tmp_path / 'ke.pth'), pretrain_network_sr=str(tmp_path / 'sr.pth'),
+                freeze_sr=True)
+    for a, b in zip(net.kernel_net.state_dict().values(), ke.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    for a, b in zip(net.sr_net.state_dict().values(), sr.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    assert not any(p.requires_grad for p in net.sr_net.parameters())
+    assert not any(p.requires_grad for p in net.depth_net.parameters())
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        _svkr(pretrain_network_kernel=str(tmp_path / 'missing.pth'))
+
+
+def test_svkr_gradients_reach_kernel_and_sr_nets():
+    net = _svkr(num_iter=2).train()
+    out = net(torch.rand(2, 3, 8, 8))
+    (out['sr'].mean() + out['kernel'].square().mean()).backward()
+    assert net.kernel_net.conv_last.weight.grad.abs().sum() > 0
+    assert net.sr_net.conv_last.weight.grad.abs().sum() > 0
+    assert not net.depth_net.training

@@ -1,0 +1,338 @@
+"""DKENetModel, NBSRModel, SVKRModel in process: train a few iterations, save, resume, validate (CPU, tiny)."""
+import math
+import os
+import os.path as osp
+import shutil
+import sys
+import uuid
+from copy import deepcopy
+
+import pytest
+import torch
+import yaml
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+import ssr_arch  # noqa: F401
+import ssr_models  # noqa: F401
+from basicsr.models import build_model
+from conftest import ROOT, run_python
+from ssr_data.kernels import kernel_map_from_params
+from test_svkr_archs import TINY_KE, TINY_SR, K, _TestDepth  # noqa: F401  (registers _TestDepth)
+
+SCALE = 2
+
+
+class _TinySet(Dataset):
+    """Samples with the contract's keys (lq, gt, depth, depth_lq, kernel, lq_path, gt_path)."""
+
+    def __init__(self, num, hr=24, name='tiny', with_kernel=True, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.items = []
+        h = hr // SCALE
+        for i in range(num):
+            gt = F.interpolate(torch.rand(1, 3, hr // 4, hr // 4, generator=g), size=(hr, hr), mode='bilinear',
+                               align_corners=False)[0]
+            depth = torch.linspace(0, 1, hr).expand(1, hr, hr).clone()
+            depth_lq = F.interpolate(depth[None], size=(h, h), mode='area')[0]
+            sigma = 0.4 + 1.5 * depth_lq[0]
+            kernel = kernel_map_from_params(sigma, 0.6 * sigma, torch.full((h, h), 0.3 * i), K)[0]
+            lq = F.avg_pool2d(gt[None], SCALE)[0]
+            item = {'lq': lq, 'gt': gt, 'depth': depth, 'depth_lq': depth_lq, 'lq_path': f'img{i:02d}.png',
+                    'gt_path': f'img{i:02d}.png'}
+            if with_kernel:
+                item['kernel'] = kernel
+            self.items.append(item)
+        self.opt = {'name': name}
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, idx):
+        return self.items[idx]
+
+
+class _TB:
+    """Records what the model logs to TensorBoard."""
+
+    def __init__(self):
+        self.scalars, self.images = {}, {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars[tag] = value
+
+    def add_image(self, tag, img, step, dataformats='CHW'):
+        self.images[tag] = (img.shape, dataformats)
+
+
+def _opt(tmp_path, model_type, network_g, train_extra, metrics, name='m'):
+    root = tmp_path / name
+    paths = {k: str(root / k) for k in ('models', 'training_states', 'visualization', 'log')}
+    for p in paths.values():
+        os.makedirs(p, exist_ok=True)
+    paths.update(pretrain_network_g=None, strict_load_g=True, resume_state=None, experiments_root=str(root))
+    train = {'optim_g': {'type': 'Adam', 'lr': 1e-3}, 'scheduler': {'type': 'MultiStepLR', 'milestones': [100],
+                                                                   'gamma': 0.5}, 'total_iter': 10}
+    train.update(train_extra)
+    return {'name': name, 'model_type': model_type, 'is_train': True, 'num_gpu': 0, 'dist': False, 'rank': 0,
+            'world_size': 1, 'scale': SCALE, 'network_g': network_g, 'path': paths, 'train': train,
+            'val': {'save_img': True, 'metrics': metrics, 'tb_images': 1}}
+
+
+def _batches(dataset, batch_size=2):
+    return list(DataLoader(dataset, batch_size=batch_size, shuffle=False))
+
+
+def _train_save_resume(opt, dataset, iters=3):
+    model = build_model(deepcopy(opt))
+    params0 = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    for it, batch in zip(range(1, iters + 1), _batches(dataset) * iters):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+        model.update_learning_rate(it)
+        assert all(math.isfinite(float(v)) for v in model.get_current_log().values())
+    changed = [k for k, v in model.net_g.state_dict().items() if not torch.equal(v, params0[k])]
+    assert changed, 'training changed no weight'
+    model.save(0, iters)
+    ckpt = osp.join(opt['path']['models'], f'net_g_{iters}.pth')
+    state_path = osp.join(opt['path']['training_states'], f'{iters}.state')
+    assert osp.isfile(ckpt) and osp.isfile(state_path)
+
+    # resume as BasicSR does: weights from the checkpoint, optimizer/scheduler from the state
+    opt2 = deepcopy(opt)
+    opt2['path']['pretrain_network_g'] = ckpt
+    resumed = build_model(opt2)
+    resumed.resume_training(torch.load(state_path, map_location='cpu', weights_only=False))
+    for k, v in model.net_g.state_dict().items():
+        torch.testing.assert_close(resumed.net_g.state_dict()[k], v)
+    if hasattr(model, 'net_g_ema'):
+        for k, v in model.net_g_ema.state_dict().items():
+            torch.testing.assert_close(resumed.net_g_ema.state_dict()[k], v)
+    s1, s2 = model.optimizer_g.state_dict()['state'], resumed.optimizer_g.state_dict()['state']
+    assert s1.keys() == s2.keys() and all(torch.equal(s1[i]['exp_avg'], s2[i]['exp_avg']) for i in s1)
+    assert resumed.schedulers[0].last_epoch == model.schedulers[0].last_epoch > 0
+    # and keeps training
+    batch = _batches(dataset)[0]
+    resumed.feed_data(batch)
+    resumed.optimize_parameters(iters + 1)
+    return resumed
+
+
+def _validate(model, dataset):
+    tb = _TB()
+    loader = DataLoader(dataset, batch_size=1, shuffle=False)
+    model.validation(loader, 7, tb, save_img=True)
+    return tb
+
+
+def test_dkenet_model_trains_resumes_validates(tmp_path):
+    torch.manual_seed(0)
+    net = dict(TINY_KE, scale=SCALE)
+    opt = _opt(tmp_path, 'DKENetModel', net, {'kernel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}},
+               {'kernel_psnr': {'type': 'calculate_kernel_psnr'}})
+    model = _train_save_resume(opt, _TinySet(2))
+    tb = _validate(model, _TinySet(2, name='val'))
+    psnr = model.all_metric_results['kernel_psnr']
+    assert 10 < psnr < 200
+    vis = osp.join(opt['path']['visualization'], 'img00')
+    assert sorted(os.listdir(vis)) == ['img00_7_depth.png', 'img00_7_kvar.png', 'img00_7_kvar_gt.png']
+    assert 'metrics/val/kernel_psnr' in tb.scalars
+    assert set(tb.images) == {'val/val/img00/depth', 'val/val/img00/kvar', 'val/val/img00/kvar_gt'}
+
+
+def test_nbsr_model_trains_resumes_validates(tmp_path):
+    torch.manual_seed(0)
+    net = dict(TINY_SR, scale=SCALE)
+    opt = _opt(tmp_path, 'NBSRModel', net, {'pixel_opt': {'type': 'L1Loss'}, 'ema_decay': 0.9},
+               {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE}, 'ssim': {'type': 'calculate_ssim',
+                                                                                 'crop_border': SCALE}})
+    model = _train_save_resume(opt, _TinySet(2))
+    ckpt = torch.load(osp.join(opt['path']['models'], 'net_g_3.pth'), weights_only=True)
+    assert set(ckpt) == {'params', 'params_ema'}
+    tb = _validate(model, _TinySet(2, name='val'))
+    assert 5 < model.all_metric_results['psnr'] < 100 and 0 < model.all_metric_results['ssim'] <= 1
+    assert 'img00_7.png' in os.listdir(osp.join(opt['path']['visualization'], 'img00'))
+    assert 'val/val/img00/sr' in tb.images
+    with pytest.raises(KeyError, match='kernel'):
+        model.feed_data(_batches(_TinySet(1, with_kernel=False))[0])
+
+
+def test_svkr_model_per_iterate_metrics(tmp_path):
+    torch.manual_seed(0)
+    net = {'type': 'SVKR', 'num_iter': 2, 'gamma': 0.9, 'scale': SCALE, 'depth_opt': {'type': '_TestDepth'},
+           'kernel_opt': TINY_KE, 'sr_opt': TINY_SR}
+    opt = _opt(tmp_path, 'SVKRModel', net, {'pixel_opt': {'type': 'L1Loss'}, 'kernel_opt': {'type': 'L1Loss'},
+                                            'ema_decay': 0.5, 'grad_clip': 1.0, 'all_iterates': True},
+               {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE}, 'kpsnr': {'type': 'calculate_kernel_psnr'}})
+    model = _train_save_resume(opt, _TinySet(2))
+    tb = _validate(model, _TinySet(1, name='val'))
+    res = model.all_metric_results
+    expected = {f'{m}{s}' for m in ('psnr', 'kpsnr') for s in ('', '_t0', '_t1', '_t2')}
+    assert set(res) == expected
+    assert res['psnr'] == res['psnr_t2'] and res['kpsnr'] == res['kpsnr_t2']
+    assert set(model.metric_results) == {'psnr', 'kpsnr'}
+    assert {f'metrics/val/{k}' for k in expected} <= set(tb.scalars)
+    files = os.listdir(osp.join(opt['path']['visualization'], 'img00'))
+    assert {'img00_7.png', 'img00_7_depth.png', 'img00_7_kvar.png', 'img00_7_kvar_gt.png'} <= set(files)
+
+
+def test_svkr_model_validates_without_gt_kernel(tmp_path):
+    net = {'type': 'SVKR', 'num_iter': 1, 'scale': SCALE, 'depth_opt': {'type': '_TestDepth'},
+           'kernel_opt': TINY_KE, 'sr_opt': TINY_SR}
+    opt = _opt(tmp_path, 'SVKRModel', net, {'pixel_opt': {'type': 'L1Loss'}},
+               {'psnr': {'type': 'calculate_psnr', 'crop_border': SCALE}, 'kpsnr': {'type': 'calculate_kernel_psnr'}})
+    model = build_model(opt)
+    _validate(model, _TinySet(1, name='val', with_kernel=False))
+    assert 'psnr' in model.all_metric_results and 'kpsnr' not in model.all_metric_results
+
+
+def test_nonfinite_loss_skips_step_and_nan_weights_are_never_saved(tmp_path, caplog):
+    torch.manual_seed(0)
+    opt = _opt(tmp_path, 'NBSRModel', dict(TINY_SR, scale=SCALE), {'pixel_opt': {'type': 'L1Loss'},
+                                                                   'max_nonfinite_steps': 3}, {})
+    model = build_model(opt)
+    batch = _batches(_TinySet(2))[0]
+    before = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    batch_nan = dict(batch, gt=batch['gt'] * float('nan'))
+    model.feed_data(batch_nan)
+    model.optimize_parameters(5)
+    for k, v in model.net_g.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert model.nonfinite_total == 1
+    assert model.get_current_log()['nonfinite_skips'] == 1
+    model.feed_data(batch)
+    model.optimize_parameters(6)  # a finite step resets the streak
+    assert model.nonfinite_streak == 0
+    model.feed_data(batch_nan)
+    model.optimize_parameters(7)
+    model.optimize_parameters(8)
+    with pytest.raises(RuntimeError, match='iter 9'):
+        model.optimize_parameters(9)
+    # poisoned weights: save refuses, nothing is written
+    with torch.no_grad():
+        model.net_g.conv_last.weight.fill_(float('nan'))
+    model.save(0, 10)
+    assert not os.listdir(opt['path']['models']) and not os.listdir(opt['path']['training_states'])
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    torch.manual_seed(0)
+    clip, lr = 1e-3, 1.0
+    opt = _opt(tmp_path, 'DKENetModel', dict(TINY_KE, scale=SCALE),
+               {'kernel_opt': {'type': 'L1Loss', 'loss_weight': 1e4}, 'grad_clip': clip,
+                'optim_g': {'type': 'SGD', 'lr': lr}}, {})
+    model = build_model(opt)
+    before = [p.detach().clone() for p in model.net_g.parameters()]
+    model.feed_data(_batches(_TinySet(2))[0])
+    model.optimize_parameters(1)
+    step = torch.sqrt(sum(((p.detach() - b)**2).sum() for p, b in zip(model.net_g.parameters(), before)))
+    assert 0 < step <= lr * clip * (1 + 1e-4)
+
+
+def test_amp_option_is_ignored_on_cpu(tmp_path):
+    opt = _opt(tmp_path, 'NBSRModel', dict(TINY_SR, scale=SCALE), {'pixel_opt': {'type': 'L1Loss'},
+                                                                   'use_amp': True}, {})
+    model = build_model(opt)
+    assert not model.use_amp and not model.scaler.is_enabled()
+
+
+# ------------------------------------------------------------------------------------------------------
+# the three stages through BasicSR's launchers with the shipped demo option files (shrunk to toy sizes)
+# ------------------------------------------------------------------------------------------------------
+def _stage_data(root):
+    import cv2
+    import numpy as np
+    import skimage.data
+
+    sys.path.insert(0, osp.join(ROOT, 'scripts'))
+    from make_sv_testset import make_sv_testset
+    from ssr_data.kernels import KernelPCA, random_kernels
+    hr = root / 'hr'
+    hr.mkdir()
+    for name in ('astronaut', 'rocket', 'coffee'):
+        cv2.imwrite(str(hr / f'{name}.png'), np.ascontiguousarray(getattr(skimage.data, name)()[100:164, 100:164,
+                                                                                                  ::-1]))
+    val = [(n, np.ascontiguousarray(getattr(skimage.data, n)()[50:98, 60:108, ::-1])) for n in ('chelsea', )]
+    make_sv_testset(val, str(root / 'val'), scale=4, kernel_size=21, pattern='depth', seed=0, show_progress=False)
+    KernelPCA.fit(random_kernels(500, 21, seed=0), 10).save(str(root / 'pca.pth'))
+    return root
+
+
+def _shrink(opt_file, name, data, total_iter, **network):
+    with open(osp.join(ROOT, 'options', opt_file)) as f:
+        opt = yaml.safe_load(f)
+    opt['name'] = name
+    for phase, dset in opt['datasets'].items():
+        if dset['type'] == 'SSRDegradationDataset':
+            dset.update(dataroot_gt=str(data / 'hr'), gt_size=32, batch_size_per_gpu=2, dataset_enlarge_ratio=1)
+            dset.pop('dataroot_depth')  # no depth LMDB: the dataset runs the weight-free prior
+        else:
+            dset['dataroot'] = str(data / 'val')
+    opt['network_g'].update(network)
+    if 'train' in opt:
+        opt['train']['total_iter'] = total_iter
+        opt['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}
+        opt['logger'].update(print_freq=1, save_checkpoint_freq=2)
+        opt['val']['val_freq'] = 2
+    return opt
+
+
+def _run_stage(tmp_path, opt, *flags):
+    path = tmp_path / f'{opt["name"]}_{opt.get("train", {}).get("total_iter", "test")}.yml'
+    path.write_text(yaml.safe_dump(opt, sort_keys=False))
+    script = 'basicsr/train.py' if 'train' in opt else 'basicsr/test.py'
+    proc = run_python([script, '-opt', str(path), *flags], timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
+
+
+@pytest.fixture
+def stage_names():
+    tag = uuid.uuid4().hex[:6]
+    names = {k: f'pytest_{k}_{tag}' for k in ('dkenet', 'nbsr', 'svkr', 'test')}
+    yield names
+    for name in names.values():
+        for folder in ('experiments', 'tb_logger', 'results'):
+            shutil.rmtree(osp.join(ROOT, folder, name), ignore_errors=True)
+
+
+def test_stages_train_auto_resume_and_test_through_launchers(tmp_path, stage_names):
+    data = _stage_data(tmp_path)
+    tiny_ke = {'num_feat': [8, 12], 'num_depth_feat': [4, 6]}
+    tiny_sr = {'num_feat': 8, 'num_block': 1, 'num_grow_ch': 4, 'num_cond': 8, 'pca_path': str(data / 'pca.pth')}
+    stages = {
+        'dkenet': ('train_dkenet_demo.yml', tiny_ke),
+        'nbsr': ('train_nbsr_demo.yml', tiny_sr),
+        'svkr': ('train_svkr_demo.yml', {
+            'kernel_opt': dict(type='DKENet', **tiny_ke), 'sr_opt': dict(type='NBSR', **tiny_sr),
+            'pretrain_network_kernel': osp.join(ROOT, 'experiments', stage_names['dkenet'], 'models',
+                                                'net_g_latest.pth'),
+            'pretrain_network_sr': osp.join(ROOT, 'experiments', stage_names['nbsr'], 'models', 'net_g_latest.pth')}),
+    }
+    for stage, (opt_file, net) in stages.items():
+        name = stage_names[stage]
+        _run_stage(tmp_path, _shrink(opt_file, name, data, 2, **net))
+        last = 2
+        if stage == 'svkr':  # (the in-process tests resume every model; one launcher run is enough here)
+            # a second run with a larger budget picks the run up where it stopped
+            out = _run_stage(tmp_path, _shrink(opt_file, name, data, 4, **net), '--auto_resume')
+            assert 'Resuming training from epoch' in out and 'iter: 2.' in out, out[-3000:]
+            last = 4
+        models = sorted(os.listdir(osp.join(ROOT, 'experiments', name, 'models')))
+        assert models == sorted({'net_g_2.pth', f'net_g_{last}.pth', 'net_g_latest.pth'})
+        assert os.listdir(osp.join(ROOT, 'tb_logger', name))
+        vis = osp.join(ROOT, 'experiments', name, 'visualization', 'chelsea')
+        assert f'chelsea_{last}_kvar.png' in os.listdir(vis)
+    # stage 3 validation scored every iterate t = 0..3
+    assert all(f'kernel_psnr_t{t}' in out and f'psnr_t{t}' in out for t in range(4))
+
+    # basicsr/test.py on the stage 3 result, with the shipped test option file
+    test = _shrink('test_svkr_demo.yml', stage_names['test'], data, None, **stages['svkr'][1])
+    for key in ('pretrain_network_kernel', 'pretrain_network_sr'):
+        test['network_g'].pop(key)
+    test['path']['pretrain_network_g'] = osp.join(ROOT, 'experiments', stage_names['svkr'], 'models',
+                                                  'net_g_latest.pth')
+    _run_stage(tmp_path, test)
+    files = os.listdir(osp.join(ROOT, 'results', stage_names['test'], 'visualization', 'demo_val_x4'))
+    stem = f'chelsea_{stage_names["test"]}'
+    assert {f'{stem}.png', f'{stem}_depth.png', f'{stem}_kvar.png', f'{stem}_kvar_gt.png'} <= set(files)
