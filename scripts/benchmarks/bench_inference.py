@@ -1,0 +1,194 @@
+"""Inference cost per image vs input size and tile size (random weights; timing and memory only).
+
+    python scripts/benchmarks/bench_inference.py                       # CPU: SVKR-only and SSR, tiny models
+    python scripts/benchmarks/bench_inference.py --mode svkr --sizes 128 256 512 --tiles 0 128
+    python scripts/benchmarks/bench_inference.py --gpu                 # + the GPU section when CUDA is there
+
+Each measurement runs in a fresh child process (CPU peak memory is the process's peak RSS, which cannot
+be reset): it builds the model, warms up on a tiny input, then super-resolves one random LR image of
+the given size with the given tile (0 = untiled) through ``ssr_utils.inference`` (the code behind
+scripts/inference_ssr.py). Reported: seconds, working memory (peak RSS minus the RSS after warm-up; on
+GPU ``max_memory_allocated``), and both as ratios to the first row of the same run (the baseline).
+On CPU the blended output canvas (3 + 1 float32 planes at HR size) lives in host memory by design; its
+size is printed beside the working memory so that the part that depends on the tile can be read off.
+
+GPU section (``--gpu``, only when ``torch.cuda.is_available()``): SSR with Stable Diffusion 2.1-base
+sizes (random weights, config of scripts/benchmarks/bench_ssr_sampling.py) for a 768×768 output at 50
+DDIM steps in fp16 and bf16 (the paper's anchor is 32 s), the few-step mode (DPM-Solver++, 4 steps), and
+the bare UNet loop at the same steps for the SSR/bare ratio; plus tiled SVKR peak memory vs input size.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def _rss_kb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+
+
+def _svkr_opt(size='demo'):
+    if size == 'full':  # the architecture of options/train_svkr.yml
+        return dict(type='SVKR', num_iter=3, gamma=0.9, use_depth=True, scale=4, kernel_size=21,
+                    sr_opt=dict(type='NBSR', num_feat=64, num_block=6, num_grow_ch=32, num_cond=64))
+    return dict(type='SVKR', num_iter=3, gamma=0.9, use_depth=True, scale=4, kernel_size=21,
+                depth_opt=dict(type='MonocularDepth', backend='prior'),
+                kernel_opt=dict(type='DKENet', num_feat=[32, 64], num_depth_feat=[16, 32], reduction=2),
+                sr_opt=dict(type='NBSR', num_feat=32, num_block=3, num_grow_ch=16, num_cond=32))
+
+
+def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
+    from ssr_utils import compat
+    compat.apply()
+    import torch
+    import ssr_arch  # noqa: F401
+    import ssr_models  # noqa: F401
+    from basicsr.archs import build_network
+    from basicsr.models import build_model
+    torch.manual_seed(0)
+    if mode == 'svkr':
+        return build_network(_svkr_opt('full' if config == 'sd21' else 'demo')).to(device).eval()
+    from ssr_arch.ssr_unet_arch import tiny_config
+    if config == 'sd21':
+        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+        from bench_ssr_sampling import sd21_config
+        net_cfg = sd21_config()
+    else:
+        net_cfg = tiny_config()
+    opt = dict(name='bench', model_type='SSRModel', scale=4, num_gpu=1 if device.type == 'cuda' else 0,
+               is_train=False, dist=False, rank=0, world_size=1, network_g=dict(type='SSRUNet', **net_cfg),
+               network_svkr=_svkr_opt('full' if config == 'sd21' else 'demo'), conditions=dict(source='svkr'),
+               diffusion=dict(sampler=sampler, num_inference_steps=4, seed=0, color_fix='wavelet', amp='none' if precision == 'fp32' else precision),
+               path={})
+    model = build_model(opt)
+    with torch.no_grad():  # random, non-zero AMF outputs: a trained model's cost
+        for amf in model.bare_g.amf.values():
+            for mlp in (amf.mlp_alpha, amf.mlp_beta):
+                mlp[-1].weight.normal_(0, 0.01)
+    return model
+
+
+def child(args):
+    import torch
+    device = torch.device(args.device)
+    obj = build(args.mode, device, args.config, args.precision, args.sampler)
+    from ssr_utils.inference import svkr_tiled, tiled_ssr_sample
+
+    def run(lr):
+        if args.mode == 'svkr':
+            return svkr_tiled(obj, lr.to(device), args.tile, args.overlap, out_device='cpu')['sr']
+        tile = args.tile if args.tile else max(lr.shape[-2:])
+        return tiled_ssr_sample(obj, lr, tile, args.overlap, num_steps=args.steps, seed=0,
+                                cond_cache=args.cond_cache)['sr']
+
+    with torch.no_grad():
+        run(torch.rand(1, 3, 16, 16))  # warm-up
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        base = _rss_kb()
+        lr = torch.rand(1, 3, args.size, args.size)
+        start = time.perf_counter()
+        out = run(lr)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        sec = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    res = dict(mode=args.mode, size=args.size, tile=args.tile, seconds=sec, work_mb=max(0, peak_kb - base) / 1024,
+               canvas_mb=4 * out.numel() * 4 / 3 / 2**20)
+    if device.type == 'cuda':
+        res['gpu_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+    print('RESULT ' + json.dumps(res), flush=True)
+
+
+def measure(args, mode, size, tile, **extra):
+    cmd = [sys.executable, osp.abspath(__file__), '--child', '--mode', mode, '--size', str(size), '--tile', str(tile),
+           '--overlap', str(args.overlap), '--steps', str(extra.get('steps', args.steps)), '--device', args.device,
+           '--config', extra.get('config', 'tiny'), '--precision', extra.get('precision', 'fp32'),
+           '--sampler', extra.get('sampler', 'ddim'), '--cond-cache', args.cond_cache]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    for line in proc.stdout.splitlines():
+        if line.startswith('RESULT '):
+            return json.loads(line[7:])
+    raise RuntimeError(f'benchmark child failed ({" ".join(cmd)}):\n{proc.stdout[-2000:]}')
+
+
+def header(mem_key):
+    print(f'{"mode":5} {"LR size":>8} {"tile":>5} {"s/image":>9} {"x base":>7} {mem_key + " MB":>14} {"x base":>7} '
+          f'{"canvas MB":>10}', flush=True)
+
+
+def row(r, base, mem_key):
+    print(f'{r["mode"]:5} {r["size"]:>8} {r["tile"]:>5} {r["seconds"]:9.2f} {r["seconds"] / base["seconds"]:7.2f} '
+          f'{r[mem_key]:14.1f} {r[mem_key] / max(base[mem_key], 1e-9):7.2f} {r["canvas_mb"]:10.1f}', flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--mode', choices=['svkr', 'ssr', 'both'], default='both')
+    p.add_argument('--sizes', type=int, nargs='+', default=[32, 64, 128], help='LR input sizes (square)')
+    p.add_argument('--tiles', type=int, nargs='+', default=[32], help='tile sizes in LR pixels; 0 = untiled')
+    p.add_argument('--overlap', type=int, default=8)
+    p.add_argument('--steps', type=int, default=4)
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--gpu', action='store_true', help='run the GPU section (when CUDA is available)')
+    p.add_argument('--cond-cache', default='auto', choices=['auto', 'device', 'cpu', 'none'],
+                   help='where tiled SSR keeps per-window condition features (ssr_utils.inference.tiled_ssr_sample)')
+    # child-process arguments
+    p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--size', type=int, help=argparse.SUPPRESS)
+    p.add_argument('--tile', type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument('--config', default='tiny', help=argparse.SUPPRESS)
+    p.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
+    p.add_argument('--sampler', default='ddim', help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    import torch
+    print(f'torch {torch.__version__}, {os.cpu_count()} CPUs visible, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS")}')
+    modes = ['svkr', 'ssr'] if args.mode == 'both' else [args.mode]
+    mem_key = 'gpu_peak_mb' if args.device.startswith('cuda') else 'work_mb'
+    for mode in modes:
+        print(f'\n== {mode}: device {args.device}, {args.steps if mode == "ssr" else "-"} steps, overlap {args.overlap}; '
+              f'baseline = first row')
+        header(mem_key)
+        rows = []
+        for tile in args.tiles:
+            for size in args.sizes:
+                rows.append(measure(args, mode, size, tile))
+                row(rows[-1], rows[0], mem_key)
+
+    if args.gpu:
+        if not torch.cuda.is_available():
+            print('\nGPU section skipped: CUDA is not available')
+            return
+        args.device = 'cuda'
+        name = torch.cuda.get_device_name(0)
+        print(f'\n== GPU: {name}, SD 2.1-base sizes (random weights), 768x768 output (LR 192), untiled')
+        for precision in ('fp16', 'bf16'):
+            r = measure(args, 'ssr', 192, 0, config='sd21', precision=precision, steps=50, sampler='ddim')
+            print(f'SSR {precision} 50 DDIM steps: {r["seconds"]:.2f} s/image (paper: 32 s), peak {r["gpu_peak_mb"]:.0f} MB')
+        r = measure(args, 'ssr', 192, 0, config='sd21', precision='bf16', steps=4, sampler='dpmsolver++')
+        print(f'SSR bf16 few-step (DPM-Solver++ 4 steps): {r["seconds"]:.2f} s/image')
+        print('SSR vs bare UNet at equal steps: scripts/benchmarks/bench_ssr_sampling.py --config sd21 --device cuda '
+              '--dtype bf16 --size 768 --with-svkr')
+        print('\nTiled SVKR (train_svkr.yml size), tile 256: peak GPU memory vs input size (output canvas on the host)')
+        header('gpu_peak_mb')
+        rows = []
+        for size in (256, 512, 1024, 2048):
+            rows.append(measure(args, 'svkr', size, 256, config='sd21'))
+            row(rows[-1], rows[0], 'gpu_peak_mb')
+
+
+if __name__ == '__main__':
+    main()

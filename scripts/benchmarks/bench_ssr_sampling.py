@@ -1,0 +1,176 @@
+"""SSR sampling overhead: the SSR UNet (condition encoders + AMF at every level) vs the bare UNet.
+
+    python scripts/benchmarks/bench_ssr_sampling.py                     # tiny config on CPU
+    python scripts/benchmarks/bench_ssr_sampling.py --config sd21 --size 256 --steps 3 --repeats 1  # SD size, CPU
+    python scripts/benchmarks/bench_ssr_sampling.py --config sd21 --device cuda --dtype bf16 --size 768
+
+Both loops run the same scheduler (DPM-Solver++) for the same steps on the same latent size, in the
+same process, interleaved, median of ``--repeats``:
+* bare: the same ``UNet2DConditionModel`` with no conditions (its AMF hooks return at once; no
+  weight copy, so SD-size models fit) and the null text embedding;
+* SSR: VAE encoding of the upsampled LR image + condition encoders + AMF modulations (once per
+  image) + the same UNet with AMF at every down / mid / up level.
+The VAE decoding is the same for both and is left out. ``--with-svkr`` adds the frozen SVKR
+(default options, T = 3) to the SSR side, i.e. the full SSR inference of a LR image.
+Budget (SPEC): SSR / bare <= 1.15.
+"""
+import argparse
+import os.path as osp
+import statistics
+import sys
+import time
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from ssr_utils import compat  # noqa: E402
+
+compat.apply()
+
+import torch  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+import ssr_arch  # noqa: E402,F401
+from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config  # noqa: E402
+
+
+def sd21_config():
+    """Stable Diffusion 2.1-base sizes (random weights): UNet 865M, VAE 84M; SSR encoders as train_ssr.yml."""
+    unet = dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=[320, 640, 1280, 1280],
+        layers_per_block=2,
+        down_block_types=['CrossAttnDownBlock2D'] * 3 + ['DownBlock2D'],
+        up_block_types=['UpBlock2D'] + ['CrossAttnUpBlock2D'] * 3,
+        cross_attention_dim=1024,
+        attention_head_dim=[5, 10, 20, 20],
+        use_linear_projection=True,
+        norm_num_groups=32)
+    vae = dict(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=['DownEncoderBlock2D'] * 4,
+        up_block_types=['UpDecoderBlock2D'] * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        norm_num_groups=32,
+        sample_size=768)
+    return dict(
+        unet=unet,
+        vae=vae,
+        null_text_length=77,
+        lr_encoder=dict(block_out_channels=[160, 320, 640, 640], layers_per_block=2),
+        map_encoder=dict(block_out_channels=[32, 64, 128, 128]),
+        amf=dict(hidden=128))
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', choices=['tiny', 'sd21'], default='tiny')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--dtype', choices=['fp32', 'fp16', 'bf16'], default='fp32')
+    parser.add_argument('--size', type=int, default=None, help='HR output size (default: tiny 64, sd21 768)')
+    parser.add_argument('--scale', type=int, default=4)
+    parser.add_argument('--steps', type=int, default=20)
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--with-svkr', action='store_true', help='include the frozen SVKR (default options)')
+    args = parser.parse_args()
+    if args.device.startswith('cuda') and not torch.cuda.is_available():
+        print('CUDA is not available; skipping the GPU benchmark')
+        return
+    device = torch.device(args.device)
+    dtype = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[args.dtype]
+    size = args.size or (64 if args.config == 'tiny' else 768)
+    torch.manual_seed(0)
+    cfg = tiny_config() if args.config == 'tiny' else sd21_config()
+    net = SSRUNet(**cfg).to(device, dtype).eval()
+    # random (non-zero) AMF output layers: a trained model's cost, not the zero-init shortcut
+    with torch.no_grad():
+        for amf in net.amf.values():
+            for mlp in (amf.mlp_alpha, amf.mlp_beta):
+                mlp[-1].weight.normal_(0, 0.01)
+    svkr = None
+    if args.with_svkr:
+        from basicsr.archs import build_network
+        svkr = build_network({'type': 'SVKR', 'num_iter': 3, 'gamma': 0.9, 'scale': args.scale}).to(device).eval()
+    from diffusers import DPMSolverMultistepScheduler
+    sched_cfg = DPMSolverMultistepScheduler(algorithm_type='dpmsolver++').config
+
+    lr = torch.rand(1, 3, size // args.scale, size // args.scale, device=device)
+    lat = size // net.vae_scale_factor
+    emb = net.null_embedding(1, dtype)
+
+    def loop(step_fn):
+        sched = DPMSolverMultistepScheduler.from_config(sched_cfg)
+        sched.set_timesteps(args.steps, device=device)
+        g = torch.Generator(device=device).manual_seed(0)
+        z = torch.randn(1, 4, lat, lat, generator=g, device=device) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            eps = step_fn(sched.scale_model_input(z, t).to(dtype), t)
+            z = sched.step(eps.float(), t, z).prev_sample
+        return z
+
+    @torch.no_grad()
+    def run_bare():
+        return loop(lambda z, t: net.unet(z, t, encoder_hidden_states=emb).sample)
+
+    @torch.no_grad()
+    def conditions():
+        """Once per image: (SVKR), VAE encoding of the upsampled LR, encoders, AMF modulations."""
+        if svkr is not None:
+            maps = svkr(lr)
+            depth, kernel = maps['depth'], maps['kernel']
+        else:
+            depth, kernel = torch.rand(1, 1, *lr.shape[-2:], device=device), None
+        lr_up = F.interpolate(lr, size=(size, size), mode='bicubic', align_corners=False).clamp(0, 1)
+        z_lr = net.encode_image(lr_up.to(dtype))
+        code = net.kernel_code(kernel.to(dtype)) if kernel is not None else \
+            torch.randn(1, net.pca.dim, *lr.shape[-2:], device=device, dtype=dtype)
+        return net.encode_conditions(z_lr, depth.to(dtype), code)
+
+    @torch.no_grad()
+    def run_ssr():
+        conds = conditions()
+        return loop(lambda z, t: net(z, t, conditions=conds))
+
+    def timed(fn):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        return time.perf_counter() - start
+
+    run_bare(), run_ssr()  # warm-up (kernel selection, allocator)
+    bare_t, ssr_t, cond_t = [], [], []
+    for _ in range(args.repeats):
+        bare_t.append(timed(run_bare))
+        ssr_t.append(timed(run_ssr))
+        cond_t.append(timed(conditions))
+    b, s, c = statistics.median(bare_t), statistics.median(ssr_t), statistics.median(cond_t)
+    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
+    n_unet = sum(p.numel() for p in net.unet.parameters())
+    n_ssr = sum(p.numel() for k, p in net.named_parameters() if not k.startswith(('unet.', 'vae.')))
+    print(f'config={args.config} device={dev_name} dtype={args.dtype} output={size}x{size} latent={lat}x{lat} '
+          f'steps={args.steps} repeats={args.repeats} svkr={"yes" if svkr is not None else "no"}')
+    print(f'UNet params {n_unet / 1e6:.2f}M, SSR encoders+AMF params {n_ssr / 1e6:.2f}M, AMF points {len(net._points)}')
+    print(f'bare UNet sampling: {b:.3f} s   SSR sampling: {s:.3f} s   ratio SSR/bare = {s / b:.3f} (budget <= 1.15)')
+    step_b, step_s = b / args.steps, max(s - c, 0.0) / args.steps
+    print(f'breakdown: once per image (VAE encode + encoders + AMF modulations{" + SVKR" if svkr is not None else ""}) '
+          f'{c:.3f} s; per step bare {step_b:.4f} s, SSR {step_s:.4f} s (per-step ratio {step_s / step_b:.3f})')
+    if args.steps < 50:
+        print(
+            f'projection from these parts, not a measurement: 50 steps -> ratio {(c + 50 * step_s) / (50 * step_b):.3f}'
+        )
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,99 @@
+"""Adaptive Multi-modal Fusion (AMF), paper Eq. (3).
+
+``F_out = (1 + M_alpha(f)) * BN(F_in) + M_beta(f)`` with ``M_alpha`` / ``M_beta`` per-pixel MLPs
+(1x1 convolutions, hidden width 128, ReLU) on a condition feature map ``f``.
+
+Initialisation (a documented deviation, see docs/diffusion.md): with ``zero_init=True`` the output
+layers of both MLPs start at zero, so ``M_alpha = M_beta = 0``. In the paper's form
+(``residual=False``) that makes a new AMF equal to ``BN(F_in)``, which is *not* the identity: put into
+a frozen pretrained UNet it would change every prediction at step 0 and throw the diffusion prior
+away. ``residual=True`` therefore carries the raw feature on the unmodulated path,
+
+    ``F_out = F_in + M_alpha(f) * BN(F_in) + M_beta(f)``
+
+which is Eq. (3) plus ``F_in - BN(F_in)``: the modulation terms are exactly the paper's, and a new
+AMF is exactly the identity. Both forms are available; SSRUNet uses ``residual=True`` by default.
+"""
+from torch import nn
+from torch.nn import functional as F
+
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from ssr_utils.compat import OptionError
+
+
+def _norm_layer(norm, channels, num_groups):
+    if norm == 'batch':
+        return nn.BatchNorm2d(channels)
+    if norm == 'group':
+        groups = min(num_groups, channels)
+        while channels % groups:
+            groups -= 1
+        return nn.GroupNorm(groups, channels)
+    if norm in ('none', None):
+        return nn.Identity()
+    raise OptionError('norm', norm, 'expected batch, group or none')
+
+
+def resize_to(feat, size):
+    """Bilinearly resize ``feat`` to spatial ``size`` (no-op when it already matches)."""
+    if tuple(feat.shape[-2:]) == tuple(size):
+        return feat
+    return F.interpolate(feat, size=tuple(size), mode='bilinear', align_corners=False)
+
+
+@ARCH_REGISTRY.register()
+class AMF(nn.Module):
+    """One AMF layer (Eq. 3) for one modality.
+
+    Args:
+        num_feat (int): channels of the modulated feature ``F_in``.
+        cond_channels (int): channels of the condition feature ``f``.
+        hidden (int): hidden width of ``M_alpha`` and ``M_beta`` (paper: 128).
+        norm (str): ``batch`` (paper), ``group`` or ``none``.
+        residual (bool): identity-at-init form (see the module docstring); False = literal Eq. (3).
+        zero_init (bool): zero the output layers of ``M_alpha`` and ``M_beta``.
+        num_groups (int): groups for ``norm: group``.
+    """
+
+    def __init__(self, num_feat, cond_channels, hidden=128, norm='batch', residual=True, zero_init=True, num_groups=32):
+        super().__init__()
+        for key, value in (('num_feat', num_feat), ('cond_channels', cond_channels), ('hidden', hidden)):
+            if not isinstance(value, int) or value <= 0:
+                raise OptionError(key, value, 'expected a positive integer')
+        self.num_feat = num_feat
+        self.cond_channels = cond_channels
+        self.residual = residual
+        self.norm = _norm_layer(norm, num_feat, num_groups)
+        self.mlp_alpha = nn.Sequential(
+            nn.Conv2d(cond_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, num_feat, 1))
+        self.mlp_beta = nn.Sequential(
+            nn.Conv2d(cond_channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, num_feat, 1))
+        if zero_init:
+            for mlp in (self.mlp_alpha, self.mlp_beta):
+                nn.init.zeros_(mlp[-1].weight)
+                nn.init.zeros_(mlp[-1].bias)
+
+    def modulation(self, cond, size=None):
+        """``(M_alpha(f), M_beta(f))``; they depend on ``f`` only, so samplers compute them once."""
+        if cond.shape[1] != self.cond_channels:
+            raise ValueError(f'AMF: condition has {cond.shape[1]} channels, expected {self.cond_channels}')
+        if size is not None:
+            cond = resize_to(cond, size)
+        return self.mlp_alpha(cond), self.mlp_beta(cond)
+
+    def apply_modulation(self, feat, alpha, beta):
+        """Eq. (3) (or its residual form) for precomputed ``alpha``, ``beta``."""
+        size = feat.shape[-2:]
+        alpha, beta = resize_to(alpha, size).to(feat.dtype), resize_to(beta, size).to(feat.dtype)
+        normed = self.norm(feat)
+        if self.residual:
+            return feat + alpha * normed + beta
+        return (1 + alpha) * normed + beta
+
+    def forward(self, feat, cond):
+        """``feat``: B x num_feat x H x W; ``cond``: B x cond_channels x h x w (resized to H x W)."""
+        if feat.shape[1] != self.num_feat:
+            raise ValueError(f'AMF: feature has {feat.shape[1]} channels, expected {self.num_feat}')
+        alpha, beta = self.modulation(cond, feat.shape[-2:])
+        return self.apply_modulation(feat, alpha, beta)

@@ -1,0 +1,429 @@
+"""SSRUNet: a diffusers ``UNet2DConditionModel`` constrained by AMF (paper section 3.3), plus its VAE.
+
+Structure (all one registered network, saved and loaded together):
+
+* ``unet``: a plain ``UNet2DConditionModel``; loaded from ``<pretrained_path>/unet`` (diffusers
+  layout, e.g. a Stable Diffusion 2.1-base download) or built from the ``unet`` option dict.
+* ``vae``: an ``AutoencoderKL`` from ``<pretrained_path>/vae`` or the ``vae`` option dict.
+* ``encoders``: ``lr`` (half-UNet ``SSRLREncoder`` of the VAE latent of the upsampled LR image),
+  ``depth`` and ``kernel`` (small ``SSRMapEncoder`` of the depth map and of the kernel map's PCA
+  code). Each gives one feature map per UNet level.
+* ``amf``: one ``AMF`` per injection point and modality. Injection points are the output of every
+  down block (``down0``...), of the mid block (``mid``) and of every up block (``up0``...). At each
+  point the modalities are applied one after another in the order of ``modalities``; the default
+  ``[kernel, depth, lr]`` is the paper's index order (f1 = kernel, f2 = depth, f3 = LR image), so the
+  primary modality acts last, closest to the UNet's next layer.
+* ``recon_heads``: light heads for the constraint terms C_i of Eq. (5) (see ``reconstruct``).
+* the null text embedding (``null_text``: ``zeros`` = fixed zeros, ``learned`` = a trained
+  parameter; ``null_text_path`` initialises it from a saved tensor, e.g. the text encoder's
+  embedding of the empty prompt computed once offline).
+
+The UNet's own modules and parameter names are untouched (AMF acts through forward hooks), so the
+base weights load and save in the diffusers layout and a bare UNet call (``conditions=None``)
+behaves exactly like the original model. With ``pretrained_path`` the UNet and the VAE are frozen by
+default (``freeze_unet`` / ``freeze_vae``); without it everything is trainable.
+"""
+import json
+import os
+import os.path as osp
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from ssr_arch.amf_arch import AMF
+from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
+from ssr_utils.compat import OptionError, atomic_torch_save
+
+MODALITIES = ('kernel', 'depth', 'lr')
+_CONFIG_NAME = 'ssr_config.json'
+_ADAPTER_NAME = 'ssr_adapters.pth'
+
+
+def tiny_config(cross_attention_dim=32, null_text_length=4):
+    """Options of a tiny random SSRUNet (UNet widths 32/64, 2-block VAE): tests, CPU benchmark, demo."""
+    unet = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=[32, 64],
+        layers_per_block=1,
+        down_block_types=['CrossAttnDownBlock2D', 'DownBlock2D'],
+        up_block_types=['UpBlock2D', 'CrossAttnUpBlock2D'],
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8)
+    vae = dict(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=[16, 32],
+        down_block_types=['DownEncoderBlock2D'] * 2,
+        up_block_types=['UpDecoderBlock2D'] * 2,
+        latent_channels=4,
+        norm_num_groups=8,
+        layers_per_block=1,
+        sample_size=32)
+    return dict(
+        unet=unet,
+        vae=vae,
+        null_text_length=null_text_length,
+        lr_encoder=dict(block_out_channels=[16, 32]),
+        map_encoder=dict(block_out_channels=[8, 16]),
+        amf=dict(hidden=16))
+
+
+def _public_config(config):
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith('_')}
+
+
+def _count(params):
+    return sum(p.numel() for p in params)
+
+
+@ARCH_REGISTRY.register()
+class SSRUNet(nn.Module):
+    """See the module docstring. Options (``network_g`` in the YAML):
+
+    Args:
+        pretrained_path (str | None): local diffusers-layout folder with ``unet/`` and ``vae/``.
+        unet (dict | None): ``UNet2DConditionModel`` config (without ``pretrained_path``).
+        vae (dict | None): ``AutoencoderKL`` config (without ``pretrained_path``).
+        freeze_unet, freeze_vae (bool | None): default: True with ``pretrained_path``, else False.
+        modalities (list[str]): subset of kernel / depth / lr, in the order AMF applies them.
+        kernel_code_channels (int): channels of the kernel PCA code (contract: L = 10).
+        kernel_size (int): k of the k x k kernels in the kernel maps.
+        pca_path (str | None): ``KernelPCA`` file (``KernelPCA.save``); the basis is kept as submodule
+            ``pca`` and saved with the network, so later loads need no file.
+        lr_encoder (dict): ``SSRLREncoder`` options (``block_out_channels`` one per UNet level...).
+        map_encoder (dict): ``SSRMapEncoder`` options, shared by the depth and kernel encoders.
+        amf (dict): ``AMF`` options (hidden, norm, residual, zero_init).
+        inject (list[str]): which groups of points get AMF: down, mid, up.
+        null_text (str): zeros | learned. null_text_length (int): tokens. null_text_path (str | None).
+        recon_heads (bool): build the reconstruction heads of the constraint terms.
+        gradient_checkpointing (bool): diffusers' gradient checkpointing in the UNet blocks.
+    """
+
+    def __init__(self,
+                 pretrained_path=None,
+                 unet=None,
+                 vae=None,
+                 freeze_unet=None,
+                 freeze_vae=None,
+                 modalities=MODALITIES,
+                 kernel_code_channels=10,
+                 kernel_size=21,
+                 pca_path=None,
+                 lr_encoder=None,
+                 map_encoder=None,
+                 amf=None,
+                 inject=('down', 'mid', 'up'),
+                 null_text='zeros',
+                 null_text_length=77,
+                 null_text_path=None,
+                 recon_heads=True,
+                 gradient_checkpointing=False):
+        super().__init__()
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        logger = get_root_logger()
+
+        if pretrained_path is not None:
+            for sub in ('unet', 'vae'):
+                if not osp.isdir(osp.join(pretrained_path, sub)):
+                    raise OptionError('pretrained_path', pretrained_path, f'no "{sub}/" folder (diffusers layout)')
+            if unet is not None or vae is not None:
+                raise OptionError('unet' if unet is not None else 'vae', 'dict',
+                                  'give either pretrained_path or the unet/vae configs, not both')
+            self.unet = UNet2DConditionModel.from_pretrained(osp.join(pretrained_path, 'unet'))
+            self.vae = AutoencoderKL.from_pretrained(osp.join(pretrained_path, 'vae'))
+        else:
+            if unet is None or vae is None:
+                raise OptionError('unet' if unet is None else 'vae', None,
+                                  'required when pretrained_path is not given (config of the model to build)')
+            self.unet = UNet2DConditionModel(**unet)
+            self.vae = AutoencoderKL(**vae)
+        freeze_unet = pretrained_path is not None if freeze_unet is None else bool(freeze_unet)
+        freeze_vae = pretrained_path is not None if freeze_vae is None else bool(freeze_vae)
+        self.unet.requires_grad_(not freeze_unet)
+        self.vae.requires_grad_(not freeze_vae)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+        modalities = list(modalities)
+        if not modalities or any(m not in MODALITIES for m in modalities) or len(set(modalities)) != len(modalities):
+            raise OptionError('modalities', modalities, f'expected distinct entries from {list(MODALITIES)}')
+        inject = list(inject)
+        if not inject or any(g not in ('down', 'mid', 'up') for g in inject):
+            raise OptionError('inject', inject, 'expected a non-empty subset of [down, mid, up]')
+        if null_text not in ('zeros', 'learned'):
+            raise OptionError('null_text', null_text, 'expected zeros or learned')
+        self.modalities = modalities
+        self.inject = inject
+        from ssr_data.kernels import KernelPCA
+        if pca_path is not None:
+            self.pca = KernelPCA.load(pca_path)
+            if self.pca.dim != kernel_code_channels or self.pca.kernel_size != kernel_size:
+                raise OptionError(
+                    'pca_path', pca_path, f'holds a dim {self.pca.dim}, k {self.pca.kernel_size} basis; '
+                    f'kernel_code_channels is {kernel_code_channels}, kernel_size {kernel_size}')
+        else:  # filled from a checkpoint, or by SSRModel from the SVKR's basis
+            self.pca = KernelPCA(kernel_size=kernel_size, dim=kernel_code_channels)
+
+        ucfg = self.unet.config
+        levels = list(ucfg.block_out_channels)
+        n = len(levels)
+        lr_encoder = dict(lr_encoder or {})
+        map_encoder = dict(map_encoder or {})
+        amf = dict(amf or {})
+        lr_encoder.setdefault('block_out_channels', levels)
+        map_encoder.setdefault('block_out_channels', [max(c // 4, 8) for c in levels])
+        for key, enc in (('lr_encoder', lr_encoder), ('map_encoder', map_encoder)):
+            if len(enc['block_out_channels']) != n:
+                raise OptionError(f'{key}:block_out_channels', enc['block_out_channels'],
+                                  f'needs one entry per UNet level ({n})')
+        self.encoders = nn.ModuleDict()
+        for m in modalities:
+            if m == 'lr':
+                self.encoders[m] = SSRLREncoder(in_channels=self.vae.config.latent_channels, **lr_encoder)
+            else:
+                in_ch = 1 if m == 'depth' else kernel_code_channels
+                self.encoders[m] = SSRMapEncoder(in_channels=in_ch, **map_encoder)
+
+        # injection points: (name, module, feature channels, UNet level of its output)
+        self._points = []
+        if 'down' in inject:
+            for i, block in enumerate(self.unet.down_blocks):
+                level = i + 1 if getattr(block, 'downsamplers', None) is not None else i
+                self._points.append((f'down{i}', block, levels[i], level))
+        if 'mid' in inject:
+            if self.unet.mid_block is None:
+                raise OptionError('inject', inject, 'the UNet has no mid block')
+            self._points.append(('mid', self.unet.mid_block, levels[-1], n - 1))
+        if 'up' in inject:
+            rev = levels[::-1]
+            for j, block in enumerate(self.unet.up_blocks):
+                level = n - 1 - j - (1 if getattr(block, 'upsamplers', None) is not None else 0)
+                self._points.append((f'up{j}', block, rev[j], level))
+        self.point_levels = {name: level for name, _, _, level in self._points}
+        self.amf = nn.ModuleDict()
+        for name, _, feat_ch, level in self._points:
+            for m in modalities:
+                cond_ch = self.encoders[m].out_channels[level]
+                self.amf[f'{name}_{m}'] = AMF(feat_ch, cond_ch, **amf)
+
+        self.recon_heads = nn.ModuleDict()
+        if recon_heads:
+            for m in modalities:
+                deep = self.encoders[m].out_channels[-1]
+                target_ch = {'lr': self.vae.config.latent_channels, 'depth': 1, 'kernel': kernel_code_channels}[m]
+                self.recon_heads[m] = nn.Sequential(
+                    nn.Conv2d(deep, deep, 3, 1, 1), nn.SiLU(), nn.Conv2d(deep, target_ch, 1))
+
+        cross_dim = ucfg.cross_attention_dim
+        if not isinstance(cross_dim, int):
+            raise OptionError('unet:cross_attention_dim', cross_dim, 'SSRUNet needs a single integer')
+        if null_text_path is not None:
+            if not osp.isfile(null_text_path):
+                raise FileNotFoundError(f'null_text_path: no such file: {null_text_path}')
+            emb = torch.load(null_text_path, map_location='cpu', weights_only=True).float()
+            emb = emb.reshape(1, -1, cross_dim) if emb.dim() != 3 else emb[:1]
+        else:
+            emb = torch.zeros(1, int(null_text_length), cross_dim)
+        if null_text == 'learned':
+            self.null_text_embedding = nn.Parameter(emb)
+        else:
+            self.register_buffer('null_text_embedding', emb)
+
+        self._active = None
+        self._hook_handles = [
+            module.register_forward_hook(self._make_hook(name)) for name, module, _, _ in self._points
+        ]
+        self._config = dict(
+            unet=_public_config(ucfg),
+            vae=_public_config(self.vae.config),
+            freeze_unet=freeze_unet,
+            freeze_vae=freeze_vae,
+            modalities=modalities,
+            kernel_code_channels=kernel_code_channels,
+            kernel_size=kernel_size,
+            pca_path=None,
+            lr_encoder=lr_encoder,
+            map_encoder=map_encoder,
+            amf=amf,
+            inject=inject,
+            null_text=null_text,
+            null_text_length=int(emb.shape[1]),
+            null_text_path=None,
+            recon_heads=bool(recon_heads),
+            gradient_checkpointing=bool(gradient_checkpointing))
+        n_train, n_total = self.parameter_counts()
+        logger.info(
+            f'SSRUNet: {n_train:,} trainable of {n_total:,} parameters ({100.0 * n_train / max(n_total, 1):.2f}%); '
+            f'UNet {"frozen" if freeze_unet else "trainable"}, VAE {"frozen" if freeze_vae else "trainable"}, '
+            f'modalities {modalities}, {len(self._points)} AMF points')
+
+    # ------------------------------------------------------------------ config / save / load
+    @property
+    def config(self):
+        """Options that rebuild this architecture: ``SSRUNet(**net.config)``."""
+        return json.loads(json.dumps(self._config))
+
+    def parameter_counts(self):
+        params = list(self.parameters())
+        return _count(p for p in params if p.requires_grad), _count(params)
+
+    def adapter_state_dict(self):
+        """Everything but the base UNet and VAE (encoders, AMF, heads, null embedding)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(('unet.', 'vae.'))}
+
+    def save_pretrained(self, save_directory):
+        """Diffusers layout: ``unet/``, ``vae/`` plus ``ssr_config.json`` and ``ssr_adapters.pth``."""
+        os.makedirs(save_directory, exist_ok=True)
+        self.unet.save_pretrained(osp.join(save_directory, 'unet'))
+        self.vae.save_pretrained(osp.join(save_directory, 'vae'))
+        cfg = self.config
+        cfg.pop('unet'), cfg.pop('vae')
+        with open(osp.join(save_directory, _CONFIG_NAME), 'w') as f:
+            json.dump(cfg, f, indent=2)
+        atomic_torch_save({
+            k: v.detach().cpu()
+            for k, v in self.adapter_state_dict().items()
+        }, osp.join(save_directory, _ADAPTER_NAME))
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        """Load a folder written by ``save_pretrained`` (local paths only)."""
+        cfg_path = osp.join(path, _CONFIG_NAME)
+        if not osp.isfile(cfg_path):
+            raise FileNotFoundError(f'SSRUNet.from_pretrained: no {_CONFIG_NAME} in {path}')
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        cfg.update(overrides)
+        net = cls(pretrained_path=path, **cfg)
+        adapters = torch.load(osp.join(path, _ADAPTER_NAME), map_location='cpu', weights_only=True)
+        missing, unexpected = net.load_state_dict(adapters, strict=False)
+        missing = [k for k in missing if not k.startswith(('unet.', 'vae.'))]
+        if missing or unexpected:
+            raise KeyError(f'SSRUNet.from_pretrained({path}): missing {missing}, unexpected {unexpected}')
+        return net
+
+    # ------------------------------------------------------------------ VAE
+    @property
+    def vae_scale_factor(self):
+        return 2**(len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self):
+        """Output sizes must be multiples of this (VAE and UNet downsampling)."""
+        return self.vae_scale_factor * 2**(len(self.unet.config.block_out_channels) - 1)
+
+    def encode_image(self, img, sample=False, generator=None):
+        """RGB [0, 1] image -> scaled latent (``scaling_factor`` from the VAE config)."""
+        dist = self.vae.encode(img * 2 - 1).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return z * self.vae.config.scaling_factor
+
+    def decode_latent(self, z):
+        """Scaled latent -> RGB image in [0, 1]."""
+        img = self.vae.decode(z / self.vae.config.scaling_factor).sample
+        return ((img + 1) / 2).clamp(0, 1)
+
+    # ------------------------------------------------------------------ conditioning
+    def encode_features(self, lr_latent=None, depth=None, kernel_code=None, size=None):
+        """Encoder features per modality (list over UNet levels). Depth / kernel maps are resized to the
+        latent size (``size``, default: the LR latent's)."""
+        inputs = {'lr': lr_latent, 'depth': depth, 'kernel': kernel_code}
+        if size is None and lr_latent is not None:
+            size = lr_latent.shape[-2:]
+        feats = {}
+        for m in self.modalities:
+            x = inputs[m]
+            if x is None:
+                raise ValueError(f'SSRUNet: modality "{m}" is enabled but its input is missing')
+            if m != 'lr' and size is not None and tuple(x.shape[-2:]) != tuple(size):
+                x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False, antialias=True)
+            feats[m] = self.encoders[m](x)
+        return feats
+
+    def modulations(self, feats):
+        """Per injection point, the list ``[(modality, alpha, beta), ...]`` in application order."""
+        conds = {}
+        for name, _, _, level in self._points:
+            conds[name] = [(m, *self.amf[f'{name}_{m}'].modulation(feats[m][level])) for m in self.modalities]
+        return conds
+
+    def encode_conditions(self, lr_latent=None, depth=None, kernel_code=None, size=None, return_features=False):
+        """Everything that depends on the conditions only: computed once per image when sampling."""
+        feats = self.encode_features(lr_latent, depth, kernel_code, size)
+        conds = self.modulations(feats)
+        return (conds, feats) if return_features else conds
+
+    @property
+    def has_pca(self):
+        return bool(self.pca.components.abs().sum() > 0)
+
+    def kernel_code(self, kernel_map):
+        """Kernel map B x k^2 x h x w -> PCA code B x L x h x w."""
+        if kernel_map.shape[1] != self.pca.kernel_size**2:
+            raise ValueError(f'SSRUNet: kernel map has {kernel_map.shape[1]} channels, expected '
+                             f'{self.pca.kernel_size**2} (kernel_size {self.pca.kernel_size})')
+        return self.pca.encode(kernel_map)
+
+    def reconstruct(self, feats):
+        """C_i heads: each modality's deepest feature -> its own input, at that feature's size."""
+        return {m: self.recon_heads[m](feats[m][-1]) for m in self.modalities if m in self.recon_heads}
+
+    def _make_hook(self, name):
+
+        def hook(module, args, output):
+            conds = self._active
+            if conds is None or name not in conds:
+                return output
+            if isinstance(output, tuple):  # down block: (hidden, res_samples); res_samples[-1] is hidden
+                hidden, states = output[0], output[1]
+                if states[-1] is not hidden:
+                    raise RuntimeError(f'SSRUNet: unsupported down block {type(module).__name__} at {name}')
+                fused = self._fuse(name, hidden, conds[name])
+                return (fused, states[:-1] + (fused, )) + tuple(output[2:])
+            return self._fuse(name, output, conds[name])
+
+        return hook
+
+    def _fuse(self, name, hidden, point_conds):
+        for m, alpha, beta in point_conds:
+            hidden = self.amf[f'{name}_{m}'].apply_modulation(hidden, alpha, beta)
+        return hidden
+
+    def null_embedding(self, batch, dtype=None):
+        emb = self.null_text_embedding.expand(batch, -1, -1)
+        return emb.to(dtype) if dtype is not None else emb
+
+    def forward(self,
+                sample,
+                timestep,
+                lr_latent=None,
+                depth=None,
+                kernel_code=None,
+                conditions=None,
+                return_recon=False):
+        """Noise prediction. Pass either the modality inputs or ``conditions`` from ``encode_conditions``;
+        ``conditions={}`` runs the bare UNet (same null text embedding). ``return_recon=True`` returns
+        ``(prediction, reconstructions of the C_i heads)`` from the same call (one DDP forward)."""
+        feats = None
+        if conditions is None:
+            conditions, feats = self.encode_conditions(
+                lr_latent, depth, kernel_code, size=sample.shape[-2:], return_features=True)
+        self._active = conditions
+        try:
+            out = self.unet(
+                sample,
+                timestep,
+                encoder_hidden_states=self.null_embedding(sample.shape[0], sample.dtype),
+                return_dict=False)[0]
+        finally:
+            self._active = None
+        if return_recon:
+            return out, (self.reconstruct(feats) if feats is not None else {})
+        return out

@@ -1,0 +1,300 @@
+"""Benchmark metrics (paper Table 1), result tables and side-by-side crops.
+
+* PSNR / SSIM: BasicSR's ``calculate_psnr`` / ``calculate_ssim`` (options as in BasicSR: Y channel,
+  ``crop_border = scale``).
+* NIQE: BasicSR's ``calculate_niqe`` (its parameters ship with BasicSR).
+* LPIPS, MUSIQ, CLIP-IQA: through ``pyiqa`` (``type: calculate_pyiqa``, ``metric: lpips|musiq|clipiqa``)
+  only when pyiqa is installed and the weights are on disk (``pretrained_model_path`` in the metric's
+  options, or already in pyiqa's cache). Otherwise the metric is reported once, with the reason, as not
+  run, and its column reads ``n/a`` -- never a silent zero.
+* Kernel PSNR over every pixel of the kernel map (``calculate_kernel_psnr``) where ground-truth kernels
+  exist.
+
+``MetricSuite`` scores one image for one method; ``ResultTable`` collects rows and writes
+``<dataset>_metrics.csv`` (every image, every method) and ``<dataset>_metrics.md`` (means per method).
+"""
+import csv
+import importlib.util
+import math
+import os
+import os.path as osp
+from collections import OrderedDict
+from copy import deepcopy
+
+import cv2
+import numpy as np
+import torch
+
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import METRIC_REGISTRY
+
+from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
+from ssr_utils.kernel_metrics import KERNEL_METRICS
+
+PYIQA_METRICS = {'lpips': 'FR', 'musiq': 'NR', 'clipiqa': 'NR'}
+NO_REFERENCE = {'calculate_niqe'}
+NIQE_BLOCK = 96  # BasicSR's NIQE block size
+_PYIQA_CACHE = {}
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric that cannot run here; the message says why."""
+
+
+def pyiqa_cache_dirs():
+    """Where pyiqa keeps downloaded weights (its default, and the torch hub checkpoints folder)."""
+    dirs = []
+    try:
+        from pyiqa.utils.download_util import DEFAULT_CACHE_DIR
+        dirs.append(DEFAULT_CACHE_DIR)
+    except Exception:  # older/newer pyiqa: fall back to the documented default
+        dirs.append(osp.join(osp.expanduser('~'), '.cache', 'torch', 'hub', 'pyiqa'))
+    dirs.append(osp.join(torch.hub.get_dir(), 'checkpoints'))
+    return dirs
+
+
+def _has_cached_weights(metric):
+    for d in pyiqa_cache_dirs():
+        if osp.isdir(d) and any(metric.replace('_', '').lower() in f.replace('_', '').lower() for f in os.listdir(d)):
+            return True
+    return False
+
+
+def load_pyiqa_metric(metric, device='cpu', pretrained_model_path=None, **kwargs):
+    """A pyiqa metric built from LOCAL weights only; raises MetricUnavailable with the reason."""
+    metric = metric.lower()
+    if metric not in PYIQA_METRICS:
+        raise MetricUnavailable(f'unknown pyiqa metric {metric!r} (known here: {", ".join(PYIQA_METRICS)})')
+    key = (metric, str(device), pretrained_model_path)
+    if key in _PYIQA_CACHE:
+        return _PYIQA_CACHE[key]
+    if importlib.util.find_spec('pyiqa') is None:
+        raise MetricUnavailable('pyiqa is not installed (pip install pyiqa, or the [iqa] extra)')
+    if pretrained_model_path is not None and not osp.isfile(pretrained_model_path):
+        raise MetricUnavailable(f'pretrained_model_path {pretrained_model_path} does not exist')
+    if pretrained_model_path is None and not _has_cached_weights(metric):
+        raise MetricUnavailable(f'no {metric} weights on disk (set pretrained_model_path to a local file, or put '
+                                f'them in {pyiqa_cache_dirs()[0]}); nothing is downloaded at run time')
+    # weights must come from disk: make any hub access fail instead of downloading
+    os.environ.setdefault('HF_HUB_OFFLINE', '1')
+    try:
+        import pyiqa
+        extra = dict(kwargs)
+        if pretrained_model_path is not None:
+            extra['pretrained_model_path'] = pretrained_model_path
+        net = pyiqa.create_metric(metric, device=torch.device(device), as_loss=False, **extra)
+    except Exception as err:
+        raise MetricUnavailable(f'pyiqa could not build {metric} from local weights: {type(err).__name__}: {err}') \
+            from None
+    _PYIQA_CACHE[key] = net
+    return net
+
+
+def _bgr_uint8_to_tensor(img):
+    rgb = img[..., ::-1].astype(np.float32) / (65535.0 if img.dtype == np.uint16 else 255.0)
+    return torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None]
+
+
+@METRIC_REGISTRY.register()
+def calculate_pyiqa(img, img2=None, metric='lpips', crop_border=0, device='cpu', pretrained_model_path=None,
+                    **kwargs):
+    """LPIPS (full reference, lower is better), MUSIQ / CLIP-IQA (no reference) through pyiqa.
+
+    ``img`` / ``img2``: H×W×3 BGR uint8 (BasicSR's convention). Raises MetricUnavailable when it cannot run.
+    """
+    kwargs.pop('test_y_channel', None)
+    kwargs.pop('better', None)
+    kwargs.pop('input_order', None)
+    net = load_pyiqa_metric(metric, device, pretrained_model_path, **kwargs)
+    if crop_border:
+        img = img[crop_border:-crop_border, crop_border:-crop_border]
+        img2 = None if img2 is None else img2[crop_border:-crop_border, crop_border:-crop_border]
+    x = _bgr_uint8_to_tensor(img).to(device)
+    with torch.no_grad():
+        if PYIQA_METRICS[metric.lower()] == 'FR':
+            if img2 is None:
+                raise MetricUnavailable(f'{metric} needs a ground truth image')
+            score = net(x, _bgr_uint8_to_tensor(img2).to(device))
+        else:
+            score = net(x)
+    return float(score.item())
+
+
+class MetricSuite:
+    """The ``val.metrics`` block of an option file, applied per image and method.
+
+    ``score(img, img2=None, kernel=None, kernel2=None)`` -> OrderedDict name -> float or None (None: not
+    applicable or not available; the reason is logged once per metric)."""
+
+    def __init__(self, metrics_opt, device='cpu', logger=None):
+        self.metrics = OrderedDict((name, dict(opt)) for name, opt in (metrics_opt or {}).items())
+        self.device = device
+        self.logger = logger or get_root_logger()
+        self.unavailable = OrderedDict()
+        self.failed = OrderedDict()
+        for name, opt in self.metrics.items():
+            if opt.get('type') == 'calculate_pyiqa':
+                try:
+                    load_pyiqa_metric(opt.get('metric', name), device, opt.get('pretrained_model_path'),
+                                      **{k: v for k, v in opt.items()
+                                         if k not in ('type', 'metric', 'pretrained_model_path', 'crop_border',
+                                                      'test_y_channel', 'better', 'device')})
+                except MetricUnavailable as err:
+                    self._mark_unavailable(name, str(err))
+
+    def _mark_unavailable(self, name, reason):
+        if name not in self.unavailable:
+            self.unavailable[name] = reason
+            self.logger.warning(f'Metric {name} cannot run: {reason}. Reported as n/a.')
+
+    @property
+    def names(self):
+        return list(self.metrics)
+
+    def is_kernel_metric(self, name):
+        return self.metrics[name].get('type') in KERNEL_METRICS
+
+    def score(self, img=None, img2=None, kernel=None, kernel2=None):
+        from basicsr.metrics import calculate_metric
+        out = OrderedDict()
+        for name, opt in self.metrics.items():
+            out[name] = None
+            if name in self.unavailable:
+                continue
+            mtype = opt.get('type')
+            try:
+                if mtype in KERNEL_METRICS:
+                    if kernel is not None and kernel2 is not None:
+                        out[name] = float(calculate_metric({'kernel': kernel, 'kernel2': kernel2}, deepcopy(opt)))
+                elif img is None:
+                    continue
+                elif mtype in NO_REFERENCE:
+                    crop = int(opt.get('crop_border', 0))
+                    h, w = img.shape[0] - 2 * crop, img.shape[1] - 2 * crop
+                    if mtype == 'calculate_niqe' and (h // NIQE_BLOCK) * (w // NIQE_BLOCK) < 2:
+                        # one 96×96 block gives a degenerate covariance (NaN / SVD failure), not a score
+                        self._mark_failed(name, f'image smaller than two {NIQE_BLOCK}×{NIQE_BLOCK} NIQE blocks '
+                                          f'after cropping ({h}×{w})')
+                        continue
+                    value = float(calculate_metric({'img': img}, deepcopy(opt)))
+                    if not math.isfinite(value):
+                        self._mark_failed(name, f'non-finite value {value}')
+                        continue
+                    out[name] = value
+                elif mtype == 'calculate_pyiqa':
+                    o = {k: v for k, v in opt.items() if k != 'type'}
+                    o.setdefault('metric', name)
+                    o['device'] = self.device
+                    out[name] = calculate_pyiqa(img, img2, **o)
+                elif img2 is not None:
+                    out[name] = float(calculate_metric({'img': img, 'img2': img2}, deepcopy(opt)))
+            except MetricUnavailable as err:
+                self._mark_unavailable(name, str(err))
+            except Exception as err:  # a metric that fails on one image: n/a for that image, reported
+                self._mark_failed(name, f'{type(err).__name__}: {err}')
+        return out
+
+    def _mark_failed(self, name, reason):
+        if reason not in self.failed.setdefault(name, OrderedDict()):
+            self.logger.warning(f'Metric {name} is n/a for an image: {reason}')
+        self.failed[name][reason] = self.failed[name].get(reason, 0) + 1
+
+    def na_notes(self):
+        """One line per metric that was n/a on some images, with the reasons and counts."""
+        return [f'- {name}: n/a on {sum(r.values())} image(s): ' + '; '.join(f'{k} ({v}×)' for k, v in r.items())
+                for name, r in self.failed.items()]
+
+def _fmt(v, digits=4):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return 'n/a'
+    if isinstance(v, float) and math.isinf(v):
+        return 'inf'
+    return f'{v:.{digits}f}'
+
+
+class ResultTable:
+    """Rows ``(image, method, {metric: value})``; means per method; CSV + Markdown output."""
+
+    def __init__(self, metric_names, methods):
+        self.metric_names = list(metric_names)
+        self.methods = list(methods)
+        self.rows = []
+
+    def add(self, image, method, values):
+        self.rows.append((image, method, OrderedDict((m, values.get(m)) for m in self.metric_names)))
+
+    def means(self):
+        out = OrderedDict()
+        for method in self.methods:
+            vals = OrderedDict()
+            for m in self.metric_names:
+                xs = [r[2][m] for r in self.rows if r[1] == method and r[2][m] is not None]
+                vals[m] = float(np.mean(xs)) if xs else None
+            out[method] = vals
+        return out
+
+    def write(self, folder, dataset, unavailable=None, notes=()):
+        """Writes ``<folder>/<dataset>_metrics.csv`` and ``.md``; returns their paths."""
+        os.makedirs(folder, exist_ok=True)
+        csv_path = osp.join(folder, f'{dataset}_metrics.csv')
+        md_path = osp.join(folder, f'{dataset}_metrics.md')
+        tmp = csv_path + '.tmp'
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.writer(f)
+            writer.writerow(['image', 'method'] + self.metric_names)
+            for image, method, vals in self.rows:
+                writer.writerow([image, method] + ['' if vals[m] is None else repr(float(vals[m]))
+                                                   for m in self.metric_names])
+            for method, vals in self.means().items():
+                writer.writerow(['MEAN', method] + ['' if vals[m] is None else repr(float(vals[m]))
+                                                   for m in self.metric_names])
+        os.replace(tmp, csv_path)
+        n_images = len({r[0] for r in self.rows})
+        lines = [f'# {dataset}: {n_images} image(s), mean per method', '',
+                 '| method | ' + ' | '.join(self.metric_names) + ' |',
+                 '| --- | ' + ' | '.join('---' for _ in self.metric_names) + ' |']
+        for method, vals in self.means().items():
+            lines.append(f'| {method} | ' + ' | '.join(_fmt(vals[m]) for m in self.metric_names) + ' |')
+        if unavailable:
+            lines += ['', 'Not run:']
+            lines += [f'- {name}: {reason}' for name, reason in unavailable.items()]
+        if notes:
+            lines += [''] + [f'{n}' for n in notes]
+        with open(md_path + '.tmp', 'w') as f:
+            f.write('\n'.join(lines).rstrip() + '\n')
+        os.replace(md_path + '.tmp', md_path)
+        return csv_path, md_path
+
+    def markdown(self):
+        rows = ['| method | ' + ' | '.join(self.metric_names) + ' |']
+        for method, vals in self.means().items():
+            rows.append(f'| {method} | ' + ' | '.join(_fmt(vals[m]) for m in self.metric_names) + ' |')
+        return '\n'.join(rows)
+
+
+def side_by_side(panels, crop=None, label_height=18):
+    """``panels``: list of ``(label, H×W×3 uint8 BGR)`` at the same size. ``crop``: (y, x, size) HR window
+    (default: a centred square of at most 128 pixels). Returns one labelled uint8 BGR strip."""
+    h, w = panels[0][1].shape[:2]
+    for label, img in panels:
+        if img.shape[:2] != (h, w):
+            raise ValueError(f'side_by_side: panel {label!r} is {img.shape[:2]}, expected {(h, w)}')
+    if crop is None:
+        size = min(128, h, w)
+        crop = ((h - size) // 2, (w - size) // 2, size)
+    y, x, size = crop
+    size = min(size, h - y, w - x)
+    scale = max(1, 128 // max(size, 1))  # tiny crops are enlarged (nearest) to stay readable
+    tiles = []
+    for label, img in panels:
+        tile = img[y:y + size, x:x + size]
+        if img.dtype != np.uint8:
+            tile = (tile.astype(np.float32) / 257.0).round().astype(np.uint8)
+        if scale > 1:
+            tile = cv2.resize(tile, (size * scale, size * scale), interpolation=cv2.INTER_NEAREST)
+        bar = np.full((label_height, tile.shape[1], 3), 255, np.uint8)
+        cv2.putText(bar, label[:max(1, tile.shape[1] // 7)], (2, label_height - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+        tiles.append(np.concatenate([bar, tile], axis=0))
+        tiles.append(np.full((tiles[-1].shape[0], 2, 3), 255, np.uint8))
+    return np.concatenate(tiles[:-1], axis=1)

@@ -1,0 +1,203 @@
+"""Overlapping-tile processing with blended overlaps, for image-space and latent-space networks.
+
+``tiled_apply(fn, x, tile, overlap, context)`` cuts ``x`` (B×C×H×W: an LR image, a latent, an HR
+image for a VAE encoder ...) into windows of ``tile``×``tile`` whose neighbours overlap by at least
+``overlap``, runs ``fn`` on each window grown by ``context`` pixels on every side where the image
+has them (receptive field of a convolutional network; the context part of the output is thrown
+away), and blends the outputs with weights that ramp (raised cosine by default) across each overlap,
+so that no seam shows. ``fn`` may change the size by any rational factor (×4 SR, ×1/8 VAE encoder,
+×8 VAE decoder) and may return a tensor or a dict of tensors with different factors (e.g. the SR
+image at HR size and a kernel map at LR size); each factor is read from the first window.
+
+Windows (and the whole input, when it is smaller than one window) are padded on the bottom/right by
+reflection to ``multiple`` and to ``min_size`` before ``fn`` and the padding is cropped from the
+output, so odd sizes and inputs smaller than a network's minimum work.
+
+Outputs accumulate on ``out_device`` (e.g. the CPU while tiles run on a GPU), so the accelerator
+holds one window at a time whatever the input size.
+"""
+import math
+from fractions import Fraction
+
+import torch
+from torch.nn import functional as F
+from tqdm import tqdm
+
+
+def tile_starts(length, tile, overlap, multiple=1):
+    """Start offsets of windows of size ``tile`` covering ``[0, length)``, spread evenly so consecutive
+    windows overlap by at least ``overlap`` (less at most ``multiple - 1`` when starts are rounded down to
+    multiples of ``multiple``). One window at 0 when ``length <= tile``."""
+    if tile <= 0:
+        raise ValueError(f'tile_starts: tile must be > 0, got {tile}')
+    if not 0 <= overlap < tile:
+        raise ValueError(f'tile_starts: overlap must be in [0, tile), got overlap={overlap}, tile={tile}')
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    n = max(n, 2)
+    last = length - tile
+    starts = [(round(i * last / (n - 1)) // multiple) * multiple for i in range(n - 1)] + [last]
+    return sorted(set(starts))
+
+
+def ramp(length, kind='cosine', device=None, dtype=torch.float32):
+    """Increasing weights over ``length`` samples, strictly inside (0, 1); ``w + w.flip(0) == 1``."""
+    u = (torch.arange(length, device=device, dtype=torch.float64) + 0.5) / length
+    if kind == 'cosine':
+        w = 0.5 - 0.5 * torch.cos(math.pi * u)
+    elif kind == 'linear':
+        w = u
+    else:
+        raise ValueError(f"ramp: unknown window {kind!r} (expected 'cosine' or 'linear')")
+    return w.to(dtype)
+
+
+def window_1d(size, left, right, kind='cosine', device=None):
+    """Weights of one window of ``size`` samples that overlaps its neighbours by ``left`` / ``right``."""
+    w = torch.ones(size, dtype=torch.float32, device=device)
+    if left > 0:
+        w[:left] *= ramp(left, kind, device)
+    if right > 0:
+        w[size - right:] *= ramp(right, kind, device).flip(0)
+    return w
+
+
+def _pad_bottom_right(x, ph, pw):
+    if ph == 0 and pw == 0:
+        return x
+    h, w = x.shape[-2:]
+    if ph < h and pw < w:
+        return F.pad(x, (0, pw, 0, ph), mode='reflect')
+    # reflection needs the pad smaller than the image: reflect what fits, replicate the rest
+    rh, rw = min(ph, h - 1), min(pw, w - 1)
+    if rh or rw:
+        x = F.pad(x, (0, rw, 0, rh), mode='reflect')
+    return F.pad(x, (0, pw - rw, 0, ph - rh), mode='replicate')
+
+
+def pad_to(x, multiple=1, min_size=1):
+    """Pad bottom/right (reflect) so H and W are multiples of ``multiple`` and at least ``min_size``.
+    Returns the padded tensor and the original (H, W)."""
+    h, w = x.shape[-2:]
+
+    def target(n):
+        n = max(n, min_size)
+        return int(math.ceil(n / multiple) * multiple)
+
+    return _pad_bottom_right(x, target(h) - h, target(w) - w), (h, w)
+
+
+def _scale_of(out_shape, in_shape, name):
+    sh, sw = Fraction(out_shape[-2], in_shape[-2]), Fraction(out_shape[-1], in_shape[-1])
+    if sh != sw:
+        raise ValueError(f'tiled_apply: output {name!r} is {tuple(out_shape[-2:])} for an input window of '
+                         f'{tuple(in_shape[-2:])}: not one scale factor')
+    return sh
+
+
+def _as_int(value, what):
+    if value.denominator != 1:
+        raise ValueError(f'tiled_apply: {what} = {value} is not a whole number of output pixels; choose tile, '
+                         'overlap and context as multiples of the scale denominator')
+    return int(value)
+
+
+class TiledRunner:
+    """Cuts, runs and blends (see the module doc). Use ``tiled_apply`` for one call."""
+
+    def __init__(self, tile, overlap=16, context=0, multiple=1, min_size=1, window='cosine', out_device=None,
+                 progress=False, desc='tiles', with_window=False):
+        if tile is not None and tile <= 0:
+            tile = None
+        if tile is not None:
+            tile = int(math.ceil(tile / multiple) * multiple)
+            if overlap >= tile:
+                raise ValueError(f'tiled_apply: overlap {overlap} must be smaller than the tile {tile}')
+        self.tile, self.overlap, self.context = tile, int(overlap), int(context)
+        self.multiple, self.min_size, self.window = int(multiple), int(min_size), window
+        self.out_device, self.progress, self.desc = out_device, progress, desc
+        # fn(window_input, (y0, y1, x0, x1)) with the context-inclusive window: lets a caller attach
+        # per-window state (e.g. diffusion condition features computed once per window)
+        self.with_window = with_window
+
+    def windows(self, h, w):
+        """List of ``(y0, y1, x0, x1)`` windows (before context)."""
+        th = self.tile if self.tile is not None and h > self.tile else h
+        tw = self.tile if self.tile is not None and w > self.tile else w
+        ys = tile_starts(h, th, min(self.overlap, th - 1), self.multiple)
+        xs = tile_starts(w, tw, min(self.overlap, tw - 1), self.multiple)
+        return [(y, y + th, x, x + tw) for y in ys for x in xs], ys, xs, th, tw
+
+    def __call__(self, fn, x):
+        squeeze = x.dim() == 3
+        if squeeze:
+            x = x[None]
+        h, w = x.shape[-2:]
+        wins, ys, xs, th, tw = self.windows(h, w)
+        outs, weights, scales = None, {}, {}
+        is_dict = None
+        for (y0, y1, x0, x1) in tqdm(wins, desc=self.desc, disable=not self.progress or len(wins) == 1, leave=False):
+            cy0, cy1 = max(0, y0 - self.context), min(h, y1 + self.context)
+            cx0, cx1 = max(0, x0 - self.context), min(w, x1 + self.context)
+            inp, (ih, iw) = pad_to(x[..., cy0:cy1, cx0:cx1], self.multiple, self.min_size)
+            res = fn(inp, (cy0, cy1, cx0, cx1)) if self.with_window else fn(inp)
+            if is_dict is None:
+                is_dict = isinstance(res, dict)
+                res_d = res if is_dict else {'out': res}
+                outs = {}
+                for k, v in res_d.items():
+                    if v is None:
+                        continue
+                    s = _scale_of(v.shape, inp.shape, k)
+                    scales[k] = s
+                    dev = self.out_device if self.out_device is not None else v.device
+                    outs[k] = torch.zeros((*v.shape[:-2], _as_int(h * s, 'H·scale'), _as_int(w * s, 'W·scale')),
+                                          dtype=torch.float32, device=dev)
+                    weights[k] = torch.zeros((_as_int(h * s, 'H·scale'), _as_int(w * s, 'W·scale')),
+                                             dtype=torch.float32, device=dev)
+            res_d = res if is_dict else {'out': res}
+            yi, xi = ys.index(y0), xs.index(x0)
+            left = (xs[xi - 1] + tw - x0) if xi > 0 else 0
+            right = (x1 - xs[xi + 1]) if xi + 1 < len(xs) else 0
+            top = (ys[yi - 1] + th - y0) if yi > 0 else 0
+            bottom = (y1 - ys[yi + 1]) if yi + 1 < len(ys) else 0
+            for k, s in scales.items():
+                v = res_d[k]
+                if _scale_of(v.shape, inp.shape, k) != s:
+                    raise ValueError(f'tiled_apply: output {k!r} changed its scale between windows')
+                o = outs[k]
+                # crop padding, then context
+                oy0, ox0 = _as_int((y0 - cy0) * s, 'context·scale'), _as_int((x0 - cx0) * s, 'context·scale')
+                oh, ow = _as_int((y1 - y0) * s, 'tile·scale'), _as_int((x1 - x0) * s, 'tile·scale')
+                piece = v[..., oy0:oy0 + oh, ox0:ox0 + ow].to(device=o.device, dtype=torch.float32)
+                wy = window_1d(oh, _as_int(top * s, 'overlap·scale'), _as_int(bottom * s, 'overlap·scale'),
+                               self.window, o.device)
+                wx = window_1d(ow, _as_int(left * s, 'overlap·scale'), _as_int(right * s, 'overlap·scale'),
+                               self.window, o.device)
+                wgt = wy[:, None] * wx[None, :]
+                py0, px0 = _as_int(y0 * s, 'start·scale'), _as_int(x0 * s, 'start·scale')
+                o[..., py0:py0 + oh, px0:px0 + ow] += piece * wgt
+                weights[k][py0:py0 + oh, px0:px0 + ow] += wgt
+            del res, res_d
+        result = {k: outs[k] / weights[k] for k in outs}
+        if squeeze:
+            result = {k: v[0] for k, v in result.items()}
+        return result if is_dict else result['out']
+
+
+def tiled_apply(fn, x, tile, overlap=16, context=0, multiple=1, min_size=1, window='cosine', out_device=None,
+                progress=False, desc='tiles'):
+    """Run ``fn`` over overlapping windows of ``x`` and blend (see the module doc).
+
+    Args:
+        fn: window (B×C×h×w) -> tensor or dict of tensors, each B×C'×(h·s)×(w·s) for a rational s.
+        x: B×C×H×W (or C×H×W).
+        tile: window size in input pixels (rounded up to ``multiple``); None or <= 0: one window.
+        overlap: minimum overlap of neighbouring windows, in input pixels.
+        context: extra input pixels on every side given to ``fn`` and cropped from its output.
+        multiple, min_size: every input to ``fn`` is padded (reflect) to these; outputs are cropped back.
+        window: ``cosine`` (raised cosine) or ``linear`` blending ramps.
+        out_device: where the blended outputs accumulate (default: that of ``fn``'s outputs).
+    """
+    return TiledRunner(tile, overlap, context, multiple, min_size, window, out_device, progress, desc)(fn, x)

@@ -1,0 +1,148 @@
+import glob
+import os
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+
+from ssr_utils.image_io import (ImageReadError, encode_image, image_to_tensor, list_images, read_image,
+                                tensor_to_image, upscale_alpha, write_image)
+
+
+def _write(path, arr, params=()):
+    ok, buf = cv2.imencode(osp.splitext(path)[1], arr, list(params))
+    assert ok
+    with open(path, 'wb') as f:
+        f.write(buf.tobytes())
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_8bit_rgb_formats_roundtrip(tmp_path, rng):
+    bgr = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    for ext in ('.png', '.tif', '.webp', '.bmp'):
+        params = (cv2.IMWRITE_WEBP_QUALITY, 101) if ext == '.webp' else ()  # 101 = lossless
+        img = read_image(_write(str(tmp_path / f'a{ext}'), bgr, params))
+        assert img.rgb.shape == (17, 23, 3) and img.rgb.dtype == np.float32
+        assert img.bit_depth == 8 and not img.gray and img.alpha is None
+        np.testing.assert_allclose(img.rgb, bgr[..., ::-1] / 255.0, atol=1e-6, err_msg=ext)
+    jpg = read_image(_write(str(tmp_path / 'a.jpg'), bgr, (cv2.IMWRITE_JPEG_QUALITY, 95)))
+    assert jpg.rgb.shape == (17, 23, 3) and abs(jpg.rgb.mean() - bgr.mean() / 255) < 0.02
+
+
+def test_16bit_gray_and_alpha(tmp_path, rng):
+    g16 = rng.integers(0, 65536, (9, 11), dtype=np.uint16)
+    img = read_image(_write(str(tmp_path / 'g16.png'), g16))
+    assert img.bit_depth == 16 and img.gray and img.alpha is None
+    np.testing.assert_allclose(img.rgb[..., 1], g16 / 65535.0, atol=1e-6)
+    assert np.array_equal(img.rgb[..., 0], img.rgb[..., 2])
+
+    bgra = rng.integers(0, 65536, (8, 10, 4), dtype=np.uint16)
+    img = read_image(_write(str(tmp_path / 'rgba16.png'), bgra))
+    assert img.bit_depth == 16 and img.alpha.shape == (8, 10) and not img.gray
+    np.testing.assert_allclose(img.alpha, bgra[..., 3] / 65535.0, atol=1e-6)
+    np.testing.assert_allclose(img.rgb, bgra[..., 2::-1] / 65535.0, atol=1e-6)
+    # written back in kind: 16-bit RGBA, bit-exact
+    out = write_image(str(tmp_path / 'out' / 'rgba16.png'), img.rgb, img.alpha, img.bit_depth, img.gray)
+    back = cv2.imread(out, cv2.IMREAD_UNCHANGED)
+    assert back.dtype == np.uint16 and back.shape == (8, 10, 4)
+    assert np.array_equal(back, bgra)
+
+    g8 = rng.integers(0, 256, (6, 5), dtype=np.uint8)
+    img = read_image(_write(str(tmp_path / 'g8.jpg'), g8, (cv2.IMWRITE_JPEG_QUALITY, 100)))
+    assert img.gray and img.bit_depth == 8
+    out = write_image(str(tmp_path / 'g8_out.png'), img.rgb, None, img.bit_depth, img.gray)
+    assert cv2.imread(out, cv2.IMREAD_UNCHANGED).ndim == 2
+
+
+def test_float_tiff(tmp_path, rng):
+    f = rng.random((7, 8, 3)).astype(np.float32) * 1.2 - 0.1  # out of range values are clipped
+    img = read_image(_write(str(tmp_path / 'f.tiff'), f))
+    assert img.bit_depth == 32 and img.rgb.min() >= 0 and img.rgb.max() <= 1
+
+
+@pytest.mark.parametrize('kind', ['empty', 'text', 'truncated_png', 'truncated_jpg', 'garbage_png', 'folder'])
+def test_bad_files_name_the_file(tmp_path, rng, kind):
+    bgr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    path = str(tmp_path / f'bad_{kind}.png')
+    if kind == 'empty':
+        open(path, 'wb').close()
+    elif kind == 'text':
+        path = str(tmp_path / 'notes.txt')
+        with open(path, 'w') as f:
+            f.write('not an image\n')
+    elif kind in ('truncated_png', 'truncated_jpg'):
+        ext = '.png' if kind == 'truncated_png' else '.jpg'
+        data = cv2.imencode(ext, bgr)[1].tobytes()
+        path = str(tmp_path / f'cut{ext}')
+        with open(path, 'wb') as f:
+            f.write(data[:len(data) - 40])  # only the end is missing
+    elif kind == 'garbage_png':
+        data = bytearray(cv2.imencode('.png', bgr)[1].tobytes())
+        data[40:len(data) - 20] = bytes(len(data) - 60)
+        with open(path, 'wb') as f:
+            f.write(bytes(data))
+    elif kind == 'folder':
+        os.makedirs(path)
+    with pytest.raises(ValueError) as err:
+        read_image(path)
+    assert osp.basename(path) in str(err.value)
+    assert isinstance(err.value, ImageReadError)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match='nope.png'):
+        read_image('/nonexistent/nope.png')
+
+
+def test_list_images_and_tensor_helpers(tmp_path, rng):
+    for name in ('b.png', 'a.jpg', '.hidden.png', 'notes.txt'):
+        (tmp_path / name).write_bytes(b'x')
+    os.makedirs(tmp_path / 'sub')
+    (tmp_path / 'sub' / 'c.png').write_bytes(b'x')
+    names = [osp.basename(p) for p in list_images(str(tmp_path))]
+    assert names == ['a.jpg', 'b.png', 'notes.txt']  # non-images are listed so they get reported
+    assert len(list_images(str(tmp_path), recursive=True)) == 4
+    with pytest.raises(FileNotFoundError, match='missing_dir'):
+        list_images(str(tmp_path / 'missing_dir'))
+    rgb = rng.random((5, 6, 3)).astype(np.float32)
+    t = image_to_tensor(rgb)
+    assert t.shape == (1, 3, 5, 6)
+    np.testing.assert_array_equal(tensor_to_image(t), rgb)
+    a = upscale_alpha(np.ones((4, 4), np.float32) * 0.5, (16, 16))
+    assert a.shape == (16, 16) and np.allclose(a, 0.5)
+
+
+def test_write_is_atomic_and_jpeg_drops_alpha(tmp_path, rng):
+    rgb = rng.random((6, 6, 3)).astype(np.float32)
+    path = str(tmp_path / 'o.png')
+    write_image(path, rgb)
+    assert [p for p in os.listdir(tmp_path) if p.endswith('.tmp')] == []
+    with pytest.raises(ValueError, match='alpha'):
+        write_image(path, rgb, alpha=np.ones((3, 3), np.float32))
+    assert cv2.imread(path) is not None  # the earlier complete output is still there
+    data = encode_image(rgb, np.ones((6, 6), np.float32), ext='.jpg')
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (6, 6, 3)
+
+
+def test_shared_odd_inputs(shared_data):
+    folder = osp.join(shared_data, 'odd_inputs')
+    if not osp.isdir(folder):
+        pytest.skip('odd_inputs is not present')
+    seen = {}
+    for path in sorted(glob.glob(osp.join(folder, '*'))):
+        img = read_image(path)
+        assert img.rgb.ndim == 3 and img.rgb.shape[2] == 3 and img.rgb.dtype == np.float32
+        assert 0 <= img.rgb.min() and img.rgb.max() <= 1
+        seen[osp.basename(path)] = img
+    if 'wolf_gray.jpg' in seen:
+        assert seen['wolf_gray.jpg'].gray and seen['wolf_gray.jpg'].alpha is None
+    if 'tree_alpha_16bit.png' in seen:
+        assert seen['tree_alpha_16bit.png'].bit_depth == 16 and seen['tree_alpha_16bit.png'].alpha is not None
+    if 'children-alpha.png' in seen:
+        assert seen['children-alpha.png'].alpha is not None and seen['children-alpha.png'].alpha.min() < 1

@@ -1,0 +1,200 @@
+"""SSRUNet: AMF at every level, init behaviour, modalities, encoders, configs, local-directory loading."""
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config
+from ssr_utils.compat import OptionError
+
+
+def _inputs(batch=2, size=(8, 8), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    return dict(
+        sample=torch.randn(batch, 4, h, w, generator=g),
+        timestep=torch.tensor([3, 700][:batch]),
+        lr_latent=torch.randn(batch, 4, h, w, generator=g),
+        depth=torch.rand(batch, 1, 2 * h, 2 * w, generator=g),
+        kernel_code=torch.randn(batch, 10, 2 * h, 2 * w, generator=g))
+
+
+def _randomise_amf(net, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for amf in net.amf.values():
+            for mlp in (amf.mlp_alpha, amf.mlp_beta):
+                mlp[-1].weight.copy_(torch.randn(mlp[-1].weight.shape, generator=g) * 0.2)
+
+
+@pytest.fixture(scope='module')
+def net():
+    torch.manual_seed(0)
+    return SSRUNet(**tiny_config()).eval()
+
+
+def test_amf_at_every_down_mid_up_level_for_each_modality(net):
+    n_down, n_up = len(net.unet.down_blocks), len(net.unet.up_blocks)
+    points = [f'down{i}' for i in range(n_down)] + ['mid'] + [f'up{j}' for j in range(n_up)]
+    assert sorted(net.amf.keys()) == sorted(f'{p}_{m}' for p in points for m in ('kernel', 'depth', 'lr'))
+    assert net.modalities == ['kernel', 'depth', 'lr']  # paper order f1, f2, f3
+
+
+def test_encoder_levels_match_the_unet_resolutions(net):
+    # record the resolution the UNet has at each injection point, odd latent size included
+    x = _inputs(1, (6, 10))
+    seen = {}
+    hooks = [
+        m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name, (out[0] if isinstance(
+            out, tuple) else out).shape[-2:])) for name, m, _, _ in net._points
+    ]
+    feats = net.encode_features(x['lr_latent'], x['depth'], x['kernel_code'])
+    net(**x)
+    for h in hooks:
+        h.remove()
+    for name, level in net.point_levels.items():
+        for m in net.modalities:
+            assert feats[m][level].shape[-2:] == seen[name], (name, m)
+
+
+def test_zero_init_leaves_the_unet_prediction_unchanged(net):
+    x = _inputs()
+    bare = copy.deepcopy(net.unet)  # a hook-free copy of the same weights
+    for module in bare.modules():
+        module._forward_hooks.clear()
+    emb = net.null_embedding(2)
+    with torch.no_grad():
+        ref = bare(x['sample'], x['timestep'], encoder_hidden_states=emb).sample
+        out = net(**x)
+        out_bare_call = net(x['sample'], x['timestep'], conditions={})
+    assert torch.equal(out, ref)
+    assert torch.equal(out_bare_call, ref)
+
+
+def test_each_modality_changes_the_output():
+    torch.manual_seed(1)
+    net = SSRUNet(**tiny_config()).eval()
+    _randomise_amf(net)
+    x = _inputs()
+    with torch.no_grad():
+        ref = net(**x)
+        for key in ('lr_latent', 'depth', 'kernel_code'):
+            y = dict(x)
+            y[key] = x[key] + torch.randn_like(x[key])
+            diff = (net(**y) - ref).abs().max()
+            assert diff > 1e-3, key
+
+
+def test_cached_conditions_equal_the_direct_call():
+    torch.manual_seed(2)
+    net = SSRUNet(**tiny_config()).eval()
+    _randomise_amf(net, 1)
+    x = _inputs()
+    with torch.no_grad():
+        conds = net.encode_conditions(x['lr_latent'], x['depth'], x['kernel_code'])
+        torch.testing.assert_close(net(x['sample'], x['timestep'], conditions=conds), net(**x))
+
+
+def test_modality_subset_and_order_option():
+    net = SSRUNet(**tiny_config(), modalities=['depth', 'lr'])
+    assert sorted({k.split('_')[1] for k in net.amf.keys()}) == ['depth', 'lr']
+    x = _inputs()
+    x.pop('kernel_code')
+    assert net(**x).shape == x['sample'].shape
+    with pytest.raises(ValueError, match='depth'):
+        net(x['sample'], x['timestep'], lr_latent=x['lr_latent'])
+    with pytest.raises(OptionError, match='modalities'):
+        SSRUNet(**tiny_config(), modalities=['lr', 'text'])
+
+
+def test_config_round_trip_builds_the_same_network(net):
+    cfg = net.config
+    twin = SSRUNet(**cfg).eval()
+    assert twin.config == cfg
+    twin.load_state_dict(net.state_dict())
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(twin(**x), net(**x))
+
+
+def test_learned_null_text_and_group_norm_options():
+    net = SSRUNet(**dict(tiny_config(), null_text='learned', amf=dict(hidden=8, norm='group', num_groups=4)))
+    assert isinstance(net.null_text_embedding, nn.Parameter) and net.null_text_embedding.requires_grad
+    assert all(isinstance(a.norm, nn.GroupNorm) for a in net.amf.values())
+    with pytest.raises(OptionError, match='null_text'):
+        SSRUNet(**tiny_config(), null_text='clip')
+
+
+def _save_base(tmp_path):
+    """A tiny 'Stable Diffusion' folder: random UNet and VAE written with diffusers' save_pretrained."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    cfg = tiny_config()
+    torch.manual_seed(3)
+    unet, vae = UNet2DConditionModel(**cfg['unet']), AutoencoderKL(**cfg['vae'])
+    root = tmp_path / 'sd_tiny'
+    unet.save_pretrained(root / 'unet')
+    vae.save_pretrained(root / 'vae')
+    DDPMScheduler(num_train_timesteps=100).save_pretrained(root / 'scheduler')
+    return str(root), unet, vae
+
+
+def test_local_directory_loading_through_options(tmp_path, caplog):
+    from basicsr.archs import build_network
+    root, unet, vae = _save_base(tmp_path)
+    opt = dict(
+        type='SSRUNet',
+        pretrained_path=root,
+        null_text_length=4,
+        lr_encoder=dict(block_out_channels=[16, 32]),
+        map_encoder=dict(block_out_channels=[8, 16]),
+        amf=dict(hidden=16))
+    logger = logging.getLogger('basicsr')
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger='basicsr'):
+            net = build_network(opt)
+    finally:
+        logger.removeHandler(caplog.handler)
+    for name, ref in (('unet', unet), ('vae', vae)):
+        loaded = getattr(net, name).state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in ref.state_dict().items()), name
+        assert not any(p.requires_grad for p in getattr(net, name).parameters()), f'{name} should be frozen'
+    n_train, n_total = net.parameter_counts()
+    expected = sum(p.numel() for k, p in net.named_parameters() if not k.startswith(('unet.', 'vae.')))
+    assert n_train == expected and 0 < n_train < n_total
+    assert any('trainable of' in r.getMessage() for r in caplog.records)
+    with pytest.raises(OptionError, match='pretrained_path'):
+        SSRUNet(pretrained_path=str(tmp_path / 'nowhere'))
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    torch.manual_seed(4)
+    net = SSRUNet(**tiny_config()).eval()
+    _randomise_amf(net, 2)
+    net.save_pretrained(str(tmp_path / 'ssr'))
+    assert (tmp_path / 'ssr' / 'unet' / 'config.json').is_file() and (tmp_path / 'ssr' / 'vae' /
+                                                                      'config.json').is_file()
+    loaded = SSRUNet.from_pretrained(str(tmp_path / 'ssr')).eval()
+    assert loaded.config == net.config
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(**x), net(**x))
+        img = torch.rand(1, 3, 16, 16)
+        assert torch.equal(loaded.decode_latent(loaded.encode_image(img)), net.decode_latent(net.encode_image(img)))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(5)
+    a = SSRUNet(**tiny_config())
+    _randomise_amf(a, 3)
+    b = SSRUNet(**dict(a.config, gradient_checkpointing=True))
+    b.load_state_dict(a.state_dict())
+    x = _inputs()
+    grads = []
+    for net in (a, b):
+        net.train()
+        net(**x).square().mean().backward()
+        grads.append(net.amf['down0_lr'].mlp_alpha[-1].weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
