@@ -33,6 +33,15 @@ def _check_channels(key, channels):
     return list(channels)
 
 
+def _level_channels(block_out_channels, out_channels):
+    """Checked (widths, output widths) per UNet level; output widths default to the widths."""
+    chans = _check_channels('block_out_channels', block_out_channels)
+    outs = _check_channels('out_channels', out_channels) if out_channels is not None else list(chans)
+    if len(outs) != len(chans):
+        raise OptionError('out_channels', out_channels, f'needs {len(chans)} entries (one per level)')
+    return chans, outs
+
+
 class _ResBlock(nn.Module):
 
     def __init__(self, in_ch, out_ch):
@@ -85,10 +94,7 @@ class SSRLREncoder(nn.Module):
                  mid_attention=True,
                  attention_heads=4):
         super().__init__()
-        chans = _check_channels('block_out_channels', block_out_channels)
-        outs = _check_channels('out_channels', out_channels) if out_channels is not None else list(chans)
-        if len(outs) != len(chans):
-            raise OptionError('out_channels', out_channels, f'needs {len(chans)} entries (one per level)')
+        chans, outs = _level_channels(block_out_channels, out_channels)
         if not isinstance(layers_per_block, int) or layers_per_block < 1:
             raise OptionError('layers_per_block', layers_per_block, 'expected an integer >= 1')
         self.out_channels = outs
@@ -137,10 +143,7 @@ class SSRMapEncoder(nn.Module):
 
     def __init__(self, in_channels=1, block_out_channels=(32, 64, 64, 64), out_channels=None):
         super().__init__()
-        chans = _check_channels('block_out_channels', block_out_channels)
-        outs = _check_channels('out_channels', out_channels) if out_channels is not None else list(chans)
-        if len(outs) != len(chans):
-            raise OptionError('out_channels', out_channels, f'needs {len(chans)} entries (one per level)')
+        chans, outs = _level_channels(block_out_channels, out_channels)
         if not isinstance(in_channels, int) or in_channels < 1:
             raise OptionError('in_channels', in_channels, 'expected a positive integer')
         self.out_channels = outs
