@@ -28,6 +28,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 
 from ssr_utils.color_fix import color_fix
 from ssr_utils.compat import OptionError, atomic_torch_save
+from ssr_utils.visualize import add_tb_image, depth_image, kernel_variance_image
 
 _SAMPLERS = ('ddim', 'dpmsolver++')
 
@@ -418,7 +419,8 @@ class SSRModel(BaseModel):
         steps = self.diff_opt.get('val_num_inference_steps', self.diff_opt.get('num_inference_steps', 50))
         if self.val_cond_source == 'gt':
             depth, kernel = self.condition_maps(self.lq, 'gt', depth, kernel)
-        self.output = self.sr(self.lq, depth=depth, kernel=kernel, num_steps=steps)['sr']
+        out = self.sr(self.lq, depth=depth, kernel=kernel, num_steps=steps)
+        self.output, self.cond_depth, self.cond_kernel = out['sr'], out['depth'], out['kernel']
 
     # ------------------------------------------------------------------ validation
     def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
@@ -443,11 +445,18 @@ class SSRModel(BaseModel):
                 metric_data = {'img': sr_img}
                 if self.gt is not None:
                     metric_data['img2'] = tensor2img(self.gt[b:b + 1].detach().cpu(), rgb2bgr=True, min_max=(0, 1))
+                side_images = self._condition_images(b, sr_img.shape[:2])
                 if save_img:
                     suffix = self.opt['val'].get('suffix') or (self.opt['name'] if not self.is_train else current_iter)
                     folder = osp.join(self.opt['path']['visualization'], dataset_name) if not self.is_train else \
                         osp.join(self.opt['path']['visualization'], img_name)
                     imwrite(sr_img, osp.join(folder, f'{img_name}_{suffix}.png'))
+                    for kind, img in side_images.items():
+                        imwrite(img, osp.join(folder, f'{img_name}_{suffix}_{kind}.png'))
+                if count < self.opt['val'].get('tb_images', 2):
+                    add_tb_image(tb_logger, f'val/{dataset_name}/{img_name}/sr', sr_img, current_iter)
+                    for kind, img in side_images.items():
+                        add_tb_image(tb_logger, f'val/{dataset_name}/{img_name}/{kind}', img, current_iter)
                 if with_metrics and 'img2' in metric_data:
                     for name, opt_ in self.opt['val']['metrics'].items():
                         self.metric_results[name] += calculate_metric(metric_data, opt_)
@@ -457,6 +466,16 @@ class SSRModel(BaseModel):
                 self.metric_results[metric] /= count
                 self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+
+    def _condition_images(self, index, size):
+        """The depth map and kernel-variance heat map that conditioned output ``index``, at output size."""
+        images = {}
+        depth, kernel = getattr(self, 'cond_depth', None), getattr(self, 'cond_kernel', None)
+        if depth is not None:
+            images['depth'] = depth_image(depth[index:index + 1], size=size)
+        if kernel is not None:
+            images['kvar'] = kernel_variance_image(kernel[index:index + 1], size=size)
+        return images
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
         log_str = f'Validation {dataset_name}\n'

@@ -3,6 +3,8 @@ import copy
 import logging
 import os.path as osp
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -203,12 +205,38 @@ def test_validation_computes_metrics_and_saves_images(tmp_path, pca_path):
         def __getitem__(self, i):
             return self.items[i]
 
+    class _TbLogger:
+
+        def __init__(self):
+            self.images, self.scalars = {}, {}
+
+        def add_image(self, tag, img, step, dataformats='CHW'):
+            self.images[tag] = (img, step, dataformats)
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = (value, step)
+
     loader = torch.utils.data.DataLoader(_Val(), batch_size=1)
-    model.validation(loader, current_iter=5, tb_logger=None, save_img=True)
+    tb_logger = _TbLogger()
+    model.validation(loader, current_iter=5, tb_logger=tb_logger, save_img=True)
     assert set(model.metric_results) == {'psnr', 'ssim'}
     assert all(torch.isfinite(torch.tensor(float(v))) for v in model.metric_results.values())
     for s in range(2):
-        assert osp.isfile(osp.join(model.opt['path']['visualization'], f'val{s}', f'val{s}_5.png'))
+        folder = osp.join(model.opt['path']['visualization'], f'val{s}')
+        sr = cv2.imread(osp.join(folder, f'val{s}_5.png'))
+        # the maps that conditioned the result are saved beside it, at its size
+        for kind in ('depth', 'kvar'):
+            side = cv2.imread(osp.join(folder, f'val{s}_5_{kind}.png'))
+            assert side is not None and side.shape == sr.shape
+    for s in range(2):
+        for kind in ('sr', 'depth', 'kvar'):
+            img, step, fmt = tb_logger.images[f'val/tiny_val/val{s}/{kind}']
+            assert step == 5 and fmt == 'HWC' and img.shape == sr.shape
+    assert set(tb_logger.scalars) == {'metrics/tiny_val/psnr', 'metrics/tiny_val/ssim'}
+    # the depth image shows the depth that was fed in: two different validation depths, two images
+    depth_0 = tb_logger.images['val/tiny_val/val0/depth'][0]
+    depth_1 = tb_logger.images['val/tiny_val/val1/depth'][0]
+    assert not np.array_equal(depth_0, depth_1)
 
 
 def test_adain_color_fix_matches_reference_statistics():
