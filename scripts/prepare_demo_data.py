@@ -2,7 +2,7 @@
 
     python scripts/prepare_demo_data.py [--root datasets/demo] [--overwrite]
 
-Writes (team contract §6): ``hr.lmdb`` (HR sub-images), ``depth.lmdb`` (same keys, 16-bit depth of the
+Writes (docs/interfaces.md §6): ``hr.lmdb`` (HR sub-images), ``depth.lmdb`` (same keys, 16-bit depth of the
 weight-free prior, computed on each full photograph and cut like the HR), ``val_x4/`` (a fixed spatially
 variant ×4 validation set from held-out photographs, ``scripts/make_sv_testset.py`` layout) and
 ``kernel_pca_k21.pth`` (KernelPCA, L = 10, fit on kernels of the default ×4 distribution).

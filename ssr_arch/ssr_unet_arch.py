@@ -93,7 +93,7 @@ class SSRUNet(nn.Module):
         vae (dict | None): ``AutoencoderKL`` config (without ``pretrained_path``).
         freeze_unet, freeze_vae (bool | None): default: True with ``pretrained_path``, else False.
         modalities (list[str]): subset of kernel / depth / lr, in the order AMF applies them.
-        kernel_code_channels (int): channels of the kernel PCA code (contract: L = 10).
+        kernel_code_channels (int): channels of the kernel PCA code (docs/interfaces.md §2: L = 10).
         kernel_size (int): k of the k x k kernels in the kernel maps.
         pca_path (str | None): ``KernelPCA`` file (``KernelPCA.save``); the basis is kept as submodule
             ``pca`` and saved with the network, so later loads need no file.

@@ -1,6 +1,6 @@
 """Blur kernels for the SSR degradations: anisotropic Gaussians, one per LR pixel, and their PCA code.
 
-Conventions (team contract, section 1): a kernel map is ``B×k²×h×w``, one kernel per LR pixel, each
+Conventions (docs/interfaces.md §1): a kernel map is ``B×k²×h×w``, one kernel per LR pixel, each
 kernel row-major ``k×k`` (index ``u·k + v``, ``u`` the row offset, ``v`` the column offset) and summing
 to 1. Angles are in radians, measured from the image x axis (columns) towards the y axis (rows, down).
 

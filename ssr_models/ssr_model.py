@@ -398,7 +398,7 @@ class SSRModel(BaseModel):
 
     @torch.no_grad()
     def sr(self, lr, depth=None, kernel=None, num_steps=None, seed=None, show_progress=False):
-        """Contract §8: ``lr`` B×3×h×w RGB [0, 1] -> ``dict(sr, depth, kernel)``. Depth and kernel maps
+        """docs/interfaces.md §8: ``lr`` B×3×h×w RGB [0, 1] -> ``dict(sr, depth, kernel)``. Depth and kernel maps
         (LR size) come from the frozen SVKR unless given."""
         lr = lr.to(self.device)
         was_training = self.net_g.training

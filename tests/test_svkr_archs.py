@@ -21,7 +21,7 @@ TINY_SR = {'type': 'NBSR', 'kernel_size': K, 'num_feat': 8, 'num_block': 1, 'num
 
 class _TestDepth(nn.Module):
     """A small real depth network for the loop tests: a fixed random conv + sigmoid, min-max normalised
-    per image like the contract's estimators, and sensitive to the image content."""
+    per image like the estimators of docs/interfaces.md §4, and sensitive to the image content."""
 
     def __init__(self):
         super().__init__()

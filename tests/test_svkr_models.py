@@ -24,7 +24,7 @@ SCALE = 2
 
 
 class _TinySet(Dataset):
-    """Samples with the contract's keys (lq, gt, depth, depth_lq, kernel, lq_path, gt_path)."""
+    """Samples with the keys of docs/interfaces.md §5 (lq, gt, depth, depth_lq, kernel, lq_path, gt_path)."""
 
     def __init__(self, num, hr=24, name='tiny', with_kernel=True, seed=0):
         g = torch.Generator().manual_seed(seed)
