@@ -365,6 +365,23 @@ class SSRModel(BaseModel):
         return lq, (h, w)
 
     @torch.no_grad()
+    def denoise(self, latent_shape, eps_fn, num_steps=None, seed=None, show_progress=False):
+        """The sampling loop from seeded noise: ``eps_fn(model_input, t)`` predicts the noise (whole latent
+        or tiled); returns the final latent (float32). Steps and seed default to the ``diffusion`` options."""
+        steps = int(num_steps or self.diff_opt.get('num_inference_steps', 50))
+        seed = self.diff_opt.get('seed', 0) if seed is None else seed
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed))
+        scheduler = self._sampling_scheduler()
+        scheduler.set_timesteps(steps, device=self.device)
+        z = torch.randn(latent_shape, generator=gen, device=self.device, dtype=torch.float32)
+        z = z * scheduler.init_noise_sigma
+        for t in tqdm(scheduler.timesteps, desc='SSR sampling', disable=not show_progress, leave=False):
+            eps = eps_fn(scheduler.scale_model_input(z, t), t)
+            z = scheduler.step(eps.float(), t, z).prev_sample
+        return z
+
+    @torch.no_grad()
     def sample(self, lq, depth=None, kernel=None, num_steps=None, seed=None, show_progress=False):
         """Diffusion sampling for ``lq`` (B×3×h×w) with given maps (LR size). Returns B×3×sh×sw in [0, 1]."""
         net = self.bare_g
@@ -376,22 +393,12 @@ class SSRModel(BaseModel):
             kernel = F.pad(kernel, (0, wp - kernel.shape[-1], 0, hp - kernel.shape[-2]), mode='replicate')
         out_size = (hp * self.scale, wp * self.scale)
         lr_up = self._lr_up(lq, out_size)
-        steps = int(num_steps or self.diff_opt.get('num_inference_steps', 50))
-        seed = self.diff_opt.get('seed', 0) if seed is None else seed
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed))
-        scheduler = self._sampling_scheduler()
-        scheduler.set_timesteps(steps, device=self.device)
         with self._autocast():
             z_lr = net.encode_image(lr_up)
             code = net.kernel_code(kernel.to(z_lr.dtype)) if kernel is not None else None
             conds = net.encode_conditions(z_lr, depth, code, size=z_lr.shape[-2:])
-            z = torch.randn(z_lr.shape, generator=gen, device=self.device, dtype=torch.float32)
-            z = z * scheduler.init_noise_sigma
-            for t in tqdm(scheduler.timesteps, desc='SSR sampling', disable=not show_progress, leave=False):
-                inp = scheduler.scale_model_input(z, t)
-                eps = net(inp.to(z_lr.dtype), t, conditions=conds)
-                z = scheduler.step(eps.float(), t, z).prev_sample
+            z = self.denoise(z_lr.shape, lambda inp, t: net(inp.to(z_lr.dtype), t, conditions=conds), num_steps,
+                             seed, show_progress)
             img = net.decode_latent(z.to(z_lr.dtype)).float()
         img = color_fix(img, lr_up.float(), self.diff_opt.get('color_fix', 'wavelet'))
         return img[..., :h * self.scale, :w * self.scale]

@@ -238,8 +238,6 @@ def tiled_ssr_sample(model, lr, tile, overlap=16, num_steps=None, seed=None, sav
     depth = pad_map(maps.get('depth')) if need_depth else None
     code = pad_map(maps.get('code')) if need_kernel else None
     lr_up = model._lr_up(lq, (hp * s, wp * s)).to(out_device)
-    steps = int(num_steps or model.diff_opt.get('num_inference_steps', 50))
-    seed = model.diff_opt.get('seed', 0) if seed is None else seed
     tile_img = _round_up(max(tile, 1) * s, m)
     overlap_img = min(_round_up(overlap * s, f), tile_img - f)
     lt, lo = tile_img // f, overlap_img // f
@@ -280,21 +278,17 @@ def tiled_ssr_sample(model, lr, tile, overlap=16, num_steps=None, seed=None, sav
                 return c
 
             runner = TiledRunner(lt, lo, context=0, multiple=lm, out_device=dev, with_window=True)
-            gen = torch.Generator(device=dev)
-            gen.manual_seed(int(seed))
-            scheduler = model._sampling_scheduler()
-            scheduler.set_timesteps(steps, device=dev)
-            z = torch.randn(z_lr.shape, generator=gen, device=dev, dtype=torch.float32) * scheduler.init_noise_sigma
-            for t in tqdm(scheduler.timesteps, desc='SSR sampling', disable=not progress, leave=False):
-                inp = scheduler.scale_model_input(z, t)
 
-                def eps_fn(zt, win, t=t):
+            def tiled_eps(inp, t):
+
+                def window_eps(zt, win):
                     if tuple(zt.shape[-2:]) != (win[1] - win[0], win[3] - win[2]):
                         raise RuntimeError('tiled_ssr_sample: latent window was padded; size multiple mismatch')
                     return net(zt, t, conditions=window_conds(win)).float()
 
-                eps = runner(eps_fn, inp)
-                z = scheduler.step(eps, t, z).prev_sample
+                return runner(window_eps, inp)
+
+            z = model.denoise(z_lr.shape, tiled_eps, num_steps, seed, show_progress=progress)
             img = tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
                               out_device=out_device, progress=progress, desc='VAE decode')
     finally:
