@@ -84,11 +84,15 @@ def sv_blur_downsample(img, kernels, scale):
     for g in groups:
         o = out[g]
         phases = [[padded[g, :, pu::s, pv::s].contiguous() for pv in range(s)] for pu in range(s)]
+        # views made once per group / row: at k² = 441 taps per small image, per-tap indexing costs
+        # as much as the multiply-adds themselves
+        tap_maps = taps[g].unbind(2)
         for u in range(k):
             a, pu = divmod(u, s)
+            rows = [phase.narrow(2, a, h) for phase in phases[pu]]
             for v in range(k):
                 b0, pv = divmod(v, s)
-                o.addcmul_(phases[pu][pv][:, :, a:a + h, b0:b0 + w], taps[g, :, u * k + v])
+                o.addcmul_(rows[pv].narrow(3, b0, w), tap_maps[u * k + v])
     return out.to(out_dtype)
 
 
