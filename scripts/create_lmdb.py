@@ -20,8 +20,7 @@ from tqdm import tqdm
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from ssr_data.lmdb_util import LmdbExistsError, LmdbWriter, extract_subimages  # noqa: E402
-
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+from ssr_utils.image_io import IMAGE_EXTENSIONS  # noqa: E402
 
 
 def list_images(folder):

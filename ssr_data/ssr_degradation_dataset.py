@@ -11,8 +11,7 @@ from basicsr.utils import FileClient, get_root_logger, imfrombytes
 from basicsr.utils.registry import DATASET_REGISTRY
 from ssr_data.degradations import SVDegradation
 from ssr_utils.compat import OptionError
-
-IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm')
+from ssr_utils.image_io import IMAGE_EXTENSIONS
 
 
 # -------------------------------------------------------------------------------------------------
@@ -25,7 +24,7 @@ def is_lmdb(path):
 def list_images(folder, key):
     if not osp.isdir(folder):
         raise OptionError(key, folder, 'folder does not exist')
-    names = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+    names = sorted(e.name for e in os.scandir(folder) if e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS))
     if not names:
         raise OptionError(key, folder, 'no images in the folder')
     return names

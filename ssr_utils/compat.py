@@ -9,11 +9,12 @@ import functools
 import os
 import os.path as osp
 import sys
-import tempfile
 import threading
 import types
 
 import torch
+
+from ssr_utils.atomic_file import atomic_write
 
 _APPLIED = False
 _LOCK = threading.Lock()
@@ -102,35 +103,8 @@ def load_resume_state(opt):
 # ----------------------------------------------------------------------------------------------
 def atomic_torch_save(obj, path):
     """``torch.save`` that either leaves the complete new file at ``path`` or the old one."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if osp.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-    # temporaries of earlier writers of this name that were killed mid-save (one writer per name)
-    prefix = f'.{osp.basename(path)}.'
-    for entry in os.listdir(folder):
-        if entry.startswith(prefix) and entry.endswith('.tmp'):
-            try:
-                os.remove(osp.join(folder, entry))
-            except OSError:
-                pass
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    with atomic_write(path) as f:
+        torch.save(obj, f)
 
 
 def _save_network(self, net, net_label, current_iter, param_key='params'):

@@ -28,6 +28,7 @@ import torch
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import METRIC_REGISTRY
 
+from ssr_utils.atomic_file import atomic_write
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.kernel_metrics import KERNEL_METRICS
 
@@ -238,8 +239,7 @@ class ResultTable:
         os.makedirs(folder, exist_ok=True)
         csv_path = osp.join(folder, f'{dataset}_metrics.csv')
         md_path = osp.join(folder, f'{dataset}_metrics.md')
-        tmp = csv_path + '.tmp'
-        with open(tmp, 'w', newline='') as f:
+        with atomic_write(csv_path, 'w', newline='') as f:
             writer = csv.writer(f)
             writer.writerow(['image', 'method'] + self.metric_names)
             for image, method, vals in self.rows:
@@ -248,7 +248,6 @@ class ResultTable:
             for method, vals in self.means().items():
                 writer.writerow(['MEAN', method] + ['' if vals[m] is None else repr(float(vals[m]))
                                                    for m in self.metric_names])
-        os.replace(tmp, csv_path)
         n_images = len({r[0] for r in self.rows})
         lines = [f'# {dataset}: {n_images} image(s), mean per method', '',
                  '| method | ' + ' | '.join(self.metric_names) + ' |',
@@ -260,9 +259,8 @@ class ResultTable:
             lines += [f'- {name}: {reason}' for name, reason in unavailable.items()]
         if notes:
             lines += [''] + [f'{n}' for n in notes]
-        with open(md_path + '.tmp', 'w') as f:
+        with atomic_write(md_path, 'w') as f:
             f.write('\n'.join(lines).rstrip() + '\n')
-        os.replace(md_path + '.tmp', md_path)
         return csv_path, md_path
 
     def markdown(self):

@@ -14,12 +14,13 @@ pixel layout, like the input file's pixels.
 """
 import os
 import os.path as osp
-import tempfile
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
+
+from ssr_utils.atomic_file import atomic_write
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.webp', '.bmp', '.ppm', '.pgm', '.pnm')
 
@@ -197,20 +198,8 @@ def write_image(path, rgb, alpha=None, bit_depth=8, gray=False):
     """Write atomically (temporary file + rename): an interrupted run never leaves a half-written output,
     and an existing file is replaced only by a complete one. Creates the folder."""
     data = encode_image(rgb, alpha, bit_depth, gray, osp.splitext(path)[1] or '.png')
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        f.write(data)
     return path
 
 

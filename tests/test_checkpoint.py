@@ -66,3 +66,12 @@ def test_basicsr_model_saves_through_the_atomic_writer(tmp_path, monkeypatch):
     model.save_network(net, 'net_g', 7)
     model.save_training_state(0, 7)
     assert calls == [str(tmp_path / 'models' / 'net_g_7.pth'), str(tmp_path / 'states' / '7.state')]
+
+
+def test_checkpoint_gets_the_permissions_of_a_plain_file(tmp_path):
+    plain = tmp_path / 'plain.bin'
+    plain.write_bytes(b'x')
+    path = tmp_path / 'net_g_1.pth'
+    atomic_torch_save({'w': torch.ones(1)}, str(path))
+    # the temporary file behind the rename is created 0600; the checkpoint must not keep that
+    assert (path.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
