@@ -32,7 +32,7 @@ compat.apply()
 from basicsr.utils import get_root_logger  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
-from ssr_utils.color_fix import color_fix  # noqa: E402
+from ssr_utils.color_fix import StreamingColorFix  # noqa: E402
 from ssr_utils.compat import OptionError  # noqa: E402
 from ssr_utils.image_io import (list_images, read_image, tensor_to_image, image_to_tensor,  # noqa: E402
                                 upscale_alpha, write_image)
@@ -162,9 +162,10 @@ def _autocast(device, precision):
 # ------------------------------------------------------------------------------------------ SVKR
 @torch.no_grad()
 def svkr_tiled(svkr, lr, tile=0, overlap=16, context=SVKR_CONTEXT, want=('sr', ), kernel_code=None,
-               precision='fp32', progress=False, out_device=None):
+               precision='fp32', progress=False, out_device=None, into=None):
     """SVKR over LR windows. ``want`` from ``sr`` (HR image), ``depth`` (LR), ``kvar`` (kernel variance,
     LR), ``code`` (PCA code of the kernel map via ``kernel_code``, LR) -> dict of blended maps.
+    ``into``: name -> tensor the rows are written into (e.g. ``{'sr': view of the output image}``).
 
     The full k²-channel kernel map is never stitched (441 channels at LR size would dominate memory);
     blended codes equal the code of blended kernels because the PCA encoding is affine per pixel."""
@@ -186,7 +187,8 @@ def svkr_tiled(svkr, lr, tile=0, overlap=16, context=SVKR_CONTEXT, want=('sr', )
         return res
 
     return tiled_apply(fn, lr, tile if tile and tile > 0 else None, overlap, context, multiple=SVKR_MULTIPLE,
-                       min_size=SVKR_MIN_SIZE, out_device=out_device, progress=progress, desc='SVKR tiles')
+                       min_size=SVKR_MIN_SIZE, out_device=out_device, progress=progress, desc='SVKR tiles',
+                       into=into)
 
 
 # ------------------------------------------------------------------------------------------ SSR
@@ -195,11 +197,25 @@ def _map_conds(conds, fn):
     return {k: [(m, fn(a), fn(b)) for m, a, b in v] for k, v in conds.items()}
 
 
+def lr_up_rows(model, lq, row0, row1):
+    """Rows ``[row0, row1)`` of ``model._lr_up(lq, (H·s, W·s))`` computed from the LR rows they depend on
+    (bicubic reaches two LR rows each way), so the whole upsampled image is never made."""
+    s = model.scale
+    h, w = lq.shape[-2:]
+    la, lb = max(0, row0 // s - 2), min(h, -(-row1 // s) + 2)
+    up = model._lr_up(lq[..., la:lb, :], ((lb - la) * s, w * s))
+    return up[..., row0 - la * s:row1 - la * s, :]
+
+
 @torch.no_grad()
 def tiled_ssr_sample(model, lr, tile, overlap=16, num_steps=None, seed=None, save_maps=False, progress=False,
-                     out_device='cpu', cond_cache='auto'):
+                     out_device='cpu', cond_cache='auto', out=None):
     """Tiled version of ``SSRModel.sr`` (see the module doc). ``tile`` / ``overlap`` are in LR pixels.
     With one window it computes what ``SSRModel.sr`` computes. Returns dict(sr, depth, kvar).
+
+    Nothing of HR size is held but the result: the VAE encoder's windows upsample their own LR window
+    (with context), and decoded rows stream through the colour correction (``StreamingColorFix``) into
+    ``out`` (1×3×(h·s)×(w·s) float32 on ``out_device``, e.g. a view of the output image; made when None).
 
     ``cond_cache``: where the AMF condition features of every latent window are kept between denoising
     steps: ``device`` (fastest; memory grows with the number of windows), ``cpu`` (the accelerator holds
@@ -237,17 +253,26 @@ def tiled_ssr_sample(model, lr, tile, overlap=16, num_steps=None, seed=None, sav
 
     depth = pad_map(maps.get('depth')) if need_depth else None
     code = pad_map(maps.get('code')) if need_kernel else None
-    lr_up = model._lr_up(lq, (hp * s, wp * s)).to(out_device)
-    tile_img = _round_up(max(tile, 1) * s, m)
-    overlap_img = min(_round_up(overlap * s, f), tile_img - f)
-    lt, lo = tile_img // f, overlap_img // f
+    # LR windows of the VAE encoder: whole latent pixels at every start, the network's size multiple
+    lr_mult = m // math.gcd(m, s)
+    lr_step = f // math.gcd(f, s)
+    tile_lr = _round_up(max(tile, 1), lr_mult)
+    overlap_lr = max(0, min(_round_up(overlap, lr_step), tile_lr - lr_step))
+    context_lr = max(overlap_lr, _round_up(2, lr_step))  # at least bicubic's reach
+    lt = tile_lr * s // f
+    lo = overlap_lr * s // f
+    if out is None:
+        out = torch.empty((lr.shape[0], 3, h * s, w * s), dtype=torch.float32, device=out_device)
+
+    def encode_window(t):
+        return net.encode_image(model._lr_up(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
 
     was_training = model.net_g.training
     model.net_g.eval()
     try:
         with model.ema_weights(), model._autocast():
-            z_lr = tiled_apply(lambda t: net.encode_image(t.to(dev)).float(), lr_up, tile_img, overlap_img,
-                               context=overlap_img, multiple=m, out_device=dev, progress=progress, desc='VAE encode')
+            z_lr = tiled_apply(encode_window, lq, tile_lr, overlap_lr, context=context_lr, multiple=lr_mult,
+                               out_device=dev, progress=progress, desc='VAE encode')
             zh, zw = z_lr.shape[-2:]
 
             def to_latent(x):
@@ -289,16 +314,18 @@ def tiled_ssr_sample(model, lr, tile, overlap=16, num_steps=None, seed=None, sav
                 return runner(window_eps, inp)
 
             z = model.denoise(z_lr.shape, tiled_eps, num_steps, seed, show_progress=progress)
-            img = tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
-                              out_device=out_device, progress=progress, desc='VAE decode')
+            fixer = StreamingColorFix(model.diff_opt.get('color_fix', 'wavelet'),
+                                      lambda a, b: lr_up_rows(model, lq, a, b).to(out_device).float(), hp * s, out)
+            tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
+                        out_device=out_device, progress=progress, desc='VAE decode', into={'out': fixer.push})
+            fixer.finish()
     finally:
         model.net_g.train(was_training)
-    img = color_fix(img, lr_up.float(), model.diff_opt.get('color_fix', 'wavelet'))
-    out = {'sr': img[..., :h * s, :w * s]}
+    res = {'sr': out}
     if save_maps:
-        out['depth'] = maps.get('depth')
-        out['kvar'] = maps.get('kvar')
-    return out
+        res['depth'] = maps.get('depth')
+        res['kvar'] = maps.get('kvar')
+    return res
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -344,12 +371,13 @@ class Inferencer:
         return not self.tile or (h <= self.tile and w <= self.tile)
 
     @torch.no_grad()
-    def super_resolve(self, lr):
-        """1×3×h×w RGB [0, 1] -> dict(sr (CPU), depth, kvar)."""
+    def super_resolve(self, lr, out=None):
+        """1×3×h×w RGB [0, 1] -> dict(sr (CPU), depth, kvar). ``out``: optional CPU float32 tensor
+        1×3×(h·s)×(w·s) (e.g. a view of the output image) that tiled runs write into."""
         if self.svkr_only:
             want = ('sr', 'depth', 'kvar') if self.save_maps else ('sr', )
             return svkr_tiled(self.svkr, lr, self.tile, self.tile_overlap, want=want, precision=self.precision,
-                              progress=self.progress, out_device='cpu')
+                              progress=self.progress, out_device='cpu', into=None if out is None else {'sr': out})
         h, w = lr.shape[-2:]
         if self._fits(h, w):
             out = self.model.sr(lr.to(self.device), num_steps=self.steps, seed=self.seed, show_progress=self.progress)
@@ -362,7 +390,7 @@ class Inferencer:
                 res.update(maps)
             return res
         return tiled_ssr_sample(self.model, lr, self.tile, self.tile_overlap, self.steps, self.seed,
-                                save_maps=self.save_maps, progress=self.progress)
+                                save_maps=self.save_maps, progress=self.progress, out=out)
 
     def process(self, path, out_dir):
         """Returns the list of written files; raises on any problem (the caller reports and goes on)."""
@@ -370,11 +398,19 @@ class Inferencer:
         from ssr_utils.visualize import colorize, depth_image
         img = read_image(path)
         lr = image_to_tensor(img.rgb)
-        out = self.super_resolve(lr)
-        sr = tensor_to_image(out['sr'])
-        if not np.isfinite(sr).all():
-            raise RuntimeError('the network produced non-finite values')
         h, w = img.shape
+        # tiled runs write their rows straight into the output image (H×W×3), so no second HR-size copy
+        sr = np.empty((h * self.net_scale, w * self.net_scale, 3), dtype=np.float32)
+        sr_view = torch.from_numpy(sr).permute(2, 0, 1)[None]
+        out = self.super_resolve(lr, out=sr_view)
+        if out['sr'] is None or out['sr'].data_ptr() != sr_view.data_ptr():
+            sr = tensor_to_image(out['sr'])
+        del out['sr'], sr_view
+        for r in range(0, sr.shape[0], 512):
+            rows = sr[r:r + 512]
+            if not np.isfinite(rows).all():
+                raise RuntimeError('the network produced non-finite values')
+            np.clip(rows, 0, 1, out=rows)
         size = (int(round(h * self.out_scale)), int(round(w * self.out_scale)))
         if tuple(sr.shape[:2]) != size:
             interp = cv2.INTER_AREA if size[0] < sr.shape[0] else cv2.INTER_CUBIC

@@ -14,7 +14,10 @@ reflection to ``multiple`` and to ``min_size`` before ``fn`` and the padding is 
 output, so odd sizes and inputs smaller than a network's minimum work.
 
 Outputs accumulate on ``out_device`` (e.g. the CPU while tiles run on a GPU), so the accelerator
-holds one window at a time whatever the input size.
+holds one window at a time whatever the input size. Windows run row by row and the weighted sums are
+kept only for the rows that windows still reach (one window row and its overlap); finished rows go to
+a canvas, to a caller's tensor (e.g. a view of the output image) or to a callable that streams them on
+(e.g. a colour correction), so the working memory grows with the image width only.
 """
 import math
 from fractions import Fraction
@@ -129,65 +132,144 @@ class TiledRunner:
         xs = tile_starts(w, tw, min(self.overlap, tw - 1), self.multiple)
         return [(y, y + th, x, x + tw) for y in ys for x in xs], ys, xs, th, tw
 
-    def __call__(self, fn, x):
+    def __call__(self, fn, x, into=None):
+        """Run ``fn`` over the windows of ``x`` and blend. ``into`` (optional) maps an output name (``out``
+        for a tensor-valued ``fn``) to where its rows go: a tensor (rows and columns beyond its size, i.e.
+        padding, are dropped) or a callable ``(row0, row1, band)`` that receives the finished rows in
+        order, top to bottom. Outputs not named get a canvas of their own. Returns the canvases (a
+        callable's entry is None), a tensor when ``fn`` returns one."""
         squeeze = x.dim() == 3
         if squeeze:
             x = x[None]
         h, w = x.shape[-2:]
         wins, ys, xs, th, tw = self.windows(h, w)
-        outs, weights, scales = None, {}, {}
+        into = dict(into or {})
+        bands, scales, dests = {}, {}, {}
         is_dict = None
-        for (y0, y1, x0, x1) in tqdm(wins, desc=self.desc, disable=not self.progress or len(wins) == 1, leave=False):
-            cy0, cy1 = max(0, y0 - self.context), min(h, y1 + self.context)
-            cx0, cx1 = max(0, x0 - self.context), min(w, x1 + self.context)
-            inp, (ih, iw) = pad_to(x[..., cy0:cy1, cx0:cx1], self.multiple, self.min_size)
-            res = fn(inp, (cy0, cy1, cx0, cx1)) if self.with_window else fn(inp)
-            if is_dict is None:
-                is_dict = isinstance(res, dict)
+        by_row = [[win for win in wins if win[0] == y] for y in ys]
+        bar = tqdm(total=len(wins), desc=self.desc, disable=not self.progress or len(wins) == 1, leave=False)
+        for yi, row in enumerate(by_row):
+            for (y0, y1, x0, x1) in row:
+                cy0, cy1 = max(0, y0 - self.context), min(h, y1 + self.context)
+                cx0, cx1 = max(0, x0 - self.context), min(w, x1 + self.context)
+                inp, _ = pad_to(x[..., cy0:cy1, cx0:cx1], self.multiple, self.min_size)
+                res = fn(inp, (cy0, cy1, cx0, cx1)) if self.with_window else fn(inp)
+                if is_dict is None:
+                    is_dict = isinstance(res, dict)
+                    for k, v in (res if is_dict else {'out': res}).items():
+                        if v is not None:
+                            scales[k] = _scale_of(v.shape, inp.shape, k)
+                    if not is_dict and set(into) - {'out'}:
+                        raise ValueError(f'tiled_apply: into names {sorted(into)} but fn returns one tensor (out)')
                 res_d = res if is_dict else {'out': res}
-                outs = {}
-                for k, v in res_d.items():
-                    if v is None:
-                        continue
-                    s = _scale_of(v.shape, inp.shape, k)
-                    scales[k] = s
-                    dev = self.out_device if self.out_device is not None else v.device
-                    outs[k] = torch.zeros((*v.shape[:-2], _as_int(h * s, 'H·scale'), _as_int(w * s, 'W·scale')),
-                                          dtype=torch.float32, device=dev)
-                    weights[k] = torch.zeros((_as_int(h * s, 'H·scale'), _as_int(w * s, 'W·scale')),
-                                             dtype=torch.float32, device=dev)
-            res_d = res if is_dict else {'out': res}
-            yi, xi = ys.index(y0), xs.index(x0)
-            left = (xs[xi - 1] + tw - x0) if xi > 0 else 0
-            right = (x1 - xs[xi + 1]) if xi + 1 < len(xs) else 0
-            top = (ys[yi - 1] + th - y0) if yi > 0 else 0
-            bottom = (y1 - ys[yi + 1]) if yi + 1 < len(ys) else 0
-            for k, s in scales.items():
-                v = res_d[k]
-                if _scale_of(v.shape, inp.shape, k) != s:
-                    raise ValueError(f'tiled_apply: output {k!r} changed its scale between windows')
-                o = outs[k]
-                # crop padding, then context
-                oy0, ox0 = _as_int((y0 - cy0) * s, 'context·scale'), _as_int((x0 - cx0) * s, 'context·scale')
-                oh, ow = _as_int((y1 - y0) * s, 'tile·scale'), _as_int((x1 - x0) * s, 'tile·scale')
-                piece = v[..., oy0:oy0 + oh, ox0:ox0 + ow].to(device=o.device, dtype=torch.float32)
-                wy = window_1d(oh, _as_int(top * s, 'overlap·scale'), _as_int(bottom * s, 'overlap·scale'),
-                               self.window, o.device)
-                wx = window_1d(ow, _as_int(left * s, 'overlap·scale'), _as_int(right * s, 'overlap·scale'),
-                               self.window, o.device)
-                wgt = wy[:, None] * wx[None, :]
-                py0, px0 = _as_int(y0 * s, 'start·scale'), _as_int(x0 * s, 'start·scale')
-                o[..., py0:py0 + oh, px0:px0 + ow] += piece * wgt
-                weights[k][py0:py0 + oh, px0:px0 + ow] += wgt
-            del res, res_d
-        result = {k: outs[k] / weights[k] for k in outs}
+                xi = xs.index(x0)
+                left = (xs[xi - 1] + tw - x0) if xi > 0 else 0
+                right = (x1 - xs[xi + 1]) if xi + 1 < len(xs) else 0
+                top = (ys[yi - 1] + th - y0) if yi > 0 else 0
+                bottom = (y1 - ys[yi + 1]) if yi + 1 < len(ys) else 0
+                for k, s in scales.items():
+                    v = res_d[k]
+                    if _scale_of(v.shape, inp.shape, k) != s:
+                        raise ValueError(f'tiled_apply: output {k!r} changed its scale between windows')
+                    # crop padding, then context
+                    oy0, ox0 = _as_int((y0 - cy0) * s, 'context·scale'), _as_int((x0 - cx0) * s, 'context·scale')
+                    oh, ow = _as_int((y1 - y0) * s, 'tile·scale'), _as_int((x1 - x0) * s, 'tile·scale')
+                    band = bands.get(k)
+                    if band is None:
+                        band = bands[k] = _Band(v.shape[:-2], _as_int(w * s, 'W·scale'), self._device(v))
+                    py0, py1 = _as_int(y0 * s, 'start·scale'), _as_int(y1 * s, 'end·scale')
+                    band.extend_to(py1)
+                    wy = window_1d(oh, _as_int(top * s, 'overlap·scale'), _as_int(bottom * s, 'overlap·scale'),
+                                   self.window, band.device)
+                    wx = window_1d(ow, _as_int(left * s, 'overlap·scale'), _as_int(right * s, 'overlap·scale'),
+                                   self.window, band.device)
+                    px0 = _as_int(x0 * s, 'start·scale')
+                    band.add(py0, px0, v[..., oy0:oy0 + oh, ox0:ox0 + ow], wy[:, None] * wx[None, :])
+                del res, res_d
+                bar.update(1)
+            # rows above the next window row receive nothing more: hand them on and free them
+            for k, band in bands.items():
+                done = _as_int(ys[yi + 1] * scales[k], 'start·scale') if yi + 1 < len(ys) else band.end
+                if k not in dests:
+                    dests[k] = self._destination(k, into.get(k), band, _as_int(h * scales[k], 'H·scale'))
+                r0, rows = band.release(done)
+                if rows is not None:
+                    dests[k].put(r0, r0 + rows.shape[-2], rows)
+        bar.close()
+        result = {k: d.canvas for k, d in dests.items()}
         if squeeze:
-            result = {k: v[0] for k, v in result.items()}
+            result = {k: (None if v is None else v[0]) for k, v in result.items()}
         return result if is_dict else result['out']
+
+    def _device(self, v):
+        return torch.device(self.out_device) if self.out_device is not None else v.device
+
+    @staticmethod
+    def _destination(key, target, band, height):
+        if target is None:
+            target = torch.empty((*band.lead, height, band.width), dtype=torch.float32, device=band.device)
+        return _Destination(key, target)
+
+
+class _Band:
+    """Weighted sums of the output rows that windows still add to (one window row plus the overlap
+    from the row above), so that blending costs a band of the output, not the whole output."""
+
+    def __init__(self, lead, width, device):
+        self.lead, self.width, self.device = tuple(lead), int(width), device
+        self.start = self.end = 0
+        self.acc = torch.zeros((*self.lead, 0, self.width), dtype=torch.float32, device=device)
+        self.weight = torch.zeros((0, self.width), dtype=torch.float32, device=device)
+
+    def extend_to(self, end):
+        if end > self.end:
+            grow = end - self.end
+            self.acc = torch.cat([self.acc, self.acc.new_zeros((*self.lead, grow, self.width))], dim=-2)
+            self.weight = torch.cat([self.weight, self.weight.new_zeros((grow, self.width))], dim=0)
+            self.end = end
+
+    def add(self, row0, col0, piece, weight):
+        oh, ow = weight.shape
+        r = row0 - self.start
+        if r < 0:
+            raise RuntimeError('tiled_apply: a window reached rows that were already finished')
+        piece = piece.to(device=self.device, dtype=torch.float32)
+        self.acc[..., r:r + oh, col0:col0 + ow].addcmul_(piece, weight)
+        self.weight[r:r + oh, col0:col0 + ow] += weight
+
+    def release(self, row):
+        """Normalised rows ``[start, row)``; keeps the rest. Returns ``(start, rows or None)``."""
+        n = row - self.start
+        r0 = self.start
+        if n <= 0:
+            return r0, None
+        rows = self.acc[..., :n, :] / self.weight[:n]
+        self.acc = self.acc[..., n:, :].clone()
+        self.weight = self.weight[n:].clone()
+        self.start = row
+        return r0, rows
+
+
+class _Destination:
+    """Where finished rows of one output go: a tensor (cropped to its size) or a callable."""
+
+    def __init__(self, key, target):
+        self.key, self.target = key, target
+        self.canvas = None if callable(target) else target
+
+    def put(self, r0, r1, rows):
+        if callable(self.target):
+            self.target(r0, r1, rows)
+            return
+        t = self.target
+        r1 = min(r1, t.shape[-2])
+        if r1 > r0:
+            cols = min(rows.shape[-1], t.shape[-1])
+            t[..., r0:r1, :cols] = rows[..., :r1 - r0, :cols].to(device=t.device, dtype=t.dtype)
 
 
 def tiled_apply(fn, x, tile, overlap=16, context=0, multiple=1, min_size=1, window='cosine', out_device=None,
-                progress=False, desc='tiles'):
+                progress=False, desc='tiles', into=None):
     """Run ``fn`` over overlapping windows of ``x`` and blend (see the module doc).
 
     Args:
@@ -199,5 +281,6 @@ def tiled_apply(fn, x, tile, overlap=16, context=0, multiple=1, min_size=1, wind
         multiple, min_size: every input to ``fn`` is padded (reflect) to these; outputs are cropped back.
         window: ``cosine`` (raised cosine) or ``linear`` blending ramps.
         out_device: where the blended outputs accumulate (default: that of ``fn``'s outputs).
+        into: name -> tensor to write the rows into, or callable receiving finished rows (``TiledRunner``).
     """
-    return TiledRunner(tile, overlap, context, multiple, min_size, window, out_device, progress, desc)(fn, x)
+    return TiledRunner(tile, overlap, context, multiple, min_size, window, out_device, progress, desc)(fn, x, into)

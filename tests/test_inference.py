@@ -15,7 +15,7 @@ import ssr_models  # noqa: F401
 from ssr_arch.ssr_unet_arch import tiny_config
 from ssr_data.kernels import KernelPCA, random_kernels
 from ssr_utils.image_io import read_image
-from ssr_utils.inference import Inferencer, svkr_tiled, tiled_ssr_sample
+from ssr_utils.inference import Inferencer, lr_up_rows, svkr_tiled, tiled_ssr_sample
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
@@ -154,6 +154,23 @@ def test_tiled_ssr_single_window_equals_sr_and_tiles_run(models):
     for cache in ('none', 'cpu'):  # where the per-window condition features live does not change the result
         again = tiled_ssr_sample(eng.model, lr, tile=8, overlap=4, num_steps=2, seed=3, cond_cache=cache)['sr']
         assert (again - tiled['sr']).abs().max().item() < 1e-5
+    # written straight into a view of an H×W×3 image array, as scripts/inference_ssr.py does
+    arr = np.full((56, 72, 3), np.nan, dtype=np.float32)
+    view = torch.from_numpy(arr).permute(2, 0, 1)[None]
+    for fix in ('adain', 'wavelet'):
+        eng.model.diff_opt['color_fix'] = fix
+        whole = tiled_ssr_sample(eng.model, lr, tile=8, overlap=4, num_steps=2, seed=3)['sr']
+        assert tiled_ssr_sample(eng.model, lr, tile=8, overlap=4, num_steps=2, seed=3, out=view)['sr'] is view
+        assert np.abs(arr - whole[0].permute(1, 2, 0).numpy()).max() < 1e-5
+    eng.model.diff_opt['color_fix'] = 'wavelet'
+
+
+def test_lr_up_rows_equal_rows_of_the_whole_upsampled_image(models):
+    eng = Inferencer(models['ssr'], device='cpu', steps=1, progress=False)
+    lq = torch.rand(1, 3, 13, 9)
+    whole = eng.model._lr_up(lq, (52, 36))
+    for a, b in ((0, 52), (0, 3), (5, 22), (30, 52), (51, 52)):
+        assert torch.equal(lr_up_rows(eng.model, lq, a, b), whole[..., a:b, :])
 
 
 def test_ssr_cli_with_tiles_gray_input(models, tmp_path, capsys):

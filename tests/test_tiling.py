@@ -1,3 +1,4 @@
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -139,3 +140,48 @@ def test_latent_tiling_matches_for_local_function_and_out_device():
     assert (out - conv(z)).abs().max() < 1e-5
     with pytest.raises(ValueError, match='overlap'):
         tiled_apply(conv, z, tile=8, overlap=8)
+
+
+def test_rows_stream_out_in_order_before_the_last_window_row_runs():
+    """Blending keeps only the rows windows still reach: finished rows reach an ``into`` callable top to
+    bottom, most of them before the last row of windows runs, and together equal the canvas result."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Upsample(scale_factor=2))
+    x = torch.rand(1, 3, 70, 50)
+    events, got = [], []
+
+    def fn(t):
+        events.append(('window', sum(r1 - r0 for r0, r1 in got)))
+        return net(t)
+
+    def sink(r0, r1, rows):
+        assert r0 == sum(b - a for a, b in got), 'rows arrive in order, without gaps'
+        got.append((r0, r1))
+        events.append(('rows', r1))
+        blocks.append(rows.clone())
+
+    blocks = []
+    with torch.no_grad():
+        ref = tiled_apply(net, x, tile=16, overlap=4, context=2)
+        assert tiled_apply(fn, x, tile=16, overlap=4, context=2, into={'out': sink}) is None
+    streamed = torch.cat(blocks, dim=-2)
+    assert streamed.shape == ref.shape and torch.equal(streamed, ref)
+    # the last window row starts at LR row 54: everything above its overlap was handed on before
+    rows_before_last = [n for kind, n in events if kind == 'window'][-1]
+    assert rows_before_last >= (70 - 16) * 2
+    assert max(r1 - r0 for r0, r1 in got) <= 16 * 2
+
+
+def test_into_a_view_of_an_image_array_and_a_cropped_target():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 3, 3, padding=1)
+    x = torch.rand(1, 3, 30, 26)
+    with torch.no_grad():
+        ref = tiled_apply(net, x, tile=12, overlap=4, context=2)
+        arr = np.full((30, 26, 3), np.nan, dtype=np.float32)
+        view = torch.from_numpy(arr).permute(2, 0, 1)[None]
+        assert tiled_apply(net, x, tile=12, overlap=4, context=2, into={'out': view}) is view
+        assert np.array_equal(arr, ref[0].permute(1, 2, 0).numpy())
+        small = torch.zeros(1, 3, 20, 21)  # padding rows / columns are dropped
+        tiled_apply(net, x, tile=12, overlap=4, context=2, into={'out': small})
+        assert torch.equal(small, ref[..., :20, :21])

@@ -4,13 +4,14 @@
     python scripts/benchmarks/bench_inference.py --mode svkr --sizes 128 256 512 --tiles 0 128
     python scripts/benchmarks/bench_inference.py --gpu                 # + the GPU section when CUDA is there
 
-Each measurement runs in a fresh child process (CPU peak memory is the process's peak RSS, which cannot
-be reset): it builds the model, warms up on a tiny input, then super-resolves one random LR image of
-the given size with the given tile (0 = untiled) through ``ssr_utils.inference`` (the code behind
-scripts/inference_ssr.py). Reported: seconds, working memory (peak RSS minus the RSS after warm-up; on
-GPU ``max_memory_allocated``), and both as ratios to the first row of the same run (the baseline).
-On CPU the blended output canvas (3 + 1 float32 planes at HR size) lives in host memory by design; its
-size is printed beside the working memory so that the part that depends on the tile can be read off.
+Each measurement runs in a fresh child process (CPU peak memory is the process's peak RSS, reset through
+/proc/self/clear_refs on Linux before the measured run): it builds the model, warms up on a tiny input,
+then super-resolves one random LR image of the given size with the given tile (0 = untiled) through ``ssr_utils.inference`` (the code behind
+scripts/inference_ssr.py), writing into an H×W×3 float32 output image as the CLI does. Reported:
+seconds, working memory (peak RSS minus the RSS after warm-up with the output image already allocated
+and touched, i.e. everything but the result itself; on GPU ``max_memory_allocated``), and both as ratios
+to the first row of the same run (the baseline: make it an input the size of one tile, as the defaults
+do, to read "memory of an N² input vs one tile"). The output image's size is printed beside.
 
 GPU section (``--gpu``, only when ``torch.cuda.is_available()``): SSR with Stable Diffusion 2.1-base
 sizes (random weights, config of scripts/benchmarks/bench_ssr_sampling.py) for a 768×768 output at 50
@@ -29,6 +30,27 @@ import time
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+
+def _reset_peak_rss():
+    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_kb():
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _rss_kb():
@@ -83,28 +105,41 @@ def child(args):
     obj = build(args.mode, device, args.config, args.precision, args.sampler)
     from ssr_utils.inference import svkr_tiled, tiled_ssr_sample
 
-    def run(lr):
+    import numpy as np
+
+    def output_view(lr):  # the CLI's output image (ssr_utils.inference.Inferencer.process)
+        s = 4
+        arr = np.zeros((lr.shape[-2] * s, lr.shape[-1] * s, 3), dtype=np.float32)
+        arr.fill(0.5)  # touched: resident before the baseline RSS is read
+        return arr, torch.from_numpy(arr).permute(2, 0, 1)[None]
+
+    def run(lr, out):
         if args.mode == 'svkr':
-            return svkr_tiled(obj, lr.to(device), args.tile, args.overlap, out_device='cpu')['sr']
+            return svkr_tiled(obj, lr.to(device), args.tile, args.overlap, out_device='cpu', into={'sr': out})['sr']
         tile = args.tile if args.tile else max(lr.shape[-2:])
         return tiled_ssr_sample(obj, lr, tile, args.overlap, num_steps=args.steps, seed=0,
-                                cond_cache=args.cond_cache)['sr']
+                                cond_cache=args.cond_cache, out=out)['sr']
 
     with torch.no_grad():
-        run(torch.rand(1, 3, 16, 16))  # warm-up
+        small = torch.rand(1, 3, 16, 16)
+        run(small, output_view(small)[1])  # warm-up
+        lr = torch.rand(1, 3, args.size, args.size)
+        arr, view = output_view(lr)
         if device.type == 'cuda':
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+        _reset_peak_rss()
         base = _rss_kb()
-        lr = torch.rand(1, 3, args.size, args.size)
         start = time.perf_counter()
-        out = run(lr)
+        out = run(lr, view)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         sec = time.perf_counter() - start
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if out.data_ptr() != view.data_ptr():
+        raise RuntimeError('the result was not written into the output image')
+    peak_kb = _peak_rss_kb()
     res = dict(mode=args.mode, size=args.size, tile=args.tile, seconds=sec, work_mb=max(0, peak_kb - base) / 1024,
-               canvas_mb=4 * out.numel() * 4 / 3 / 2**20)
+               canvas_mb=arr.nbytes / 2**20)
     if device.type == 'cuda':
         res['gpu_peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
     print('RESULT ' + json.dumps(res), flush=True)
@@ -125,7 +160,7 @@ def measure(args, mode, size, tile, **extra):
 
 def header(mem_key):
     print(f'{"mode":5} {"LR size":>8} {"tile":>5} {"s/image":>9} {"x base":>7} {mem_key + " MB":>14} {"x base":>7} '
-          f'{"canvas MB":>10}', flush=True)
+          f'{"output MB":>10}', flush=True)
 
 
 def row(r, base, mem_key):
