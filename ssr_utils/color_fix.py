@@ -102,7 +102,8 @@ class StreamingColorFix:
             self._write(r0, rows)
             self.done = r1
             return
-        self.buffer = rows if self.buffer is None else torch.cat([self.buffer, rows], dim=-2)
+        # rows may be a view into the producer's buffer: cat / clone copy them
+        self.buffer = rows.clone() if self.buffer is None else torch.cat([self.buffer, rows], dim=-2)
         self._flush(final=r1 >= self.height)
 
     def _flush(self, final):

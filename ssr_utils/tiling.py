@@ -135,8 +135,9 @@ class TiledRunner:
     def __call__(self, fn, x, into=None):
         """Run ``fn`` over the windows of ``x`` and blend. ``into`` (optional) maps an output name (``out``
         for a tensor-valued ``fn``) to where its rows go: a tensor (rows and columns beyond its size, i.e.
-        padding, are dropped) or a callable ``(row0, row1, band)`` that receives the finished rows in
-        order, top to bottom. Outputs not named get a canvas of their own. Returns the canvases (a
+        padding, are dropped) or a callable ``(row0, row1, rows)`` that receives the finished rows in
+        order, top to bottom (``rows`` is a view into the blending band, valid during the call only:
+        copy what must be kept). Outputs not named get a canvas of their own. Returns the canvases (a
         callable's entry is None), a tensor when ``fn`` returns one."""
         squeeze = x.dim() == 3
         if squeeze:
@@ -192,9 +193,7 @@ class TiledRunner:
                 done = _as_int(ys[yi + 1] * scales[k], 'start·scale') if yi + 1 < len(ys) else band.end
                 if k not in dests:
                     dests[k] = self._destination(k, into.get(k), band, _as_int(h * scales[k], 'H·scale'))
-                r0, rows = band.release(done)
-                if rows is not None:
-                    dests[k].put(r0, r0 + rows.shape[-2], rows)
+                band.release(done, dests[k].put)
         bar.close()
         result = {k: d.canvas for k, d in dests.items()}
         if squeeze:
@@ -213,7 +212,9 @@ class TiledRunner:
 
 class _Band:
     """Weighted sums of the output rows that windows still add to (one window row plus the overlap
-    from the row above), so that blending costs a band of the output, not the whole output."""
+    from the row above), so that blending costs a band of the output, not the whole output. The
+    buffers are allocated once (one window's height) and reused: finished rows are handed out and the
+    overlap rows moved to the top."""
 
     def __init__(self, lead, width, device):
         self.lead, self.width, self.device = tuple(lead), int(width), device
@@ -222,11 +223,15 @@ class _Band:
         self.weight = torch.zeros((0, self.width), dtype=torch.float32, device=device)
 
     def extend_to(self, end):
-        if end > self.end:
-            grow = end - self.end
-            self.acc = torch.cat([self.acc, self.acc.new_zeros((*self.lead, grow, self.width))], dim=-2)
-            self.weight = torch.cat([self.weight, self.weight.new_zeros((grow, self.width))], dim=0)
-            self.end = end
+        need = end - self.start
+        if need > self.weight.shape[0]:
+            acc = self.acc.new_zeros((*self.lead, need, self.width))
+            weight = self.weight.new_zeros((need, self.width))
+            used = self.end - self.start
+            acc[..., :used, :] = self.acc[..., :used, :]
+            weight[:used] = self.weight[:used]
+            self.acc, self.weight = acc, weight
+        self.end = max(self.end, end)
 
     def add(self, row0, col0, piece, weight):
         oh, ow = weight.shape
@@ -237,17 +242,22 @@ class _Band:
         self.acc[..., r:r + oh, col0:col0 + ow].addcmul_(piece, weight)
         self.weight[r:r + oh, col0:col0 + ow] += weight
 
-    def release(self, row):
-        """Normalised rows ``[start, row)``; keeps the rest. Returns ``(start, rows or None)``."""
+    def release(self, row, put):
+        """Normalises rows ``[start, row)`` in place and calls ``put(start, row, rows)`` with them (a view
+        into the band, valid during the call only); keeps the rest."""
         n = row - self.start
-        r0 = self.start
         if n <= 0:
-            return r0, None
-        rows = self.acc[..., :n, :] / self.weight[:n]
-        self.acc = self.acc[..., n:, :].clone()
-        self.weight = self.weight[n:].clone()
+            return
+        rows = self.acc[..., :n, :]
+        rows.div_(self.weight[:n])
+        put(self.start, row, rows)
+        left = self.end - row
+        if left > 0:
+            self.acc[..., :left, :] = self.acc[..., n:n + left, :].clone()
+            self.weight[:left] = self.weight[n:n + left].clone()
+        self.acc[..., left:, :].zero_()
+        self.weight[left:].zero_()
         self.start = row
-        return r0, rows
 
 
 class _Destination:

@@ -11,7 +11,9 @@ def _stream(method, img, ref, cuts, target=None):
     fixer = StreamingColorFix(method, lambda a, b: ref[..., a:b, :], h, target)
     edges = [0] + cuts + [h]
     for a, b in zip(edges[:-1], edges[1:]):
-        fixer.push(a, b, img[..., a:b, :].clone())
+        rows = img[..., a:b, :].clone()
+        fixer.push(a, b, rows)
+        rows.fill_(float('nan'))  # as tiling's band reuses its buffer: rows are only valid during push
     return fixer.finish()
 
 

@@ -10,8 +10,10 @@ then super-resolves one random LR image of the given size with the given tile (0
 scripts/inference_ssr.py), writing into an H×W×3 float32 output image as the CLI does. Reported:
 seconds, working memory (peak RSS minus the RSS after warm-up with the output image already allocated
 and touched, i.e. everything but the result itself; on GPU ``max_memory_allocated``), and both as ratios
-to the first row of the same run (the baseline: make it an input the size of one tile, as the defaults
-do, to read "memory of an N² input vs one tile"). The output image's size is printed beside.
+to the first row of the same run. The baseline is one window run untiled: an input of the first tile
+size plus the SVKR context margin on each side (``SVKR_CONTEXT``), the size at which an inner tile of
+a large image runs, so the ratios read "memory of an N² input vs one tile". The output image's size is
+printed beside.
 
 GPU section (``--gpu``, only when ``torch.cuda.is_available()``): SSR with Stable Diffusion 2.1-base
 sizes (random weights, config of scripts/benchmarks/bench_ssr_sampling.py) for a 768×768 output at 50
@@ -177,6 +179,8 @@ def main():
     p.add_argument('--steps', type=int, default=4)
     p.add_argument('--device', default='cpu')
     p.add_argument('--gpu', action='store_true', help='run the GPU section (when CUDA is available)')
+    p.add_argument('--no-window-baseline', dest='window_baseline', action='store_false',
+                   help='do not start with the baseline row: one window (first tile + 2 × context) run untiled')
     p.add_argument('--cond-cache', default='auto', choices=['auto', 'device', 'cpu', 'none'],
                    help='where tiled SSR keeps per-window condition features (ssr_utils.inference.tiled_ssr_sample)')
     # child-process arguments
@@ -198,6 +202,11 @@ def main():
               f'baseline = first row')
         header(mem_key)
         rows = []
+        if args.window_baseline and args.tiles[0] > 0:
+            # one tile as it runs inside a large image: the tile plus its context margin on every side
+            from ssr_utils.inference import SVKR_CONTEXT
+            rows.append(measure(args, mode, args.tiles[0] + 2 * SVKR_CONTEXT, 0))
+            row(rows[-1], rows[0], mem_key)
         for tile in args.tiles:
             for size in args.sizes:
                 rows.append(measure(args, mode, size, tile))
@@ -220,8 +229,16 @@ def main():
         print('\nTiled SVKR (train_svkr.yml size), tile 256: peak GPU memory vs input size (output canvas on the host)')
         header('gpu_peak_mb')
         rows = []
-        for size in (256, 512, 1024, 2048):
-            rows.append(measure(args, 'svkr', size, 256, config='sd21'))
+        from ssr_utils.inference import SVKR_CONTEXT
+        for size, tile in ((256 + 2 * SVKR_CONTEXT, 0), (512, 256), (1024, 256), (2048, 256)):
+            rows.append(measure(args, 'svkr', size, tile, config='sd21'))
+            row(rows[-1], rows[0], 'gpu_peak_mb')
+        print('\nTiled SSR (SD 2.1-base sizes, bf16, 4 DPM-Solver++ steps), tile 96 LR: peak GPU memory vs input size')
+        header('gpu_peak_mb')
+        rows = []
+        for size, tile in ((96 + 2 * SVKR_CONTEXT, 0), (512, 96), (2048, 96)):
+            rows.append(measure(args, 'ssr', size, tile, config='sd21', precision='bf16', steps=4,
+                                sampler='dpmsolver++'))
             row(rows[-1], rows[0], 'gpu_peak_mb')
 
 
