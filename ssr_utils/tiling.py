@@ -185,7 +185,8 @@ class TiledRunner:
                     wx = window_1d(ow, _as_int(left * s, 'overlap·scale'), _as_int(right * s, 'overlap·scale'),
                                    self.window, band.device)
                     px0 = _as_int(x0 * s, 'start·scale')
-                    band.add(py0, px0, v[..., oy0:oy0 + oh, ox0:ox0 + ow], wy[:, None] * wx[None, :])
+                    band.add(py0, px0, v[..., oy0:oy0 + oh, ox0:ox0 + ow], wy, wx, first_in_row=xi == 0,
+                             first_row=yi == 0)
                 del res, res_d
                 bar.update(1)
             # rows above the next window row receive nothing more: hand them on and free them
@@ -214,33 +215,38 @@ class _Band:
     """Weighted sums of the output rows that windows still add to (one window row plus the overlap
     from the row above), so that blending costs a band of the output, not the whole output. The
     buffers are allocated once (one window's height) and reused: finished rows are handed out and the
-    overlap rows moved to the top."""
+    overlap rows moved to the top. The windows form a full grid and each one's weight is a product
+    ``wy(y)·wx(x)``, so the summed weight is ``(Σ wy)(y)·(Σ wx)(x)``: two vectors, not a plane."""
 
     def __init__(self, lead, width, device):
         self.lead, self.width, self.device = tuple(lead), int(width), device
         self.start = self.end = 0
         self.acc = torch.zeros((*self.lead, 0, self.width), dtype=torch.float32, device=device)
-        self.weight = torch.zeros((0, self.width), dtype=torch.float32, device=device)
+        self.row_weight = torch.zeros(0, dtype=torch.float32, device=device)
+        self.col_weight = torch.zeros(self.width, dtype=torch.float32, device=device)
 
     def extend_to(self, end):
         need = end - self.start
-        if need > self.weight.shape[0]:
+        if need > self.row_weight.shape[0]:
             acc = self.acc.new_zeros((*self.lead, need, self.width))
-            weight = self.weight.new_zeros((need, self.width))
+            row_weight = self.row_weight.new_zeros(need)
             used = self.end - self.start
             acc[..., :used, :] = self.acc[..., :used, :]
-            weight[:used] = self.weight[:used]
-            self.acc, self.weight = acc, weight
+            row_weight[:used] = self.row_weight[:used]
+            self.acc, self.row_weight = acc, row_weight
         self.end = max(self.end, end)
 
-    def add(self, row0, col0, piece, weight):
-        oh, ow = weight.shape
+    def add(self, row0, col0, piece, wy, wx, first_in_row, first_row):
+        oh, ow = wy.shape[0], wx.shape[0]
         r = row0 - self.start
         if r < 0:
             raise RuntimeError('tiled_apply: a window reached rows that were already finished')
         piece = piece.to(device=self.device, dtype=torch.float32)
-        self.acc[..., r:r + oh, col0:col0 + ow].addcmul_(piece, weight)
-        self.weight[r:r + oh, col0:col0 + ow] += weight
+        self.acc[..., r:r + oh, col0:col0 + ow].addcmul_(piece, wy[:, None] * wx[None, :])
+        if first_in_row:
+            self.row_weight[r:r + oh] += wy
+        if first_row:
+            self.col_weight[col0:col0 + ow] += wx
 
     def release(self, row, put):
         """Normalises rows ``[start, row)`` in place and calls ``put(start, row, rows)`` with them (a view
@@ -249,14 +255,14 @@ class _Band:
         if n <= 0:
             return
         rows = self.acc[..., :n, :]
-        rows.div_(self.weight[:n])
+        rows.div_(self.row_weight[:n, None]).div_(self.col_weight)
         put(self.start, row, rows)
         left = self.end - row
         if left > 0:
             self.acc[..., :left, :] = self.acc[..., n:n + left, :].clone()
-            self.weight[:left] = self.weight[n:n + left].clone()
+            self.row_weight[:left] = self.row_weight[n:n + left].clone()
         self.acc[..., left:, :].zero_()
-        self.weight[left:].zero_()
+        self.row_weight[left:].zero_()
         self.start = row
 
 
