@@ -165,6 +165,22 @@ def _quantise(img, bit_depth):
     return (np.clip(img, 0, 1) * 255.0 + 0.5).astype(np.uint8)
 
 
+def _quantise_channels(chans, bit_depth, chunk_rows=256):
+    """Float H×W planes -> one H×W×C (or H×W) integer array, a band of rows at a time, so that a large
+    output needs no float copy of its own size on top of the result."""
+    h, w = chans[0].shape
+    dtype = np.uint16 if bit_depth == 16 else np.uint8
+    out = np.empty((h, w, len(chans)) if len(chans) > 1 else (h, w), dtype=dtype)
+    for c, chan in enumerate(chans):
+        for r in range(0, h, chunk_rows):
+            q = _quantise(chan[r:r + chunk_rows], bit_depth)
+            if len(chans) > 1:
+                out[r:r + chunk_rows, :, c] = q
+            else:
+                out[r:r + chunk_rows] = q
+    return out
+
+
 def encode_image(rgb, alpha=None, bit_depth=8, gray=False, ext='.png'):
     """Encode an output (H×W×3 RGB float [0, 1], optional H×W alpha) to bytes.
 
@@ -187,7 +203,7 @@ def encode_image(rgb, alpha=None, bit_depth=8, gray=False, ext='.png'):
         if gray:  # OpenCV writes gray+alpha as BGRA
             chans = chans * 3
         chans.append(alpha)
-    arr = _quantise(np.stack(chans, axis=2) if len(chans) > 1 else chans[0], depth)
+    arr = _quantise_channels(chans, depth)
     ok, buf = cv2.imencode(ext, arr)
     if not ok:
         raise ValueError(f'encode_image: OpenCV cannot encode {ext} at {depth} bits')

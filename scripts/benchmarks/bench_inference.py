@@ -10,10 +10,11 @@ then super-resolves one random LR image of the given size with the given tile (0
 scripts/inference_ssr.py), writing into an H×W×3 float32 output image as the CLI does. Reported:
 seconds, working memory (peak RSS minus the RSS after warm-up with the output image already allocated
 and touched, i.e. everything but the result itself; on GPU ``max_memory_allocated``), and both as ratios
-to the first row of the same run. The baseline is one window run untiled: an input of the first tile
-size plus the SVKR context margin on each side (``SVKR_CONTEXT``), the size at which an inner tile of
-a large image runs, so the ratios read "memory of an N² input vs one tile". The output image's size is
-printed beside.
+to the first row of the same run. The baseline is one window run untiled, so the ratios read "memory of
+an N² input vs one tile": for the SVKR an input of the first tile size plus the context margin on each
+side (``SVKR_CONTEXT``), the size at which an inner tile of a large image runs; for SSR an input of the
+tile size (its UNet and VAE-decoder windows, which dominate, are exactly the tile). The output image's
+size is printed beside.
 
 GPU section (``--gpu``, only when ``torch.cuda.is_available()``): SSR with Stable Diffusion 2.1-base
 sizes (random weights, config of scripts/benchmarks/bench_ssr_sampling.py) for a 768×768 output at 50
@@ -203,9 +204,12 @@ def main():
         header(mem_key)
         rows = []
         if args.window_baseline and args.tiles[0] > 0:
-            # one tile as it runs inside a large image: the tile plus its context margin on every side
+            # one tile as it runs inside a large image. SVKR: the tile plus its context margin on every
+            # side. SSR: the tile itself (the UNet and decoder windows, which dominate, are exactly the tile;
+            # a larger untiled input would pay the UNet's self-attention on a larger latent)
             from ssr_utils.inference import SVKR_CONTEXT
-            rows.append(measure(args, mode, args.tiles[0] + 2 * SVKR_CONTEXT, 0))
+            size = args.tiles[0] + 2 * SVKR_CONTEXT if mode == 'svkr' else args.tiles[0]
+            rows.append(measure(args, mode, size, 0))
             row(rows[-1], rows[0], mem_key)
         for tile in args.tiles:
             for size in args.sizes:
@@ -236,7 +240,7 @@ def main():
         print('\nTiled SSR (SD 2.1-base sizes, bf16, 4 DPM-Solver++ steps), tile 96 LR: peak GPU memory vs input size')
         header('gpu_peak_mb')
         rows = []
-        for size, tile in ((96 + 2 * SVKR_CONTEXT, 0), (512, 96), (2048, 96)):
+        for size, tile in ((96, 0), (512, 96), (2048, 96)):
             rows.append(measure(args, 'ssr', size, tile, config='sd21', precision='bf16', steps=4,
                                 sampler='dpmsolver++'))
             row(rows[-1], rows[0], 'gpu_peak_mb')
