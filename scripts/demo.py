@@ -29,6 +29,7 @@ STAGES = (  # option file, experiment name (from the file)
 TEST_OPT = 'options/test_ssr_demo.yml'
 TEST_NAME = 'test_SSR_x4_demo'
 QUICK_ITERS = 6
+QUICK_STEPS = 1  # sampling steps of the SSR test and inference with --quick
 
 
 def _experiment_name(opt_path):
@@ -37,6 +38,11 @@ def _experiment_name(opt_path):
             if line.startswith('name:'):
                 return line.split(':', 1)[1].split('#')[0].strip()
     raise ValueError(f'{opt_path}: no name: line')
+
+
+def _has_train_key(opt_path, key):
+    with open(osp.join(ROOT, opt_path)) as f:
+        return any(line.strip().startswith(f'{key}:') for line in f)
 
 
 def run_step(title, args, log_dir, env):
@@ -110,15 +116,18 @@ def main(argv=None):
         if args.reuse and osp.isfile(latest):
             print(f'==> Train {name}: reusing {latest}', flush=True)
             continue
-        times[name] = run_step(f'Train {name}', ['basicsr/train.py', '-opt', opt_path] + quick_force, log_dir, env)
+        force = list(quick_force)
+        if args.quick and _has_train_key(opt_path, 'vae_warmup_iter'):
+            force.append(f'train:vae_warmup_iter={QUICK_ITERS // 2}')  # both phases of the SSR stage run
+        times[name] = run_step(f'Train {name}', ['basicsr/train.py', '-opt', opt_path] + force, log_dir, env)
 
-    test_force = ['--force_yml', 'diffusion:val_num_inference_steps=4'] if args.quick else []
+    test_force = ['--force_yml', f'diffusion:val_num_inference_steps={QUICK_STEPS}'] if args.quick else []
     times['test'] = run_step('Test: Bicubic | SVKR | SSR on the demo SV set', ['basicsr/test.py', '-opt', TEST_OPT]
                              + test_force, log_dir, env)
 
     out_dir = osp.join(ROOT, 'results', 'demo_inference')
     photo = demo_photo(osp.join(ROOT, 'results', 'demo_inputs', 'chelsea_lr.png'), args.quick)
-    steps = ['--steps', '4'] if args.quick else []
+    steps = ['--steps', str(QUICK_STEPS)] if args.quick else []
     times['inference'] = run_step('Inference on a demo photograph',
                                   ['scripts/inference_ssr.py', '-opt', TEST_OPT, '-i', photo, '-o', out_dir,
                                    '--save-maps', '-q', '--device', 'cpu'] + steps, log_dir, env)

@@ -7,10 +7,14 @@ SVKR (``source: svkr``); the kernel map is reduced to its PCA code. Loss, Eq. (5
 ``lambda_i * C_i`` where ``C_i`` is the MSE of a light head that reconstructs modality i's input
 (kernel code, depth, LR latent) from its deepest encoder feature (``lambda_i = 0`` switches it off).
 A VAE built from scratch (no pretrained weights, not frozen) is trained alongside with an L1
-reconstruction + KL loss; the diffusion target uses its latents without gradient.
+reconstruction + KL loss; the diffusion target uses its latents without gradient. With
+``train: vae_warmup_iter: N`` the first N iterations train the VAE alone, then it is frozen
+(``vae_freeze_after_warmup``, default true) and the diffusion part trains on its latents.
 
 Sampling (``sr`` / validation): DDIM or DPM-Solver++ from diffusers, the condition features and AMF
 modulations computed once per image, a fixed seed, optional AdaIN / wavelet colour correction.
+``diffusion: strength`` < 1 starts from the noised LR latent and runs only the last steps (diffusers'
+img2img rule); 1 (default) starts from pure noise.
 """
 import os.path as osp
 from collections import OrderedDict
@@ -133,11 +137,14 @@ class SSRModel(BaseModel):
         d = self.diff_opt
         base = self.opt['network_g'].get('pretrained_path')
         keys = ('num_train_timesteps', 'beta_schedule', 'beta_start', 'beta_end', 'prediction_type', 'timestep_spacing',
-                'steps_offset', 'rescale_betas_zero_snr')
+                'steps_offset', 'rescale_betas_zero_snr', 'clip_sample')
         overrides = {k: d[k] for k in keys if k in d}
         if base is not None and osp.isdir(osp.join(base, 'scheduler')):
             sched = DDPMScheduler.from_pretrained(osp.join(base, 'scheduler'), **overrides)
         else:
+            # latents are not images in [-1, 1]: no x0 clipping (diffusers' DDPMScheduler defaults to
+            # clip_sample=True, which DDIM sampling inherits; Stable Diffusion's scheduler sets it false)
+            overrides.setdefault('clip_sample', False)
             sched = DDPMScheduler(**overrides)
         if sched.config.prediction_type not in ('epsilon', 'v_prediction'):
             raise OptionError('diffusion:prediction_type', sched.config.prediction_type,
@@ -175,6 +182,16 @@ class SSRModel(BaseModel):
             raise OptionError(
                 'network_g:freeze_vae', False, 'a trainable VAE is not supported with DDP; '
                 'train it single-process or use a pretrained frozen VAE')
+        # VAE pre-training inside the stage (latent diffusion's first stage): the first vae_warmup_iter
+        # iterations train the VAE alone; then (vae_freeze_after_warmup) it is frozen for the diffusion part
+        self.vae_warmup_iter = int(train_opt.get('vae_warmup_iter', 0))
+        self.vae_freeze_after_warmup = bool(train_opt.get('vae_freeze_after_warmup', True))
+        if self.vae_warmup_iter < 0:
+            raise OptionError('train:vae_warmup_iter', self.vae_warmup_iter, 'expected an integer >= 0')
+        if self.vae_warmup_iter and not self.train_vae:
+            raise OptionError('train:vae_warmup_iter', self.vae_warmup_iter,
+                              'needs a trainable VAE (built from scratch, or network_g: freeze_vae: false)')
+        self.vae_only = False
         seed = self.opt['manual_seed'] if self.opt.get('manual_seed') is not None else 0
         rank = self.opt.get('rank', 0)
         # own generator for noise and timesteps, saved with the training state so a resume continues
@@ -249,8 +266,14 @@ class SSRModel(BaseModel):
         net = self.bare_g
         depth, kernel = self.condition_maps(self.lq, self.cond_source, self.depth_in, self.kernel_in)
         code = net.kernel_code(kernel) if kernel is not None else None
-        lr_up = self._lr_up(self.lq, self.gt.shape[-2:])
         losses = OrderedDict()
+        if self.vae_only:
+            l_vae = self._vae_loss()
+            losses['l_vae'] = l_vae.detach()
+            total = self.vae_weight * l_vae
+            losses['l_total'] = total.detach()
+            return total, losses
+        lr_up = self._lr_up(self.lq, self.gt.shape[-2:])
         with torch.no_grad(), self._autocast():
             z0 = net.encode_image(self.gt).float()
             z_lr = net.encode_image(lr_up).float()
@@ -275,15 +298,37 @@ class SSRModel(BaseModel):
             elif m in net.recon_heads:  # keeps unused heads in the graph (DDP) without changing the loss
                 total = total + 0.0 * r.sum()
         if self.train_vae:
-            post = net.vae.encode(self.gt * 2 - 1).latent_dist
-            rec = ((net.vae.decode(post.sample(self.train_gen)).sample + 1) / 2)
-            l_vae = F.l1_loss(rec, self.gt) + self.vae_kl_weight * post.kl().mean()
+            l_vae = self._vae_loss()
             losses['l_vae'] = l_vae.detach()
             total = total + self.vae_weight * l_vae
         losses['l_total'] = total.detach()
         return total, losses
 
+    def _vae_loss(self):
+        """L1 reconstruction of the HR image through a sampled latent + ``vae_kl_weight`` x KL."""
+        vae = self.bare_g.vae
+        post = vae.encode(self.gt * 2 - 1).latent_dist
+        rec = (vae.decode(post.sample(self.train_gen)).sample + 1) / 2
+        return F.l1_loss(rec, self.gt) + self.vae_kl_weight * post.kl().mean()
+
+    def _set_vae_phase(self, current_iter):
+        """VAE-only iterations up to ``vae_warmup_iter``; at the first iteration after them the VAE is
+        frozen (``vae_freeze_after_warmup``) and leaves the EMA: the diffusion part is trained on this VAE's
+        latents, so the EMA weights (validation, ``sr``, ``params_ema``) must use this same VAE."""
+        self.vae_only = self.train_vae and 0 < self.vae_warmup_iter and current_iter <= self.vae_warmup_iter
+        if self.train_vae and self.vae_warmup_iter and self.vae_freeze_after_warmup and \
+                current_iter > self.vae_warmup_iter:
+            vae = self.bare_g.vae
+            vae.requires_grad_(False)
+            self.train_vae = False
+            if self.ema is not None:  # a frozen part needs no average: EMA weights then use the VAE itself
+                for k in [k for k in self.ema if k.startswith('vae.')]:
+                    del self.ema[k]
+            get_root_logger().info(f'SSRModel: VAE warm-up done ({self.vae_warmup_iter} iterations); VAE frozen '
+                                   f'from iteration {current_iter}')
+
     def optimize_parameters(self, current_iter):
+        self._set_vae_phase(current_iter)
         self.optimizer_g.zero_grad(set_to_none=True)
         # a non-finite batch would also poison the AMF batch-norm running statistics in the forward pass
         bn_state = {k: v.clone() for k, v in self.bare_g.named_buffers() if k.startswith('amf.')}
@@ -364,19 +409,60 @@ class SSRModel(BaseModel):
             lq = F.pad(lq, (0, pw, 0, ph), mode=mode)
         return lq, (h, w)
 
+    def sampling_strength(self, strength=None):
+        """``diffusion: strength`` (or the given value), checked: a float in (0, 1]."""
+        strength = self.diff_opt.get('strength', 1.0) if strength is None else strength
+        try:
+            value = float(strength)
+        except (TypeError, ValueError):
+            raise OptionError('diffusion:strength', strength, 'expected a number in (0, 1]') from None
+        if not 0 < value <= 1:
+            raise OptionError('diffusion:strength', strength, 'expected a number in (0, 1]')
+        return value
+
+    @staticmethod
+    def strength_steps(num_steps, strength):
+        """Index of the first sampler step and the number of steps run for ``strength`` (diffusers' img2img
+        rule: ``int(num_steps * strength)`` steps, at least one)."""
+        run = min(max(int(num_steps * strength), 1), num_steps)
+        return num_steps - run, run
+
     @torch.no_grad()
-    def denoise(self, latent_shape, eps_fn, num_steps=None, seed=None, show_progress=False):
-        """The sampling loop from seeded noise: ``eps_fn(model_input, t)`` predicts the noise (whole latent
-        or tiled); returns the final latent (float32). Steps and seed default to the ``diffusion`` options."""
+    def denoise(self, latent_shape, eps_fn, num_steps=None, seed=None, show_progress=False, init_latent=None,
+                strength=None):
+        """The sampling loop: ``eps_fn(model_input, t)`` is the network's prediction (the noise, or v with
+        ``prediction_type: v_prediction``; whole latent or tiled); returns the final latent (float32). Steps,
+        seed and strength default to the ``diffusion`` options.
+
+        ``strength`` 1 (default) starts from seeded pure noise. ``strength`` < 1 is diffusers' img2img
+        start: only the last ``int(num_steps * strength)`` steps of the schedule run, from ``init_latent``
+        (the VAE latent of the upsampled LR image) noised with the same seeded noise to the first of them.
+        """
         steps = int(num_steps or self.diff_opt.get('num_inference_steps', 50))
+        strength = self.sampling_strength(strength)
         seed = self.diff_opt.get('seed', 0) if seed is None else seed
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(seed))
         scheduler = self._sampling_scheduler()
         scheduler.set_timesteps(steps, device=self.device)
         z = torch.randn(latent_shape, generator=gen, device=self.device, dtype=torch.float32)
-        z = z * scheduler.init_noise_sigma
-        for t in tqdm(scheduler.timesteps, desc='SSR sampling', disable=not show_progress, leave=False):
+        timesteps = scheduler.timesteps
+        if strength < 1:
+            if init_latent is None:
+                raise ValueError(f'SSRModel.denoise: strength {strength} < 1 needs init_latent (the LR latent)')
+            if tuple(init_latent.shape) != tuple(latent_shape):
+                raise ValueError(f'SSRModel.denoise: init_latent {tuple(init_latent.shape)} does not match the '
+                                 f'latent shape {tuple(latent_shape)}')
+            start, _ = self.strength_steps(steps, strength)
+            start *= scheduler.order
+            timesteps = timesteps[start:]
+            if hasattr(scheduler, 'set_begin_index'):
+                scheduler.set_begin_index(start)
+            t0 = timesteps[:1].repeat(latent_shape[0])
+            z = scheduler.add_noise(init_latent.to(self.device, torch.float32), z, t0)
+        else:
+            z = z * scheduler.init_noise_sigma
+        for t in tqdm(timesteps, desc='SSR sampling', disable=not show_progress, leave=False):
             eps = eps_fn(scheduler.scale_model_input(z, t), t)
             z = scheduler.step(eps.float(), t, z).prev_sample
         return z
@@ -398,7 +484,7 @@ class SSRModel(BaseModel):
             code = net.kernel_code(kernel.to(z_lr.dtype)) if kernel is not None else None
             conds = net.encode_conditions(z_lr, depth, code, size=z_lr.shape[-2:])
             z = self.denoise(z_lr.shape, lambda inp, t: net(inp.to(z_lr.dtype), t, conditions=conds), num_steps,
-                             seed, show_progress)
+                             seed, show_progress, init_latent=z_lr)
             img = net.decode_latent(z.to(z_lr.dtype)).float()
         img = color_fix(img, lr_up.float(), self.diff_opt.get('color_fix', 'wavelet'))
         return img[..., :h * self.scale, :w * self.scale]

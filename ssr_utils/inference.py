@@ -313,7 +313,7 @@ def tiled_ssr_sample(model, lr, tile, overlap=16, num_steps=None, seed=None, sav
 
                 return runner(window_eps, inp)
 
-            z = model.denoise(z_lr.shape, tiled_eps, num_steps, seed, show_progress=progress)
+            z = model.denoise(z_lr.shape, tiled_eps, num_steps, seed, show_progress=progress, init_latent=z_lr)
             fixer = StreamingColorFix(model.diff_opt.get('color_fix', 'wavelet'),
                                       lambda a, b: lr_up_rows(model, lq, a, b).to(out_device).float(), hp * s, out)
             tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
