@@ -91,7 +91,11 @@ def test_sigkill_then_auto_resume_from_another_directory(experiment, tmp_path):
     proc = subprocess.Popen([sys.executable, osp.join(ROOT, 'basicsr', 'train.py'), '-opt', opt_path], cwd=ROOT,
                             env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (osp.isdir(states) and os.listdir(states)) and time.time() < deadline and proc.poll() is None:
+
+    def saved_states():  # complete states only: an atomic save's temporary file appears first
+        return [n for n in os.listdir(states) if n.endswith('.state')] if osp.isdir(states) else []
+
+    while not saved_states() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
