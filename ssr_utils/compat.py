@@ -266,3 +266,14 @@ def apply():
         dist_util.init_dist = _init_dist
         bsr_options.init_dist = _init_dist
         _APPLIED = True
+
+
+def end_distributed():
+    """basicsr 1.4.2's train/test pipelines never destroy the process group. Under torchrun with gloo
+    (torch 2.14) a rank then sometimes aborts at interpreter exit ("terminate called without an active
+    exception", SIGABRT) while its gloo threads are torn down, failing a finished run. Meet the other
+    ranks, then destroy the group, before exiting."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

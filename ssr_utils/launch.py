@@ -28,8 +28,10 @@ def checked_parse_options(root_path, is_train=True):
 def train(root_path):
     bsr_train.parse_options = checked_parse_options
     bsr_train.train_pipeline(osp.abspath(root_path))
+    compat.end_distributed()
 
 
 def test(root_path):
     bsr_test.parse_options = checked_parse_options
     bsr_test.test_pipeline(osp.abspath(root_path))
+    compat.end_distributed()
