@@ -16,6 +16,15 @@ from ssr_utils import compat  # noqa: E402
 compat.apply()
 
 
+@pytest.fixture(scope='session')
+def pca_path(tmp_path_factory):
+    """A 10-component kernel PCA of 21×21 random kernels saved to disk (the SSR tests' ``pca_path``)."""
+    from ssr_data.kernels import KernelPCA, random_kernels
+    path = tmp_path_factory.mktemp('pca') / 'pca.pth'
+    KernelPCA.fit(random_kernels(300, kernel_size=21, seed=0).reshape(300, -1), 10).save(str(path))
+    return str(path)
+
+
 @pytest.fixture
 def shared_data():
     """``../shared/data`` (real images); the test is skipped where it is absent."""

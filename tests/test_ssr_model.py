@@ -11,17 +11,10 @@ import torch
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from ssr_arch.ssr_unet_arch import tiny_config
-from ssr_data.kernels import KernelPCA, random_kernels
+from ssr_data.kernels import random_kernels
 from ssr_utils.color_fix import adain_color_fix, wavelet_color_fix, wavelet_decompose
 
 SCALE = 4
-
-
-@pytest.fixture(scope='module')
-def pca_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp('pca') / 'pca.pth'
-    KernelPCA.fit(random_kernels(300, kernel_size=21, seed=0).reshape(300, -1), 10).save(str(path))
-    return str(path)
 
 
 @pytest.fixture(scope='module')
