@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ssr_data.ssr_degradation_dataset import ImageSource, encode_depth_png, list_images, lmdb_keys  # noqa: E402
-from ssr_utils.compat import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError  # noqa: E402
 
 
 def _batches(names, src, batch_size):

@@ -32,7 +32,7 @@ from ssr_data import kernels as K  # noqa: E402
 from ssr_data.degradations import add_gaussian_noise, jpeg_compress, quantize, sv_blur_downsample  # noqa: E402
 from ssr_data.ssr_degradation_dataset import (ImageSource, decode_depth, list_images, lmdb_keys,  # noqa: E402
                                               write_depth_png)
-from ssr_utils.compat import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError  # noqa: E402
 
 MIXED_ORDER = ('linear', 'rotate', 'block', 'depth')
 

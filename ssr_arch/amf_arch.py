@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 def _norm_layer(norm, channels, num_groups):

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 from ssr_utils.extras import require
 
 BACKENDS = ('prior', 'dpt', 'depth_anything')

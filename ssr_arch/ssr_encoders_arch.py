@@ -16,7 +16,7 @@ from torch import nn
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 def _groups(channels, wanted=32):

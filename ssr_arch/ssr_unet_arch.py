@@ -36,7 +36,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from ssr_arch.amf_arch import AMF
 from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
-from ssr_utils.compat import OptionError, atomic_torch_save
+from ssr_utils.atomic_file import atomic_torch_save
+from ssr_utils.errors import OptionError
 
 MODALITIES = ('kernel', 'depth', 'lr')
 _CONFIG_NAME = 'ssr_config.json'

@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from ssr_data import kernels as K
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 # below this many unfolded values (8 MiB in float32) the unfold path is used; above, the polyphase loop,

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ssr_utils.compat import OptionError, atomic_torch_save
+from ssr_utils.atomic_file import atomic_torch_save
+from ssr_utils.errors import OptionError
 
 # σ ranges (HR pixels) per scale. ×4 is the SPEC default (the anisotropic 21×21 setting of DAN/DCLS);
 # ×2/×3 follow the same family scaled down so that the kernels stay well inside 21×21.

@@ -10,7 +10,7 @@ from torch.utils import data
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
 from basicsr.utils.registry import DATASET_REGISTRY
 from ssr_data.degradations import SVDegradation
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 from ssr_utils.image_io import IMAGE_EXTENSIONS
 
 

@@ -11,7 +11,7 @@ from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from ssr_data.ssr_degradation_dataset import (ImageSource, apply_flips, check_scale_and_size, decode_depth,
                                               decode_image, draw_flips, list_images, lmdb_keys, rng_for)
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 @DATASET_REGISTRY.register()

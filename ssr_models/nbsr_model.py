@@ -4,7 +4,7 @@ from collections import OrderedDict
 from basicsr.utils.registry import MODEL_REGISTRY
 from ssr_models.svkr_base import KernelSRBaseModel, resize_depth
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 @MODEL_REGISTRY.register()

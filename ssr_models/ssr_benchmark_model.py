@@ -19,7 +19,7 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ssr_models.ssr_model import SSRModel
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 from ssr_utils.evaluation import MetricSuite, ResultTable, side_by_side
 
 METHODS = OrderedDict([('bicubic', 'Bicubic'), ('svkr', 'SVKR (I^T)'), ('ssr', 'SSR')])

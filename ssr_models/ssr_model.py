@@ -31,7 +31,8 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ssr_utils.color_fix import color_fix
-from ssr_utils.compat import OptionError, atomic_torch_save
+from ssr_utils.atomic_file import atomic_torch_save
+from ssr_utils.errors import OptionError
 from ssr_utils.visualize import add_tb_image, depth_image, kernel_variance_image
 
 _SAMPLERS = ('ddim', 'dpmsolver++')

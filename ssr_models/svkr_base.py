@@ -27,7 +27,7 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 from ssr_utils.kernel_metrics import KERNEL_METRICS
 from ssr_utils.visualize import add_tb_image, depth_image, kernel_variance, kernel_variance_image
 

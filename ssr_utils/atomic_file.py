@@ -48,3 +48,10 @@ def atomic_write(path, mode='wb', **open_kwargs):
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def atomic_torch_save(obj, path):
+    """``torch.save`` that either leaves the complete new file at ``path`` or the old one."""
+    import torch
+    with atomic_write(path) as f:
+        torch.save(obj, f)

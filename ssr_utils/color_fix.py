@@ -55,7 +55,7 @@ def color_fix(img, ref, method):
         return adain_color_fix(img, ref)
     if method == 'wavelet':
         return wavelet_color_fix(img, ref)
-    from ssr_utils.compat import OptionError
+    from ssr_utils.errors import OptionError
     raise OptionError('color_fix', method, 'expected adain, wavelet or none')
 
 
@@ -73,7 +73,7 @@ class StreamingColorFix:
 
     def __init__(self, method, ref_rows, height, target, levels=5, chunk_rows=256):
         if method not in (None, 'none', 'adain', 'wavelet'):
-            from ssr_utils.compat import OptionError
+            from ssr_utils.errors import OptionError
             raise OptionError('color_fix', method, 'expected adain, wavelet or none')
         self.method = 'none' if method is None else method
         self.ref_rows, self.height, self.target = ref_rows, int(height), target

@@ -14,18 +14,11 @@ import types
 
 import torch
 
-from ssr_utils.atomic_file import atomic_write
+from ssr_utils.atomic_file import atomic_torch_save
+from ssr_utils.errors import OptionError
 
 _APPLIED = False
 _LOCK = threading.Lock()
-
-
-class OptionError(SystemExit):
-    """A bad option value found at start-up; exits with one line naming the key and the value."""
-
-    def __init__(self, key, value, problem):
-        self.key, self.value, self.problem = key, value, problem
-        super().__init__(f'Option error: {key} = {value!r}: {problem}')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,12 +94,6 @@ def load_resume_state(opt):
 # onto the final name, so a kill during a save leaves a truncated latest checkpoint that
 # `--auto_resume` then picks. Write to a temporary file in the same folder, fsync, rename.
 # ----------------------------------------------------------------------------------------------
-def atomic_torch_save(obj, path):
-    """``torch.save`` that either leaves the complete new file at ``path`` or the old one."""
-    with atomic_write(path) as f:
-        torch.save(obj, f)
-
-
 def _save_network(self, net, net_label, current_iter, param_key='params'):
     from basicsr.utils.dist_util import get_dist_info
     if get_dist_info()[0] != 0:

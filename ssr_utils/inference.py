@@ -33,7 +33,7 @@ from basicsr.utils import get_root_logger  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
 from ssr_utils.color_fix import StreamingColorFix  # noqa: E402
-from ssr_utils.compat import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError  # noqa: E402
 from ssr_utils.image_io import (list_images, read_image, tensor_to_image, image_to_tensor,  # noqa: E402
                                 upscale_alpha, write_image)
 from ssr_utils.tiling import TiledRunner, tiled_apply  # noqa: E402

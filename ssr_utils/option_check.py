@@ -6,7 +6,7 @@ option key (``a:b:c``) and the value.
 import os
 import os.path as osp
 
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 # keys whose values are files or folders that must exist before training starts
 _PATH_KEY_PREFIXES = ('dataroot', 'meta_info', 'pca_path')

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from ssr_arch.amf_arch import AMF  # noqa: F401  (registers)
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 class _Const(nn.Module):

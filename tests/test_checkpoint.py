@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import subprocess_env
-from ssr_utils.compat import atomic_torch_save
+from ssr_utils.atomic_file import atomic_torch_save
 
 
 class _ExplodingPickle:
@@ -32,7 +32,7 @@ def test_sigkill_during_repeated_saves_never_corrupts(tmp_path):
     path = tmp_path / 'ckpt.pth'
     writer = textwrap.dedent(f"""
         import torch
-        from ssr_utils.compat import atomic_torch_save
+        from ssr_utils.atomic_file import atomic_torch_save
         i = 0
         while True:
             i += 1

@@ -5,7 +5,7 @@ import torch
 
 from ssr_data import degradations as D
 from ssr_data import kernels as K
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 def _random_kernels(b, k, h, w, seed):

@@ -6,7 +6,7 @@ import torch
 
 from ssr_arch import depth_arch
 from ssr_arch.depth_arch import MonocularDepth
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 def _check_depth(depth, shape):

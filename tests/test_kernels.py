@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssr_data import kernels as K
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 def _centre_of_mass_cov(kernel):

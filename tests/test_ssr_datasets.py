@@ -18,7 +18,7 @@ from ssr_data.degradations import quantize, sv_blur_downsample
 from ssr_data.lmdb_util import LmdbWriter, read_lmdb_image
 from ssr_data.ssr_degradation_dataset import SSRDegradationDataset
 from ssr_data.ssr_paired_dataset import SSRPairedDataset
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
 

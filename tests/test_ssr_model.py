@@ -310,7 +310,7 @@ def test_v_prediction_and_ddim_options(tmp_path, pca_path):
     assert model.noise_scheduler.config.prediction_type == 'v_prediction'
     assert torch.isfinite(torch.tensor(_step(model, _batch(), 0)))
     assert 'l_c_depth' not in model.log_dict and 'l_c_kernel' in model.log_dict
-    from ssr_utils.compat import OptionError
+    from ssr_utils.errors import OptionError
     opt['diffusion']['sampler'] = 'euler'
     with pytest.raises(OptionError, match='sampler'):
         _build(opt)

@@ -9,7 +9,7 @@ import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from ssr_arch.ssr_unet_arch import tiny_config
 from ssr_data.kernels import random_kernels
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 SCALE = 4
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config
-from ssr_utils.compat import OptionError
+from ssr_utils.errors import OptionError
 
 
 def _inputs(batch=2, size=(8, 8), seed=0):
