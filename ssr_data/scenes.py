@@ -16,6 +16,7 @@ surface covering more than half of it, the one that also dominates its colour.
     scenes = SceneGenerator(textures, size=(256, 256))
     rgb, depth, meta = scenes.generate(seed=0)           # uint8 H×W×3 RGB, float32 H×W in [0, 1], dict
 """
+import functools
 import math
 import os
 import os.path as osp
@@ -217,28 +218,37 @@ class SceneConfig:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name == 'shapes':
-                names = [s for s, _ in v]
-                bad = [s for s in names if s not in SHAPES]
-                if bad or not v or sum(w for _, w in v) <= 0 or any(w < 0 for _, w in v):
-                    raise ValueError(f'SceneConfig.shapes: names from {SHAPES} with weights >= 0 (not all 0), '
-                                     f'got {v}')
-            elif isinstance(v, tuple):
-                if len(v) != 2 or v[0] > v[1]:
-                    raise ValueError(f'SceneConfig.{f.name}: expected a (lo, hi) range with lo <= hi, got {v}')
+                try:
+                    v = tuple((str(name), float(w)) for name, w in v)
+                except (TypeError, ValueError):
+                    v = None
+                if not v or any(n not in SHAPES or w < 0 for n, w in v) or sum(w for _, w in v) <= 0:
+                    raise ValueError(f'SceneConfig.shapes: (name, weight) pairs, names from {SHAPES}, weights '
+                                     f'>= 0 and not all 0; got {getattr(self, f.name)!r}')
+            elif isinstance(f.default, tuple):  # a (lo, hi) range; lists (from YAML/JSON) become tuples
+                if not isinstance(v, (tuple, list)) or len(v) != 2 or not v[0] <= v[1]:
+                    raise ValueError(f'SceneConfig.{f.name}: expected a (lo, hi) range with lo <= hi, got {v!r}')
+                v = tuple(v)
             elif f.name.endswith('_prob') and not 0 <= v <= 1:
-                raise ValueError(f'SceneConfig.{f.name}: a probability in [0, 1], got {v}')
-        if self.num_objects[0] < 0 or self.backdrop_distance[0] <= 1 or self.texture_minify[0] <= 0:
-            raise ValueError('SceneConfig: num_objects >= 0, backdrop_distance > 1 and texture_minify > 0 needed')
+                raise ValueError(f'SceneConfig.{f.name}: a probability in [0, 1], got {v!r}')
+            object.__setattr__(self, f.name, v)
+        if self.num_objects[0] < 0 or any(n != int(n) for n in self.num_objects):
+            raise ValueError(f'SceneConfig.num_objects: whole counts >= 0, got {self.num_objects}')
+        object.__setattr__(self, 'num_objects', tuple(int(n) for n in self.num_objects))
+        if self.backdrop_distance[0] <= 1:
+            raise ValueError(f'SceneConfig.backdrop_distance: beyond the camera height 1, got {self.backdrop_distance}')
+        if self.texture_minify[0] <= 0 or self.object_min_minify <= 0:
+            raise ValueError('SceneConfig.texture_minify / object_min_minify: must be > 0')
         if not 1 <= self.fov_deg[0] <= self.fov_deg[1] <= 150:
-            raise ValueError(f'SceneConfig.fov_deg must lie in [1, 150], got {self.fov_deg}')
+            raise ValueError(f'SceneConfig.fov_deg: must lie in [1, 150], got {self.fov_deg}')
 
     def to_dict(self):
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{k: tuple(tuple(x) if isinstance(x, list) else x for x in v) if isinstance(v, list) else v
-                      for k, v in d.items()})
+        """The inverse of :meth:`to_dict` (lists from JSON/YAML are accepted for the ranges)."""
+        return cls(**d)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -443,17 +453,13 @@ def _star_polygon(rng, n=160, harmonics=6, amp=0.35):
     return np.stack([r * np.cos(t), r * np.sin(t)], 1)
 
 
-_HORSE = None
-
-
+@functools.lru_cache(maxsize=1)
 def _horse_mask():
-    global _HORSE
-    if _HORSE is None:
-        import skimage.data
-        m = (~skimage.data.horse()).astype(np.uint8) * 255
-        ys, xs = np.nonzero(m)
-        _HORSE = np.ascontiguousarray(m[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
-    return _HORSE
+    """scikit-image's horse silhouette (a real one), cropped to its bounding box, 255 inside."""
+    import skimage.data
+    m = (~skimage.data.horse()).astype(np.uint8) * 255
+    ys, xs = np.nonzero(m)
+    return np.ascontiguousarray(m[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
 
 
 def _silhouette(shape, rng, h, w):
