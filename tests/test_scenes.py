@@ -259,6 +259,12 @@ def test_lmdb_round_trip_through_ssr_degradation_dataset(tmp_path, photos):
         assert stored.dtype == np.uint16 and np.array_equal(stored, depth_to_uint16(depth))
         np.testing.assert_allclose(sample['depth'][0].numpy(), depth, atol=0.5 / 65535 + 1e-7)
         assert sample['lq'].shape == (3, 16, 20) and sample['kernel'].shape == (121, 16, 20)
+    # compressed depth PNGs hold the same values
+    make_scene_data(str(tmp_path / 'compact'), 1, size=(64, 80), seed=4, textures=photos, show_progress=False,
+                    compact=True)
+    assert (tmp_path / 'compact' / 'depth.lmdb' / 'meta_info.txt').read_text().split()[-1] == '1'
+    assert np.array_equal(read_lmdb_image(str(tmp_path / 'compact' / 'depth.lmdb'), 'scene_000000'),
+                          read_lmdb_image(str(out / 'depth.lmdb'), 'scene_000000'))
 
 
 def test_workers_give_the_same_data(tmp_path, photos):

@@ -66,7 +66,8 @@ def main(argv=None):
     print('| --- | --- | --- | --- | --- |')
     for size in (int(s) for s in args.sizes.split(',')):
         t_gen, t_read = bench(size, args.num, args.rounds)
-        print(f'| {size}×{size} | {t_gen * 1e3:.1f} ms | {1 / t_gen:.1f} | {t_read * 1e3:.2f} ms | {t_gen / t_read:.1f}× |')
+        print(f'| {size}×{size} | {t_gen * 1e3:.1f} ms | {1 / t_gen:.1f} | {t_read * 1e3:.2f} ms '
+              f'| {t_gen / t_read:.1f}× |')
 
 
 if __name__ == '__main__':

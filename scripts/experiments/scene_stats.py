@@ -61,7 +61,8 @@ def main(argv=None):
         stats['prior_mae'].append(float(np.abs(est - depth).mean()))
         stats['prior_r2'].append(float(np.corrcoef(est.ravel(), depth.ravel())[0, 1] ** 2))
     mean = {k: float(np.mean(v)) for k, v in stats.items()}
-    print(f'{args.num} scenes, {args.size} px, split {args.split!r} ({len(photos)} photographs), seeds ({args.seed}, i)')
+    print(f'{args.num} scenes, {args.size} px, split {args.split!r} ({len(photos)} photographs), '
+          f'seeds ({args.seed}, i)')
     print(f"visible objects per scene {mean['objects']:.2f}, covering {100 * mean['object_px']:.1f}% of the pixels")
     print(f"pixels on a depth jump (> 0.05 to a 4-neighbour): {100 * mean['jump_px']:.2f}%")
     print(f"R² of the best row-only depth (true row means): mean {mean['row_r2']:.3f}, "
