@@ -30,12 +30,11 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
-from ssr_utils.color_fix import color_fix
+from ssr_pipelines.pipeline_ssr import (SSRPipeline, adopt_svkr_kernel_pca, check_color_fix, check_sampler,
+                                        sampling_options, scheduler_from_options, upsample_lr)
 from ssr_utils.atomic_file import atomic_torch_save
 from ssr_utils.errors import OptionError
 from ssr_utils.visualize import add_tb_image, depth_image, kernel_variance_image
-
-_SAMPLERS = ('ddim', 'dpmsolver++')
 
 
 def _area_resize(x, size):
@@ -63,10 +62,6 @@ class SSRModel(BaseModel):
         bare = self.net_g
         if type(bare).__name__ != 'SSRUNet':
             raise OptionError('network_g:type', opt['network_g'].get('type'), 'SSRModel needs an SSRUNet')
-        self._base_from_disk = {
-            'unet': opt['network_g'].get('pretrained_path') is not None and bare.config['freeze_unet'],
-            'vae': opt['network_g'].get('pretrained_path') is not None and bare.config['freeze_vae'],
-        }
         self.net_g = self.model_to_device(self.net_g)
 
         # conditions
@@ -89,13 +84,9 @@ class SSRModel(BaseModel):
             raise OptionError('network_svkr', None, 'needed by conditions: source/val_source svkr')
         # diffusion
         self.diff_opt = dict(opt.get('diffusion') or {})
-        self.noise_scheduler = self._build_train_scheduler()
-        sampler = self.diff_opt.get('sampler', 'dpmsolver++')
-        if sampler not in _SAMPLERS:
-            raise OptionError('diffusion:sampler', sampler, f'expected one of {list(_SAMPLERS)}')
-        color = self.diff_opt.get('color_fix', 'wavelet')
-        if color not in (None, 'none', 'adain', 'wavelet'):
-            raise OptionError('diffusion:color_fix', color, 'expected adain, wavelet or none')
+        self.noise_scheduler = scheduler_from_options(self.diff_opt, bare.config['pretrained_path'])
+        check_sampler(self.diff_opt.get('sampler', 'dpmsolver++'))
+        check_color_fix(self.diff_opt.get('color_fix', 'wavelet'))
         self.amp_dtype = None
         amp = (opt.get('train') or {}).get('amp', self.diff_opt.get('amp', 'none'))
         if amp not in ('none', None, 'bf16', 'fp16'):
@@ -110,56 +101,14 @@ class SSRModel(BaseModel):
         load_path = opt['path'].get('pretrain_network_g')
         if load_path is not None:
             self._load_net_g(load_path, opt['path'].get('param_key_g', 'params'))
-        self._check_pca()
+        adopt_svkr_kernel_pca(self.bare_g, self.net_svkr)
+        # sampling (validation, sr(), the test tables) goes through the pipeline, on the same modules
+        self.pipeline = SSRPipeline(self.bare_g, self.noise_scheduler, self.net_svkr, scale=self.scale,
+                                    dtype=self.amp_dtype, **sampling_options(self.diff_opt))
         if self.is_train:
             self.init_training_settings()
 
     # ------------------------------------------------------------------ set-up helpers
-    def _check_pca(self):
-        net = self.bare_g
-        if 'kernel' not in net.modalities or net.has_pca:
-            return
-        svkr_pca = getattr(getattr(self.net_svkr, 'sr_net', None), 'pca', None)
-        if svkr_pca is not None and bool(svkr_pca.components.abs().sum() > 0):
-            if svkr_pca.components.shape != net.pca.components.shape:
-                raise OptionError('network_g:kernel_code_channels', net.config['kernel_code_channels'],
-                                  f'the SVKR kernel basis is {tuple(svkr_pca.components.shape)}')
-            with torch.no_grad():
-                net.pca.components.copy_(svkr_pca.components)
-                net.pca.mean.copy_(svkr_pca.mean)
-            get_root_logger().info('SSRModel: kernel PCA basis taken from the SVKR')
-            return
-        raise OptionError(
-            'network_g:pca_path', None, 'the kernel modality needs a KernelPCA file '
-            '(or a network_svkr / pretrain_network_g that holds one)')
-
-    def _build_train_scheduler(self):
-        from diffusers import DDPMScheduler
-        d = self.diff_opt
-        base = self.opt['network_g'].get('pretrained_path')
-        keys = ('num_train_timesteps', 'beta_schedule', 'beta_start', 'beta_end', 'prediction_type', 'timestep_spacing',
-                'steps_offset', 'rescale_betas_zero_snr', 'clip_sample')
-        overrides = {k: d[k] for k in keys if k in d}
-        if base is not None and osp.isdir(osp.join(base, 'scheduler')):
-            sched = DDPMScheduler.from_pretrained(osp.join(base, 'scheduler'), **overrides)
-        else:
-            # latents are not images in [-1, 1]: no x0 clipping (diffusers' DDPMScheduler defaults to
-            # clip_sample=True, which DDIM sampling inherits; Stable Diffusion's scheduler sets it false)
-            overrides.setdefault('clip_sample', False)
-            sched = DDPMScheduler(**overrides)
-        if sched.config.prediction_type not in ('epsilon', 'v_prediction'):
-            raise OptionError('diffusion:prediction_type', sched.config.prediction_type,
-                              'expected epsilon or v_prediction')
-        return sched
-
-    def _sampling_scheduler(self):
-        from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-        cfg = self.noise_scheduler.config
-        if self.diff_opt.get('sampler', 'dpmsolver++') == 'ddim':
-            return DDIMScheduler.from_config(cfg)
-        return DPMSolverMultistepScheduler.from_config(
-            cfg, algorithm_type='dpmsolver++', solver_order=self.diff_opt.get('solver_order', 2))
-
     @property
     def bare_g(self):
         return self.get_bare_model(self.net_g)
@@ -259,9 +208,6 @@ class SSRModel(BaseModel):
         kernel = kernel.float() if need_kernel else None
         return depth, kernel
 
-    def _lr_up(self, lq, size):
-        return F.interpolate(lq, size=tuple(size), mode='bicubic', align_corners=False).clamp(0, 1)
-
     # ------------------------------------------------------------------ training
     def _training_loss(self):
         net = self.bare_g
@@ -274,7 +220,7 @@ class SSRModel(BaseModel):
             total = self.vae_weight * l_vae
             losses['l_total'] = total.detach()
             return total, losses
-        lr_up = self._lr_up(self.lq, self.gt.shape[-2:])
+        lr_up = upsample_lr(self.lq, self.gt.shape[-2:])
         with torch.no_grad(), self._autocast():
             z0 = net.encode_image(self.gt).float()
             z_lr = net.encode_image(lr_up).float()
@@ -394,119 +340,20 @@ class SSRModel(BaseModel):
                     params[k].copy_(v)
 
     # ------------------------------------------------------------------ sampling
-    def _pad_lr(self, lq):
-        mult = self.bare_g.size_multiple
-        h, w = lq.shape[-2:]
-
-        def padded(n):
-            m = n
-            while (m * self.scale) % mult:
-                m += 1
-            return m
-
-        ph, pw = padded(h) - h, padded(w) - w
-        if ph or pw:
-            mode = 'reflect' if ph < h and pw < w else 'replicate'
-            lq = F.pad(lq, (0, pw, 0, ph), mode=mode)
-        return lq, (h, w)
-
-    def sampling_strength(self, strength=None):
-        """``diffusion: strength`` (or the given value), checked: a float in (0, 1]."""
-        strength = self.diff_opt.get('strength', 1.0) if strength is None else strength
-        try:
-            value = float(strength)
-        except (TypeError, ValueError):
-            raise OptionError('diffusion:strength', strength, 'expected a number in (0, 1]') from None
-        if not 0 < value <= 1:
-            raise OptionError('diffusion:strength', strength, 'expected a number in (0, 1]')
-        return value
-
-    @staticmethod
-    def strength_steps(num_steps, strength):
-        """Index of the first sampler step and the number of steps run for ``strength`` (diffusers' img2img
-        rule: ``int(num_steps * strength)`` steps, at least one)."""
-        run = min(max(int(num_steps * strength), 1), num_steps)
-        return num_steps - run, run
-
-    @torch.no_grad()
-    def denoise(self, latent_shape, eps_fn, num_steps=None, seed=None, show_progress=False, init_latent=None,
-                strength=None):
-        """The sampling loop: ``eps_fn(model_input, t)`` is the network's prediction (the noise, or v with
-        ``prediction_type: v_prediction``; whole latent or tiled); returns the final latent (float32). Steps,
-        seed and strength default to the ``diffusion`` options.
-
-        ``strength`` 1 (default) starts from seeded pure noise. ``strength`` < 1 is diffusers' img2img
-        start: only the last ``int(num_steps * strength)`` steps of the schedule run, from ``init_latent``
-        (the VAE latent of the upsampled LR image) noised with the same seeded noise to the first of them.
-        """
-        steps = int(num_steps or self.diff_opt.get('num_inference_steps', 50))
-        strength = self.sampling_strength(strength)
-        seed = self.diff_opt.get('seed', 0) if seed is None else seed
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(seed))
-        scheduler = self._sampling_scheduler()
-        scheduler.set_timesteps(steps, device=self.device)
-        z = torch.randn(latent_shape, generator=gen, device=self.device, dtype=torch.float32)
-        timesteps = scheduler.timesteps
-        if strength < 1:
-            if init_latent is None:
-                raise ValueError(f'SSRModel.denoise: strength {strength} < 1 needs init_latent (the LR latent)')
-            if tuple(init_latent.shape) != tuple(latent_shape):
-                raise ValueError(f'SSRModel.denoise: init_latent {tuple(init_latent.shape)} does not match the '
-                                 f'latent shape {tuple(latent_shape)}')
-            start, _ = self.strength_steps(steps, strength)
-            start *= scheduler.order
-            timesteps = timesteps[start:]
-            if hasattr(scheduler, 'set_begin_index'):
-                scheduler.set_begin_index(start)
-            t0 = timesteps[:1].repeat(latent_shape[0])
-            z = scheduler.add_noise(init_latent.to(self.device, torch.float32), z, t0)
-        else:
-            z = z * scheduler.init_noise_sigma
-        for t in tqdm(timesteps, desc='SSR sampling', disable=not show_progress, leave=False):
-            eps = eps_fn(scheduler.scale_model_input(z, t), t)
-            z = scheduler.step(eps.float(), t, z).prev_sample
-        return z
-
-    @torch.no_grad()
-    def sample(self, lq, depth=None, kernel=None, num_steps=None, seed=None, show_progress=False):
-        """Diffusion sampling for ``lq`` (B×3×h×w) with given maps (LR size). Returns B×3×sh×sw in [0, 1]."""
-        net = self.bare_g
-        lq, (h, w) = self._pad_lr(lq)
-        hp, wp = lq.shape[-2:]
-        if depth is not None and depth.shape[-2:] != (hp, wp):
-            depth = F.pad(depth, (0, wp - depth.shape[-1], 0, hp - depth.shape[-2]), mode='replicate')
-        if kernel is not None and kernel.shape[-2:] != (hp, wp):
-            kernel = F.pad(kernel, (0, wp - kernel.shape[-1], 0, hp - kernel.shape[-2]), mode='replicate')
-        out_size = (hp * self.scale, wp * self.scale)
-        lr_up = self._lr_up(lq, out_size)
-        with self._autocast():
-            z_lr = net.encode_image(lr_up)
-            code = net.kernel_code(kernel.to(z_lr.dtype)) if kernel is not None else None
-            conds = net.encode_conditions(z_lr, depth, code, size=z_lr.shape[-2:])
-            z = self.denoise(z_lr.shape, lambda inp, t: net(inp.to(z_lr.dtype), t, conditions=conds), num_steps,
-                             seed, show_progress, init_latent=z_lr)
-            img = net.decode_latent(z.to(z_lr.dtype)).float()
-        img = color_fix(img, lr_up.float(), self.diff_opt.get('color_fix', 'wavelet'))
-        return img[..., :h * self.scale, :w * self.scale]
-
     @torch.no_grad()
     def sr(self, lr, depth=None, kernel=None, num_steps=None, seed=None, show_progress=False):
-        """docs/interfaces.md §8: ``lr`` B×3×h×w RGB [0, 1] -> ``dict(sr, depth, kernel)``. Depth and kernel maps
-        (LR size) come from the frozen SVKR unless given."""
+        """docs/interfaces.md §8: ``lr`` B×3×h×w RGB [0, 1] -> ``dict(sr, depth, kernel)``, sampled by
+        ``self.pipeline`` with the EMA weights. Depth and kernel maps (LR size) come from the frozen SVKR
+        unless given."""
         lr = lr.to(self.device)
-        was_training = self.net_g.training
-        self.net_g.eval()
-        try:
-            source = 'gt' if (depth is not None or kernel is not None) else 'svkr'
-            if source == 'svkr' and self.net_svkr is None and any(m != 'lr' for m in self.bare_g.modalities):
-                raise OptionError('network_svkr', None, 'sr() needs an SVKR (or depth= / kernel= maps)')
-            depth, kernel = self.condition_maps(lr, source, depth, kernel)
-            with self.ema_weights():
-                out = self.sample(lr, depth, kernel, num_steps, seed, show_progress)
-        finally:
-            self.net_g.train(was_training)
-        return dict(sr=out, depth=depth, kernel=kernel)
+        source = 'gt' if (depth is not None or kernel is not None) else 'svkr'
+        if source == 'svkr' and self.net_svkr is None and any(m != 'lr' for m in self.bare_g.modalities):
+            raise OptionError('network_svkr', None, 'sr() needs an SVKR (or depth= / kernel= maps)')
+        depth, kernel = self.condition_maps(lr, source, depth, kernel)
+        with self.ema_weights():
+            out = self.pipeline(lr, num_inference_steps=num_steps, seed=seed, depth=depth, kernel=kernel,
+                                progress=show_progress)
+        return dict(sr=out.images, depth=depth, kernel=kernel)
 
     def test(self):
         depth, kernel = (self.depth_in, self.kernel_in) if self.val_cond_source == 'gt' else (None, None)
@@ -592,8 +439,7 @@ class SSRModel(BaseModel):
 
     # ------------------------------------------------------------------ save / load / resume
     def _saved_keys(self, state):
-        skip = tuple(f'{m}.' for m, from_disk in self._base_from_disk.items() if from_disk)
-        return {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
+        return self.bare_g.saved_state_dict(state)
 
     def _net_state(self, use_ema):
         state = self.bare_g.state_dict()
@@ -616,12 +462,7 @@ class SSRModel(BaseModel):
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
         key = param_key if param_key in ckpt else 'params'
         state = {(k[7:] if k.startswith('module.') else k): v for k, v in ckpt[key].items()}
-        missing, unexpected = self.bare_g.load_state_dict(state, strict=False)
-        allowed = tuple(f'{m}.' for m, from_disk in self._base_from_disk.items() if from_disk)
-        missing = [k for k in missing if not (allowed and k.startswith(allowed))]
-        if missing or unexpected:
-            raise KeyError(
-                f'{path} [{key}] does not fit network_g: missing {missing[:5]}..., unexpected {unexpected[:5]}')
+        self.bare_g.load_saved_state_dict(state, source=f'{path} [{key}]')
         if 'params_ema' in ckpt and (self.opt.get('train') or {}).get('ema_decay', 0) > 0:
             params = dict(self.bare_g.named_parameters())
             self.ema = {

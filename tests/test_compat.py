@@ -115,3 +115,22 @@ def test_apply_is_idempotent():
         compat._APPLIED = True
     # wrapping twice would round twice and hide the original; the wrapper is applied once
     assert degradations.add_jpg_compression is before
+
+
+def test_a_saved_scheduler_converts_to_the_same_sampler(tmp_path):
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+    from ssr_utils.compat import save_scheduler
+    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule='scaled_linear', clip_sample=False)
+    save_scheduler(train, str(tmp_path))
+    loaded = DDPMScheduler.from_pretrained(str(tmp_path))
+    samplers = [DPMSolverMultistepScheduler.from_config(s.config) for s in (train, loaded)]
+    for s in samplers:
+        s.set_timesteps(4)
+    # DPM-Solver++ uses its own timestep spacing for a key the DDPM schedule left at its default
+    assert samplers[0].config.timestep_spacing != train.config.timestep_spacing
+    assert torch.equal(samplers[0].timesteps, samplers[1].timesteps)
+    # what diffusers' own save_pretrained gives (the quirk): another spacing, other timesteps
+    train.save_pretrained(str(tmp_path / 'plain'))
+    plain = DPMSolverMultistepScheduler.from_config(DDPMScheduler.from_pretrained(str(tmp_path / 'plain')).config)
+    plain.set_timesteps(4)
+    assert not torch.equal(plain.timesteps, samplers[0].timesteps)

@@ -176,7 +176,7 @@ def test_sr_inference_shapes_seed_and_padding(tmp_path, pca_path):
     other = model.sr(data['lq'], depth=data['depth_lq'], kernel=data['kernel'], seed=1)['sr']
     assert torch.equal(out['sr'], again) and not torch.equal(out['sr'], other)
     assert model.net_g.training  # sr() restores the training mode
-    model.diff_opt['sampler'] = 'dpmsolver++'
+    model.pipeline.sampler = 'dpmsolver++'
     assert model.sr(data['lq'], depth=data['depth_lq'], kernel=data['kernel'])['sr'].shape == (1, 3, 20, 28)
 
 
@@ -307,7 +307,7 @@ def test_v_prediction_and_ddim_options(tmp_path, pca_path):
     opt = _opt(tmp_path, pca_path, lambda_depth=0)
     opt['diffusion'].update(prediction_type='v_prediction', sampler='ddim')
     model = _build(opt)
-    assert model.noise_scheduler.config.prediction_type == 'v_prediction'
+    assert model.pipeline.scheduler.config.prediction_type == 'v_prediction'
     assert torch.isfinite(torch.tensor(_step(model, _batch(), 0)))
     assert 'l_c_depth' not in model.log_dict and 'l_c_kernel' in model.log_dict
     from ssr_utils.errors import OptionError
