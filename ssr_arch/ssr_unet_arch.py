@@ -419,7 +419,8 @@ class SSRUNet(ModelMixin, ConfigMixin):
             if x is None:
                 raise ValueError(f'SSRUNet: modality "{m}" is enabled but its input is missing')
             if m != 'lr' and size is not None and tuple(x.shape[-2:]) != tuple(size):
-                x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False, antialias=True)
+                # in float32: antialiased bilinear has no half-precision kernel everywhere (bf16 on CPU, torch 2.14)
+                x = F.interpolate(x.float(), size=tuple(size), mode='bilinear', align_corners=False, antialias=True)
             feats[m] = self.encoders[m](x)
         return feats
 

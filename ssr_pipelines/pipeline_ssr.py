@@ -299,6 +299,26 @@ def svkr_tiled(svkr, lr, tile=0, overlap=16, context=SVKR_CONTEXT, want=('sr', )
                        into=into)
 
 
+def build_svkr_from_options(net_opt, path_opt, path_key='pretrain_network_svkr', param_key='param_key_svkr'):
+    """The frozen SVKR of an option file's ``net_opt`` with its checkpoint ``path:<path_key>`` (``<param_key>``,
+    default ``params_ema``; ``strict_load_*``), in eval mode. With a whole-SVKR checkpoint its sub-network
+    checkpoints are not read (the checkpoint replaces them)."""
+    net_opt = deepcopy(net_opt)
+    ckpt = (path_opt or {}).get(path_key)
+    if ckpt:
+        for sub in ('pretrain_network_kernel', 'pretrain_network_sr'):
+            net_opt.pop(sub, None)
+    net = build_network(net_opt)
+    if ckpt:
+        state, key = read_state_dict(ckpt, path_opt.get(param_key, 'params_ema'), f'path:{path_key}')
+        try:
+            net.load_state_dict(state, strict=path_opt.get(param_key.replace('param_key', 'strict_load'), True))
+        except RuntimeError as err:
+            raise RuntimeError(f'{ckpt} [{key}] does not fit {net_opt.get("type")}: {err}') from None
+        get_root_logger().info(f'SVKR weights from {ckpt} [{key}]')
+    return net.requires_grad_(False).eval()
+
+
 # ------------------------------------------------------------------------------------------ pipeline
 class SSRPipeline:
     """SSR super-resolution from bare networks.
@@ -701,14 +721,14 @@ class SSRPipeline:
             if not svkr_has_weights(net_opt, path_opt, 'pretrain_network_g'):
                 raise OptionError('path:pretrain_network_g', None, 'the SVKR has no trained weights (e.g. '
                                   'experiments/<name>/models/net_g_latest.pth of options/train_svkr.yml)')
-            svkr = cls._build_svkr_from_options(net_opt, path_opt, 'pretrain_network_g', 'param_key_g')
+            svkr = build_svkr_from_options(net_opt, path_opt, 'pretrain_network_g', 'param_key_g')
             return cls(None, None, svkr, scale=opt.get('scale'), dtype=dtype).to(device or 'cpu')
         if net_opt.get('type') != 'SSRUNet':
             raise OptionError('network_g:type', net_opt.get('type'), 'expected SSRUNet (an SSR option file) or SVKR')
         if opt.get('network_svkr') is not None:
             if not svkr_has_weights(opt['network_svkr'], path_opt):
                 raise OptionError('path:pretrain_network_svkr', None, SVKR_WEIGHTS_HINT)
-            svkr = cls._build_svkr_from_options(opt['network_svkr'], path_opt, 'pretrain_network_svkr', 'param_key_svkr')
+            svkr = build_svkr_from_options(opt['network_svkr'], path_opt, 'pretrain_network_svkr', 'param_key_svkr')
         net_opt = deepcopy(net_opt)
         net_opt.pop('type')
         unet = SSRUNet(**net_opt)
@@ -724,16 +744,3 @@ class SSRPipeline:
         pipe = cls(unet, scheduler, svkr, scale=opt.get('scale'), dtype=dtype,
                    **sampling_options(opt.get('diffusion')))
         return pipe.to(device or 'cpu')
-
-    @staticmethod
-    def _build_svkr_from_options(net_opt, path_opt, path_key, param_key):
-        net = build_network(deepcopy(net_opt))
-        ckpt = path_opt.get(path_key)
-        if ckpt:
-            state, key = read_state_dict(ckpt, path_opt.get(param_key, 'params_ema'), f'path:{path_key}')
-            try:
-                net.load_state_dict(state, strict=path_opt.get(param_key.replace('param_key', 'strict_load'), True))
-            except RuntimeError as err:
-                raise RuntimeError(f'{ckpt} [{key}] does not fit {net_opt.get("type")}: {err}') from None
-            get_root_logger().info(f'SSRPipeline: SVKR weights from {ckpt} [{key}]')
-        return net.requires_grad_(False).eval()

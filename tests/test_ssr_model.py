@@ -253,9 +253,7 @@ def test_wavelet_color_fix_takes_low_band_from_reference():
 
 
 def test_sr_with_a_frozen_svkr_estimates_the_maps(tmp_path, pca_path):
-    from basicsr.utils.registry import ARCH_REGISTRY
-    if 'SVKR' not in ARCH_REGISTRY or 'MonocularDepth' not in ARCH_REGISTRY:
-        pytest.skip('SVKR / MonocularDepth not available')
+    from basicsr.archs import build_network
     opt = _opt(tmp_path, pca_path)
     opt['network_g'].pop('pca_path')  # the basis then comes from the SVKR's NBSR
     opt['network_svkr'] = dict(
@@ -267,6 +265,10 @@ def test_sr_with_a_frozen_svkr_estimates_the_maps(tmp_path, pca_path):
         depth_opt=dict(type='MonocularDepth', backend='prior'),
         kernel_opt=dict(type='DKENet', num_feat=[8, 16], num_depth_feat=[8, 8], reduction=2),
         sr_opt=dict(type='NBSR', num_feat=8, num_block=1, num_grow_ch=8, num_cond=8, pca_path=pca_path))
+    torch.manual_seed(0)
+    svkr_ckpt = str(tmp_path / 'svkr.pth')
+    torch.save({'params': build_network(copy.deepcopy(opt['network_svkr'])).state_dict()}, svkr_ckpt)
+    opt['path']['pretrain_network_svkr'] = svkr_ckpt
     opt['conditions'] = dict(source='svkr')
     model = _build(opt)
     assert model.bare_g.has_pca

@@ -31,11 +31,16 @@ def _opt(tmp_path, pca_path, svkr=False, **train):
                   visualization=str(tmp_path / 'visualization')),
         train=train_opt)
     if svkr:
+        from basicsr.archs import build_network
         opt['network_svkr'] = dict(
             type='SVKR', num_iter=1, gamma=0.9, scale=SCALE, kernel_size=21,
             depth_opt=dict(type='MonocularDepth', backend='prior'),
             kernel_opt=dict(type='DKENet', num_feat=[8, 16], num_depth_feat=[8, 8], reduction=2),
             sr_opt=dict(type='NBSR', num_feat=8, num_block=1, num_grow_ch=8, num_cond=8, pca_path=pca_path))
+        torch.manual_seed(0)
+        opt['path']['pretrain_network_svkr'] = str(tmp_path / 'svkr.pth')
+        torch.save({'params': build_network(copy.deepcopy(opt['network_svkr'])).state_dict()},
+                   opt['path']['pretrain_network_svkr'])
         opt['conditions'] = dict(source='svkr')
     return opt
 
@@ -116,9 +121,6 @@ def test_sr_with_strength_keeps_shape_seed_and_stays_closer_to_the_lr(tmp_path, 
 
 
 def test_tiled_sampling_with_strength_equals_sr_for_one_window(tmp_path, pca_path):
-    from basicsr.utils.registry import ARCH_REGISTRY
-    if 'SVKR' not in ARCH_REGISTRY or 'MonocularDepth' not in ARCH_REGISTRY:
-        pytest.skip('SVKR / MonocularDepth not available')
     model = _build(_opt(tmp_path, pca_path, svkr=True))
     model.pipeline.strength, model.pipeline.color_fix = 0.5, 'wavelet'
     lr = torch.rand(1, 3, 6, 10, generator=torch.Generator().manual_seed(2))
@@ -158,7 +160,7 @@ def test_vae_warmup_trains_the_vae_alone_then_freezes_it(tmp_path, pca_path):
     assert any(not torch.equal(unet0[k], v) for k, v in snap('unet.').items())
     # the EMA holds the frozen VAE itself (the diffusion part learns this VAE's latents)
     assert not any(k.startswith('vae.') for k in model.ema)
-    ema_state = model._net_state(True)
+    ema_state = model.network_g_state(use_ema=True)
     assert all(torch.equal(ema_state[k], v) for k, v in snap('vae.').items())
 
     # a resume after the warm-up freezes the VAE again and continues identically
