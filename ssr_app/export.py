@@ -82,7 +82,8 @@ def run(args):
     if pipe.unet is not None:
         base = pipe.unet.config['pretrained_path'] if pipe.unet.referenced_parts else None
         parts.append(f'SSR (×{pipe.scale}, {pipe.num_inference_steps} {pipe.sampler} step(s), strength '
-                     f'{pipe.strength:g}, colour fix {pipe.color_fix})' + (f', base referenced: {base}' if base else ''))
+                     f'{pipe.strength:g}, colour fix {pipe.color_fix})'
+                     + (f', base referenced: {base}' if base else ''))
     if pipe.svkr is not None:
         parts.append(f'SVKR (T = {pipe.svkr.num_iter})')
     print(f'Exported {osp.abspath(args.output)}: {"; ".join(parts)}\n'

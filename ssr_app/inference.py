@@ -27,7 +27,8 @@ from basicsr.utils.options import ordered_yaml  # noqa: E402
 
 from ssr_pipelines import SSRPipeline  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
-from ssr_utils.image_io import image_to_tensor, list_images, read_image, tensor_to_image, upscale_alpha, write_image  # noqa: E402,E501
+from ssr_utils.image_io import (image_to_tensor, list_images, read_image, tensor_to_image,  # noqa: E402
+                                upscale_alpha, write_image)
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 

@@ -74,7 +74,8 @@ class SSRBenchmarkModel(SSRModel):
             kernel = svkr_out.get('kernel')
         for m in self.methods:
             if m == 'bicubic':
-                outs[m] = F.interpolate(self.lq, scale_factor=self.scale, mode='bicubic', align_corners=False).clamp(0, 1)
+                outs[m] = F.interpolate(self.lq, scale_factor=self.scale, mode='bicubic',
+                                        align_corners=False).clamp(0, 1)
             elif m == 'svkr':
                 outs[m] = svkr_out['sr'].clamp(0, 1)
             elif m == 'ssr':

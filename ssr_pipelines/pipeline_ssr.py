@@ -400,7 +400,8 @@ class SSRPipeline:
         cfg = self.scheduler.config
         if sampler == 'ddim':
             return DDIMScheduler.from_config(cfg)
-        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type='dpmsolver++', solver_order=self.solver_order)
+        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type='dpmsolver++',
+                                                       solver_order=self.solver_order)
 
     strength_steps = staticmethod(strength_steps)
 
@@ -452,9 +453,10 @@ class SSRPipeline:
         ``tile`` / ``tile_overlap``: windows in LR pixels (None / 0: the whole image is one window).
         ``depth`` (B×1×h×w) / ``kernel`` (B×k²×h×w), LR size: given maps instead of the SVKR's estimates.
         ``out``: a float32 B×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
-        ``cond_cache``: where the per-window AMF features live between steps with several windows: ``device``,
-        ``cpu``, ``none`` (recomputed every step), ``auto`` = ``cpu`` on CUDA, else ``none`` (measured on CPU,
-        bench_inference.py: same time, a third of the memory). Other arguments default to the pipeline's."""
+        ``cond_cache``: where the per-window AMF features live between steps: ``device``, ``cpu``, ``none``
+        (recomputed every step), ``auto`` = ``device`` for one window, else ``cpu`` on CUDA and ``none`` elsewhere
+        (measured on CPU, bench_inference.py: same time, a third of the memory). Other arguments default to the
+        pipeline's."""
         if self.unet is None:
             raise RuntimeError('SSRPipeline: this pipeline has no SSR network (an SVKR-only model); use svkr_only()')
         lr, back, in_device = _as_batch(image)
@@ -548,11 +550,12 @@ class SSRPipeline:
 
                 depth_l, code_l = to_latent(depth_p), to_latent(code_p)
                 runner = TiledRunner(lt, lo, context=0, multiple=lm, out_device=dev, with_window=True)
-                cache = cond_cache if cond_cache != 'auto' else ('cpu' if dev.type == 'cuda' else 'none')
-                if cache not in ('device', 'cpu', 'none'):
+                if cond_cache not in ('auto', 'device', 'cpu', 'none'):
                     raise OptionError('cond_cache', cond_cache, 'expected auto, device, cpu or none')
-                if len(runner.windows(zh, zw)[0]) == 1:
-                    cache = 'device'  # one window: its features are computed once, as for any whole image
+                cache = cond_cache
+                if cache == 'auto':  # one window (a whole image): its features are computed once
+                    one = len(runner.windows(zh, zw)[0]) == 1
+                    cache = 'device' if one else ('cpu' if dev.type == 'cuda' else 'none')
                 conds = {}
 
                 def window_conds(win):
@@ -563,8 +566,8 @@ class SSRPipeline:
                     crop = (lambda x: None if x is None else x[..., y0:y1, x0:x1])
                     z_win = z_lr[..., y0:y1, x0:x1]
                     code_win = crop(code_l)
-                    c = net.encode_conditions(z_win, crop(depth_l), None if code_win is None else code_win.to(z_win.dtype),
-                                              size=(y1 - y0, x1 - x0))
+                    code_win = None if code_win is None else code_win.to(z_win.dtype)
+                    c = net.encode_conditions(z_win, crop(depth_l), code_win, size=(y1 - y0, x1 - x0))
                     if cache == 'device':
                         conds[win] = c
                     elif cache == 'cpu':
@@ -582,7 +585,8 @@ class SSRPipeline:
 
                 z = self.denoise(z_lr.shape, predict, steps, seed, strength, init_latent=z_lr, sampler=sampler,
                                  progress=progress)
-                fixer = StreamingColorFix(color_fix, lambda a, b_: upsample_lr_rows(lq, s, a, b_).to(out_device).float(),
+                fixer = StreamingColorFix(color_fix,
+                                          lambda a, b_: upsample_lr_rows(lq, s, a, b_).to(out_device).float(),
                                           hp * s, out)
                 tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
                             out_device=out_device, progress=progress, desc='VAE decode', into={'out': fixer.push})
@@ -641,7 +645,8 @@ class SSRPipeline:
         sr_opt = dict(config.get('sr_opt') or {'type': 'NBSR'})
         nbsr_pca = getattr(self.svkr.sr_net, 'pca', None)
         same = pca is not None and nbsr_pca is not None and pca.components.shape == nbsr_pca.components.shape and \
-            torch.equal(pca.components.cpu(), nbsr_pca.components.cpu()) and torch.equal(pca.mean.cpu(), nbsr_pca.mean.cpu())
+            torch.equal(pca.components.cpu(), nbsr_pca.components.cpu()) and \
+            torch.equal(pca.mean.cpu(), nbsr_pca.mean.cpu())
         # the folder's kernel_pca.pth builds the NBSR's basis (the weights hold it too)
         sr_opt['pca_path'] = KERNEL_PCA_FILE if same else None
         if nbsr_pca is not None:
@@ -667,7 +672,8 @@ class SSRPipeline:
         missing, unexpected = net.load_state_dict(load_file(weights), strict=False)
         missing = [k for k in missing if not k.startswith(_SVKR_REFERENCED)]
         if missing or unexpected:
-            raise KeyError(f'{weights} does not fit {config.get("type")}: missing {missing[:5]}, unexpected {unexpected[:5]}')
+            raise KeyError(f'{weights} does not fit {config.get("type")}: missing {missing[:5]}, '
+                           f'unexpected {unexpected[:5]}')
         return net.requires_grad_(False).eval()
 
     @classmethod

@@ -181,7 +181,7 @@ def _wrap_jpg_quality(add_jpg_compression):
 # The backend comes from `dist_params.backend` in the option file (default: nccl with GPUs,
 # gloo without). The option file is read here because `parse_options` reads it only after.
 # ----------------------------------------------------------------------------------------------
-def _dist_backend_from_argv(argv):
+def dist_backend_from_argv(argv):
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('-opt', type=str)
     args, _ = parser.parse_known_args(argv)
@@ -202,7 +202,7 @@ def _init_dist(launcher, backend=None, **kwargs):
     from basicsr.utils import dist_util
     if mp.get_start_method(allow_none=True) is None:
         mp.set_start_method('spawn')
-    backend = _dist_backend_from_argv(sys.argv[1:]) if backend in (None, 'nccl') else backend
+    backend = dist_backend_from_argv(sys.argv[1:]) if backend in (None, 'nccl') else backend
     if launcher == 'pytorch':
         if backend == 'nccl':
             if not torch.cuda.is_available():

@@ -94,13 +94,13 @@ def test_ddp_wrapper_on_cpu_has_no_device_ids(monkeypatch):
 
 
 def test_dist_backend_is_read_from_the_option_file(tmp_path):
-    from ssr_utils.compat import _dist_backend_from_argv
+    from ssr_utils.compat import dist_backend_from_argv
     opt_file = tmp_path / 'o.yml'
     opt_file.write_text('name: x\ndist_params:\n  backend: gloo\n')
-    assert _dist_backend_from_argv(['-opt', str(opt_file), '--launcher', 'pytorch']) == 'gloo'
+    assert dist_backend_from_argv(['-opt', str(opt_file), '--launcher', 'pytorch']) == 'gloo'
     opt_file.write_text('name: x\n')
     expected = 'nccl' if torch.cuda.is_available() else 'gloo'
-    assert _dist_backend_from_argv(['-opt', str(opt_file)]) == expected
+    assert dist_backend_from_argv(['-opt', str(opt_file)]) == expected
 
 
 def test_apply_is_idempotent():

@@ -215,7 +215,8 @@ def test_experiment_folder_as_opt(models, tmp_path):
     assert inference_ssr.main(['-opt', str(exp), '-i', img, '-o', str(tmp_path / 'o'), '--svkr-only', '-q',
                                '--device', 'cpu']) == 0
     ref = str(tmp_path / 'ref')
-    assert inference_ssr.main(['-opt', models['svkr'], '-i', img, '-o', ref, '--svkr-only', '-q', '--device', 'cpu']) == 0
+    assert inference_ssr.main(['-opt', models['svkr'], '-i', img, '-o', ref, '--svkr-only', '-q', '--device',
+                               'cpu']) == 0
     assert np.array_equal(cv2.imread(str(tmp_path / 'o' / 'x.png')), cv2.imread(osp.join(ref, 'x.png')))
     (exp / 'models' / 'net_g_latest.pth').unlink()
     assert inference_ssr.main(['-opt', str(exp), '-i', img, '-o', str(tmp_path / 'o'), '--svkr-only']) == 2

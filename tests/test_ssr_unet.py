@@ -230,4 +230,5 @@ def test_a_frozen_pretrained_base_is_referenced_not_copied(tmp_path):
     with open(tmp_path / 'tuned' / 'config.json') as f:
         cfg = json.load(f)
     assert cfg['pretrained_path'] is None and cfg['unet']['block_out_channels'] == [32, 64]
-    assert any(k.startswith('unet.') for k in load_file(str(tmp_path / 'tuned' / 'diffusion_pytorch_model.safetensors')))
+    weights = load_file(str(tmp_path / 'tuned' / 'diffusion_pytorch_model.safetensors'))
+    assert any(k.startswith('unet.') for k in weights)

@@ -6,8 +6,8 @@
 
 Each measurement runs in a fresh child process (CPU peak memory is the process's peak RSS, reset through
 /proc/self/clear_refs on Linux before the measured run): it builds the model, warms up on a tiny input,
-then super-resolves one random LR image of the given size with the given tile (0 = untiled) through
-``SSRPipeline`` (the code behind scripts/inference_ssr.py), writing into an H×W×3 float32 output image as the CLI does. Reported:
+then super-resolves one random LR image of the given size with the given tile (0 = untiled) through ``SSRPipeline`` (the code behind
+scripts/inference_ssr.py), writing into an H×W×3 float32 output image as the CLI does. Reported:
 seconds, working memory (peak RSS minus the RSS after warm-up with the output image already allocated
 and touched, i.e. everything but the result itself; on GPU ``max_memory_allocated``), and both as ratios
 to the first row of the same run. The baseline is one window run untiled, so the ratios read "memory of
