@@ -62,7 +62,8 @@ class SVKR(nn.Module):
         # its state dict, so the checkpoint paths are not part of it
         self.config = json.loads(json.dumps(dict(
             num_iter=num_iter, gamma=gamma, use_depth=use_depth, depth_opt=depth_opt, kernel_opt=kernel_opt,
-            sr_opt=sr_opt, scale=scale, kernel_size=kernel_size, freeze_kernel=freeze_kernel, freeze_sr=freeze_sr)))
+            sr_opt=sr_opt, scale=scale, kernel_size=kernel_size, freeze_kernel=freeze_kernel, freeze_sr=freeze_sr),
+            default=str))
         if not isinstance(num_iter, int) or num_iter < 0:
             raise ValueError(f'SVKR: num_iter (T) must be an integer >= 0, got {num_iter!r}')
         if not 0.0 <= float(gamma) <= 1.0:

@@ -346,6 +346,8 @@ class SSRBaseModel(BaseModel):
 
     # ------------------------------------------------------------------------------ checkpoints
     def save(self, epoch, current_iter):
+        if get_dist_info()[0] != 0:  # rank 0 writes; the ranks hold the same weights
+            return
         state = self.network_g_state(False)
         ema_state = self.network_g_state(True) if self.ema is not None else None
         bad = [key for key, s in (('params', state), ('params_ema', ema_state)) if s is not None and not all_finite(s)]
@@ -353,12 +355,11 @@ class SSRBaseModel(BaseModel):
             get_root_logger().error(f'Iter {current_iter}: non-finite weights in {bad}; checkpoint NOT saved (the '
                                     'previous one stays the latest).')
             return
-        if get_dist_info()[0] == 0:
-            label = 'latest' if current_iter == -1 else current_iter
-            ckpt = {'params': state}
-            if ema_state is not None:
-                ckpt['params_ema'] = ema_state
-            atomic_torch_save(ckpt, osp.join(self.opt['path']['models'], f'net_g_{label}.pth'))
+        label = 'latest' if current_iter == -1 else current_iter
+        ckpt = {'params': state}
+        if ema_state is not None:
+            ckpt['params_ema'] = ema_state
+        atomic_torch_save(ckpt, osp.join(self.opt['path']['models'], f'net_g_{label}.pth'))
         self.save_training_state(epoch, current_iter)
 
     def extra_state(self):
