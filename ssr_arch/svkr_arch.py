@@ -1,4 +1,5 @@
 """SVKR: spatially variant kernel refinement, Algorithm 1 of the paper (SPEC step 4)."""
+import json
 import os.path as osp
 from copy import deepcopy
 
@@ -9,6 +10,7 @@ from torch.nn import functional as F
 from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
+from ssr_utils.checkpoint import read_state_dict
 
 
 def load_subnetwork(net, path, param_key='params_ema', strict=True, label='network'):
@@ -16,12 +18,7 @@ def load_subnetwork(net, path, param_key='params_ema', strict=True, label='netwo
     ``net``. ``param_key`` falls back to ``params`` when absent, as BasicSR's ``load_network``."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'SVKR: checkpoint for the {label} does not exist: {path}')
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(state, dict) and param_key in state:
-        state = state[param_key]
-    elif isinstance(state, dict) and 'params' in state:
-        state = state['params']
-    state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
+    state, _ = read_state_dict(path, param_key)
     try:
         net.load_state_dict(state, strict=strict)
     except RuntimeError as err:
@@ -61,6 +58,12 @@ class SVKR(nn.Module):
                  scale=None, kernel_size=None, pretrain_network_kernel=None, pretrain_network_sr=None,
                  param_key='params_ema', freeze_kernel=False, freeze_sr=False):
         super().__init__()
+        # the options that rebuild this architecture; the weights (sub-network checkpoints included) are in
+        # its state dict, so the checkpoint paths are not part of it
+        self.config = json.loads(json.dumps(dict(
+            num_iter=num_iter, gamma=gamma, use_depth=use_depth, depth_opt=depth_opt, kernel_opt=kernel_opt,
+            sr_opt=sr_opt, scale=scale, kernel_size=kernel_size, freeze_kernel=freeze_kernel, freeze_sr=freeze_sr),
+            default=str))
         if not isinstance(num_iter, int) or num_iter < 0:
             raise ValueError(f'SVKR: num_iter (T) must be an integer >= 0, got {num_iter!r}')
         if not 0.0 <= float(gamma) <= 1.0:

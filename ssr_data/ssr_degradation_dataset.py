@@ -10,6 +10,7 @@ from torch.utils import data
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
 from basicsr.utils.registry import DATASET_REGISTRY
 from ssr_data.degradations import SVDegradation
+from ssr_data.depth_prior import depth_prior
 from ssr_utils.errors import OptionError
 from ssr_utils.image_io import IMAGE_EXTENSIONS
 
@@ -221,7 +222,6 @@ class SSRDegradationDataset(data.Dataset):
                 self.keys = [osp.splitext(line.split(' ')[0])[0] for line in f if line.strip()]
         else:
             self.keys = [osp.splitext(n)[0] for n in list_images(self.gt_src.root, 'dataroot_gt')]
-        self._depth_net = None
         if self.depth_src is None:
             get_root_logger().warning('SSRDegradationDataset: no dataroot_depth; the weight-free depth prior runs '
                                       'on every HR image (see scripts/make_depth_lmdb.py for real depth).')
@@ -237,11 +237,9 @@ class SSRDegradationDataset(data.Dataset):
                 raise ValueError(f'depth map {self.depth_src.path_of(key)} is {depth.shape[0]}×{depth.shape[1]} '
                                  f'but HR image {key!r} is {gt.shape[0]}×{gt.shape[1]} (dataroot_depth)')
             return depth
-        if self._depth_net is None:
-            from ssr_arch.depth_arch import MonocularDepth
-            self._depth_net = MonocularDepth('prior')
         rgb = torch.from_numpy(np.ascontiguousarray(gt[:, :, ::-1].transpose(2, 0, 1))).float().div_(255.0)[None]
-        return self._depth_net(rgb)[0, 0].numpy()
+        with torch.no_grad():
+            return depth_prior(rgb)[0, 0].numpy()
 
     def __getitem__(self, index):
         key = self.keys[index]

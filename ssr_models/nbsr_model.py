@@ -2,13 +2,13 @@
 from collections import OrderedDict
 
 from basicsr.utils.registry import MODEL_REGISTRY
-from ssr_models.svkr_base import KernelSRBaseModel, resize_depth
+from ssr_models.ssr_base_model import SSRBaseModel, resize_depth
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
 
 
 @MODEL_REGISTRY.register()
-class NBSRModel(KernelSRBaseModel):
+class NBSRModel(SSRBaseModel):
     """Trains ``network_g`` (``type: NBSR``) on (lq, kernel, gt) samples.
 
     Options:

@@ -2,13 +2,13 @@
 from collections import OrderedDict
 
 from basicsr.utils.registry import MODEL_REGISTRY
-from ssr_models.svkr_base import KernelSRBaseModel
+from ssr_models.ssr_base_model import SSRBaseModel
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
 
 
 @MODEL_REGISTRY.register()
-class SVKRModel(KernelSRBaseModel):
+class SVKRModel(SSRBaseModel):
     """Trains / validates ``network_g`` (``type: SVKR``) from LR images alone (blind).
 
     Options:

@@ -6,7 +6,7 @@
 
 Each measurement runs in a fresh child process (CPU peak memory is the process's peak RSS, reset through
 /proc/self/clear_refs on Linux before the measured run): it builds the model, warms up on a tiny input,
-then super-resolves one random LR image of the given size with the given tile (0 = untiled) through ``ssr_utils.inference`` (the code behind
+then super-resolves one random LR image of the given size with the given tile (0 = untiled) through ``SSRPipeline`` (the code behind
 scripts/inference_ssr.py), writing into an H×W×3 float32 output image as the CLI does. Reported:
 seconds, working memory (peak RSS minus the RSS after warm-up with the output image already allocated
 and touched, i.e. everything but the result itself; on GPU ``max_memory_allocated``), and both as ratios
@@ -76,9 +76,7 @@ def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
     compat.apply()
     import torch
     import ssr_arch  # noqa: F401
-    import ssr_models  # noqa: F401
     from basicsr.archs import build_network
-    from basicsr.models import build_model
     torch.manual_seed(0)
     if mode == 'svkr':
         return build_network(_svkr_opt('full' if config == 'sd21' else 'demo')).to(device).eval()
@@ -89,28 +87,28 @@ def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
         net_cfg = sd21_config()
     else:
         net_cfg = tiny_config()
-    opt = dict(name='bench', model_type='SSRModel', scale=4, num_gpu=1 if device.type == 'cuda' else 0,
-               is_train=False, dist=False, rank=0, world_size=1, network_g=dict(type='SSRUNet', **net_cfg),
-               network_svkr=_svkr_opt('full' if config == 'sd21' else 'demo'), conditions=dict(source='svkr'),
-               diffusion=dict(sampler=sampler, num_inference_steps=4, seed=0, color_fix='wavelet', amp='none' if precision == 'fp32' else precision),
-               path={})
-    model = build_model(opt)
+    from ssr_pipelines import SSRPipeline
+    from ssr_pipelines.pipeline_ssr import scheduler_from_options
+    unet = build_network(dict(type='SSRUNet', **net_cfg))
+    svkr = build_network(_svkr_opt('full' if config == 'sd21' else 'demo'))
+    pipe = SSRPipeline(unet, scheduler_from_options(), svkr, scale=4, sampler=sampler, num_inference_steps=4, seed=0,
+                       color_fix='wavelet', dtype=precision).to(device)
     with torch.no_grad():  # random, non-zero AMF outputs: a trained model's cost
-        for amf in model.bare_g.amf.values():
+        for amf in pipe.unet.amf.values():
             for mlp in (amf.mlp_alpha, amf.mlp_beta):
                 mlp[-1].weight.normal_(0, 0.01)
-    return model
+    return pipe
 
 
 def child(args):
     import torch
     device = torch.device(args.device)
     obj = build(args.mode, device, args.config, args.precision, args.sampler)
-    from ssr_utils.inference import svkr_tiled, tiled_ssr_sample
+    from ssr_pipelines.pipeline_ssr import svkr_tiled
 
     import numpy as np
 
-    def output_view(lr):  # the CLI's output image (ssr_utils.inference.Inferencer.process)
+    def output_view(lr):  # the CLI's output image (ssr_app.inference.Inferencer.process)
         s = 4
         arr = np.zeros((lr.shape[-2] * s, lr.shape[-1] * s, 3), dtype=np.float32)
         arr.fill(0.5)  # touched: resident before the baseline RSS is read
@@ -119,9 +117,8 @@ def child(args):
     def run(lr, out):
         if args.mode == 'svkr':
             return svkr_tiled(obj, lr.to(device), args.tile, args.overlap, out_device='cpu', into={'sr': out})['sr']
-        tile = args.tile if args.tile else max(lr.shape[-2:])
-        return tiled_ssr_sample(obj, lr, tile, args.overlap, num_steps=args.steps, seed=0,
-                                cond_cache=args.cond_cache, out=out)['sr']
+        return obj(lr, num_inference_steps=args.steps, seed=0, tile=args.tile or None, tile_overlap=args.overlap,
+                   cond_cache=args.cond_cache, out=out).images
 
     with torch.no_grad():
         small = torch.rand(1, 3, 16, 16)
@@ -183,7 +180,7 @@ def main():
     p.add_argument('--no-window-baseline', dest='window_baseline', action='store_false',
                    help='do not start with the baseline row: one window (first tile + 2 × context) run untiled')
     p.add_argument('--cond-cache', default='auto', choices=['auto', 'device', 'cpu', 'none'],
-                   help='where tiled SSR keeps per-window condition features (ssr_utils.inference.tiled_ssr_sample)')
+                   help='where tiled SSR keeps per-window condition features (SSRPipeline, cond_cache=)')
     # child-process arguments
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--size', type=int, help=argparse.SUPPRESS)
@@ -207,7 +204,7 @@ def main():
             # one tile as it runs inside a large image. SVKR: the tile plus its context margin on every
             # side. SSR: the tile itself (the UNet and decoder windows, which dominate, are exactly the tile;
             # a larger untiled input would pay the UNet's self-attention on a larger latent)
-            from ssr_utils.inference import SVKR_CONTEXT
+            from ssr_pipelines.pipeline_ssr import SVKR_CONTEXT
             size = args.tiles[0] + 2 * SVKR_CONTEXT if mode == 'svkr' else args.tiles[0]
             rows.append(measure(args, mode, size, 0))
             row(rows[-1], rows[0], mem_key)
@@ -233,7 +230,7 @@ def main():
         print('\nTiled SVKR (train_svkr.yml size), tile 256: peak GPU memory vs input size (output canvas on the host)')
         header('gpu_peak_mb')
         rows = []
-        from ssr_utils.inference import SVKR_CONTEXT
+        from ssr_pipelines.pipeline_ssr import SVKR_CONTEXT
         for size, tile in ((256 + 2 * SVKR_CONTEXT, 0), (512, 256), (1024, 256), (2048, 256)):
             rows.append(measure(args, 'svkr', size, tile, config='sd21'))
             row(rows[-1], rows[0], 'gpu_peak_mb')
