@@ -30,6 +30,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_utils.color_fix import color_fix
 from ssr_utils.atomic_file import atomic_torch_save
 from ssr_utils.errors import OptionError
@@ -225,6 +226,7 @@ class SSRModel(BaseModel):
 
     # ------------------------------------------------------------------ data and conditions
     def feed_data(self, data):
+        data = maybe_degrade_batch(data, self.device)  # degrade_on: model batches are synthesised here
         self.lq = data['lq'].to(self.device)
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         self.depth_in = data['depth_lq'].to(self.device) if 'depth_lq' in data else None
