@@ -157,14 +157,18 @@ def test_dataset_seed_fixes_the_synthesised_sample(lmdbs):
     assert not torch.equal(a['lq'], c['lq'])
 
 
-def test_chunked_cpu_path_equals_the_one_shot_device_path(lmdbs, monkeypatch):
-    # the one-shot branch is the one other devices take; on CPU both must give the same numbers
-    _, raw = _pair_of_batches(lmdbs, n=4)
-    monkeypatch.setattr(BD, '_CPU_KERNEL_PIXELS', 64)  # one crop (8×8 LR) per step
+@pytest.mark.parametrize('keep', [True, False])
+def test_grouped_cpu_path_equals_the_accelerator_path(lmdbs, monkeypatch, keep):
+    # the whole-batch branch is the one accelerators take; run on CPU it must give the CPU path's numbers
+    _, raw = _pair_of_batches(lmdbs, n=5, return_kernel=keep)
+    monkeypatch.setattr(BD, '_CPU_KERNEL_PIXELS', 128)  # groups of two crops (8×8 LR), the last one alone
     chunked = maybe_degrade_batch(raw, 'cpu')
-    monkeypatch.setattr(BD, '_CPU_KERNEL_PIXELS', 1 << 20)  # the whole batch at once
+    monkeypatch.setattr(BD, '_whole_batch_at_once', lambda device: True)
     whole = maybe_degrade_batch(raw, 'cpu')
-    assert torch.equal(chunked['kernel'], whole['kernel'])
+    assert ('kernel' in chunked) == ('kernel' in whole) == keep
+    if not keep:
+        chunked['kernel'], whole['kernel'] = None, None
+    assert chunked['kernel'] is None or torch.equal(chunked['kernel'], whole['kernel'])
     assert (chunked['lq'] - whole['lq']).abs().max() <= 1 / 255 + 1e-6
     assert (chunked['lq'] != whole['lq']).float().mean() < 0.01
 

@@ -11,6 +11,9 @@ On CUDA every timed batch ends with a synchronisation. Variants, all on the same
 - ``model``: ``SSRDegradationDataset`` with ``degrade_on: model`` + the synthesis in the main process;
 each of the last two without and with the kernel map (``return_kernel``).
 
+Then where the CPU time goes (``--breakdown-size``, default 192): CPU time per sample of each dataset's
+``__getitem__`` and collation and of each stage of the synthesis, in one process on one thread.
+
 Then the synthesis against one DKENet training step (forward + backward + optimiser, EMA, AMP on CUDA) of
 ``DKENetModel`` at the stage-1 settings of ``options/train_dkenet.yml`` (its network, train block and
 degradation options, gt_size 192, batch 16 on CUDA; ``--step-batch`` on CPU, default 2, where one step
@@ -18,7 +21,7 @@ at batch 16 takes about a minute).
 
     python scripts/benchmarks/bench_batch_degradation.py [--device cpu|cuda] [--sizes 128 192 256]
         [--workers 4] [--batch 16] [--num-batches 8] [--rounds 3] [--jpeg-backend opencv|torch]
-        [--step-batch N] [--skip-step]
+        [--step-batch N] [--skip-step] [--breakdown-size 192] [--skip-breakdown]
 """
 import argparse
 import os
@@ -135,6 +138,65 @@ def print_table(table, device, workers, batch):
 
 
 # -------------------------------------------------------------------------------------------------
+# where the CPU time goes (one process, one thread, CPU time per sample)
+# -------------------------------------------------------------------------------------------------
+def _cpu_ms(fn, repeats):
+    fn()  # warm-up (first LMDB opens, allocator)
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        times.append(time.process_time() - t0)
+    return statistics.median(times) * 1e3
+
+
+def bench_breakdown(root, gt_size, batch, scale, jpeg_backend, repeats=5):
+    from torch.utils.data import default_collate
+
+    from ssr_data.batch_degradation import BatchDegradation
+    from ssr_data.ssr_degradation_dataset import ImageSource, decode_depth_raw
+    sets = make_datasets(root, gt_size, scale, jpeg_backend)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each DataLoader worker runs with
+    try:
+        rows = []
+        for name in VARIANTS:
+            ds = sets[name]
+            rows.append((f'{name}: __getitem__', _cpu_ms(lambda ds=ds: [ds[i] for i in range(batch)], repeats) / batch))
+            samples = [ds[i] for i in range(batch)]
+            rows.append((f'{name}: collate', _cpu_ms(lambda s=samples: default_collate(s), repeats) / batch))
+        depth = ImageSource(osp.join(root, 'depth.lmdb'), 'depth', 'dataroot_depth')
+        keys = sets['model'].keys
+        rows.append(('  of which depth PNG decode (HR size)',
+                     _cpu_ms(lambda: [decode_depth_raw(depth.get(keys[i % len(keys)]), '') for i in range(batch)],
+                             repeats) / batch))
+        raw = default_collate([sets['model'][i] for i in range(batch)])
+        deg = raw['degradation']
+        synth = BatchDegradation.from_batch(raw)
+        gt, kp = raw['gt'], deg['kernel_params']
+        noise = (deg['noise_sigma'], deg['gray_noise'], deg['poisson_scale'])
+        stages = [
+            ('synthesis: kernels + blur, kernel map dropped',
+             lambda: synth.synthesize(gt, kp, compress=False, keep_kernels=False)),
+            ('synthesis: kernels + blur, kernel map kept',
+             lambda: synth.synthesize(gt, kp, compress=False, keep_kernels=True)),
+            ('synthesis: + noise', lambda: synth.synthesize(gt, kp, *noise, None, deg['noise_seed'], compress=False,
+                                                            keep_kernels=True)),
+            (f'synthesis: + JPEG ({jpeg_backend}) = all',
+             lambda: synth.synthesize(gt, kp, *noise, deg['jpeg_quality'], deg['noise_seed'], keep_kernels=True)),
+        ]
+        for label, fn in stages:
+            rows.append((label, _cpu_ms(fn, repeats) / batch))
+    finally:
+        torch.set_num_threads(threads)
+    print(f'\n[breakdown] CPU time per sample, one thread, gt_size {gt_size}, batches of {batch} '
+          f'(median of {repeats}):')
+    for label, ms in rows:
+        print(f'[breakdown]   {label:<48s} {ms:7.2f} ms')
+    return dict(rows)
+
+
+# -------------------------------------------------------------------------------------------------
 # synthesis against one DKENet training step (stage 1)
 # -------------------------------------------------------------------------------------------------
 def stage1_options():
@@ -190,9 +252,10 @@ def bench_step(root, device, step_batch, repeats, jpeg_backend):
     print(f'\n[step] DKENetModel, options/train_dkenet.yml stage-1 settings (gt_size {ds_opt["gt_size"]}, batch '
           f'{batch}, kernel_size {ds_opt.get("kernel_size", 21)}, use_jpeg {ds_opt.get("use_jpeg", True)}, '
           f'AMP {yml["train"].get("amp_dtype") if amp else "off"}), device {device}, {repeats} timed steps')
-    print(f'[step] synthesis (maybe_degrade_batch: H2D, kernels, blur, noise{", JPEG" if ds_opt.get("use_jpeg", True) else ""}'
-          f') {ts * 1e3:.1f} ms; training step (forward + backward + optimiser + EMA) {tt * 1e3:.1f} ms '
-          f'-> synthesis = {100 * ts / tt:.1f} % of a step (goal on a GPU: < 10 %)')
+    jpeg = ', JPEG' if ds_opt.get('use_jpeg', True) else ''
+    print(f'[step] synthesis (maybe_degrade_batch: H2D, kernels, blur, noise{jpeg}) {ts * 1e3:.1f} ms; training step '
+          f'(forward + backward + optimiser + EMA) {tt * 1e3:.1f} ms -> synthesis = {100 * ts / tt:.1f} % of a step '
+          '(goal on a GPU: < 10 %)')
     return {'synthesis': ts, 'step': tt}
 
 
@@ -214,6 +277,8 @@ def main():
                         help='batch of the DKENet step (default: 16 from train_dkenet.yml on CUDA, 2 on CPU)')
     parser.add_argument('--step-repeats', type=int, default=None, help='timed steps (default 10 on CUDA, 2 on CPU)')
     parser.add_argument('--skip-step', action='store_true')
+    parser.add_argument('--breakdown-size', type=int, default=192, help='crop of the CPU-time breakdown')
+    parser.add_argument('--skip-breakdown', action='store_true')
     parser.add_argument('--skip-throughput', action='store_true')
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -228,6 +293,8 @@ def main():
             table = bench_throughput(root, args.sizes, device, args.workers, args.batch, args.num_batches,
                                      args.rounds, args.scale, args.jpeg_backend)
             print_table(table, device, args.workers, args.batch)
+        if not args.skip_breakdown:
+            bench_breakdown(root, args.breakdown_size, args.batch, args.scale, args.jpeg_backend)
         if not args.skip_step:
             cpu = device.type == 'cpu'
             bench_step(root, device, args.step_batch or (2 if cpu else None),
