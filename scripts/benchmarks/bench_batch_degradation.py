@@ -9,10 +9,15 @@ On CUDA every timed batch ends with a synchronisation. Variants, all on the same
 - ``paired``: BasicSR's ``PairedImageDataset`` on pre-degraded LMDB pairs (the baseline);
 - ``dataset``: ``SSRDegradationDataset`` with ``degrade_on: dataset`` (the per-sample path, in the workers);
 - ``model``: ``SSRDegradationDataset`` with ``degrade_on: model`` + the synthesis in the main process;
-each of the last two without and with the kernel map (``return_kernel``).
+each of the last two without and with the kernel map (``return_kernel``). Besides batches/s, the CPU time
+(main process + workers) per batch: on a shared machine the wall clock favours the ``model`` variants,
+whose busy main process is one more runnable process competing for the cores, while CPU time per batch
+is what bounds the rate on an idle machine whose cores are the bottleneck.
 
 Then where the CPU time goes (``--breakdown-size``, default 192): CPU time per sample of each dataset's
 ``__getitem__`` and collation and of each stage of the synthesis, in one process on one thread.
+
+Then the torch JPEG simulation against OpenCV (distance at equal quality, time of both backends).
 
 Then the synthesis against one DKENet training step (forward + backward + optimiser, EMA, AMP on CUDA) of
 ``DKENetModel`` at the stage-1 settings of ``options/train_dkenet.yml`` (its network, train block and
@@ -21,7 +26,7 @@ at batch 16 takes about a minute).
 
     python scripts/benchmarks/bench_batch_degradation.py [--device cpu|cuda] [--sizes 128 192 256]
         [--workers 4] [--batch 16] [--num-batches 8] [--rounds 3] [--jpeg-backend opencv|torch]
-        [--step-batch N] [--skip-step] [--breakdown-size 192] [--skip-breakdown]
+        [--step-batch N] [--skip-step] [--breakdown-size 192] [--skip-breakdown] [--skip-jpeg]
 """
 import argparse
 import os
@@ -68,8 +73,18 @@ def training_ready(batch, device):
     return _to_device(batch, device)
 
 
+def _cpu_seconds():
+    """CPU time of this process and of its reaped children (the DataLoader workers, once joined)."""
+    import resource
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def batches_per_second(dataset, device, workers, batch, num_batches):
+    """(training-ready batches/s in steady state, CPU seconds per batch of the main process and its workers
+    over the loader's whole life)."""
     from torch.utils.data import DataLoader, RandomSampler
+    cpu0 = _cpu_seconds()
     sampler = RandomSampler(dataset, replacement=True, num_samples=(num_batches + 2 + 2 * workers) * batch,
                             generator=torch.Generator().manual_seed(0))
     loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
@@ -84,8 +99,8 @@ def batches_per_second(dataset, device, workers, batch, num_batches):
         _sync(device)
         stamps.append(time.perf_counter())
     rate = num_batches / (stamps[-1] - stamps[skip - 1])
-    del it, loader, out
-    return rate
+    del it, loader, out  # joins the workers, whose CPU time then counts as the children's
+    return rate, (_cpu_seconds() - cpu0) / (skip + num_batches)
 
 
 def make_datasets(root, gt_size, scale, jpeg_backend):
@@ -111,14 +126,19 @@ def bench_throughput(root, sizes, device, workers, batch, num_batches, rounds, s
     for gt_size in sizes:
         sets = make_datasets(root, gt_size, scale, jpeg_backend)
         rates = {name: [] for name in sets}
+        cpu = {name: [] for name in sets}
         for _ in range(rounds):  # interleaved, so load from other processes hits every variant alike
             for name, ds in sets.items():
-                rates[name].append(batches_per_second(ds, device, workers, batch, num_batches))
+                rate, cpu_per_batch = batches_per_second(ds, device, workers, batch, num_batches)
+                rates[name].append(rate)
+                cpu[name].append(cpu_per_batch)
         table[gt_size] = {name: statistics.median(r) for name, r in rates.items()}
         table[gt_size]['_spread'] = {name: (min(r), max(r)) for name, r in rates.items()}
+        table[gt_size]['_cpu'] = {name: statistics.median(c) for name, c in cpu.items()}
         row = table[gt_size]
         print(f'[throughput] gt_size {gt_size}: ' + ', '.join(
-            f'{name} {row[name]:.2f} b/s ({row[name] / row["paired"]:.2f}x)' for name in VARIANTS), flush=True)
+            f'{name} {row[name]:.2f} b/s ({row[name] / row["paired"]:.2f}x, {row["_cpu"][name] * 1e3:.0f} ms CPU/batch)'
+            for name in VARIANTS), flush=True)
     return table
 
 
@@ -134,6 +154,16 @@ def print_table(table, device, workers, batch):
             lo, hi = row['_spread'][name]
             ratio = '' if name == 'paired' else f' ({row[name] / row["paired"]:.2f}x)'
             cells.append(f'{row[name]:.2f}{ratio} [{lo:.2f}-{hi:.2f}]')
+        print(f'| {gt_size} | ' + ' | '.join(cells) + ' |')
+    print('\nCPU time per training-ready batch (main process + workers, whole loader life; on a shared machine this, '
+          'not the wall clock, says what an idle CPU-bound machine would reach); ratio = paired / variant')
+    print('| HR crop | PairedImageDataset | degrade_on: dataset | dataset + kernel | degrade_on: model | '
+          'model + kernel |')
+    print('| --- | --- | --- | --- | --- | --- |')
+    for gt_size, row in table.items():
+        cpu = row['_cpu']
+        cells = [f'{cpu[name] * 1e3:.0f} ms' + ('' if name == 'paired' else f' ({cpu["paired"] / cpu[name]:.2f}x)')
+                 for name in VARIANTS]
         print(f'| {gt_size} | ' + ' | '.join(cells) + ' |')
 
 
@@ -194,6 +224,63 @@ def bench_breakdown(root, gt_size, batch, scale, jpeg_backend, repeats=5):
     for label, ms in rows:
         print(f'[breakdown]   {label:<48s} {ms:7.2f} ms')
     return dict(rows)
+
+
+# -------------------------------------------------------------------------------------------------
+# the torch JPEG simulation against OpenCV
+# -------------------------------------------------------------------------------------------------
+def bench_jpeg(root, device, size=48, count=16, qualities=(30, 50, 70, 95)):
+    """Distance of ``simulate_jpeg`` to OpenCV at the same quality on LR-sized crops of the benchmark's
+    images (area-downscaled ×4, as an LR is), and the time of both backends on the device."""
+    import cv2
+
+    from ssr_data.degradations import jpeg_compress, quantize
+    from ssr_data.jpeg_sim import simulate_jpeg
+    from ssr_data.lmdb_util import read_lmdb_image
+    crops = []
+    with open(osp.join(root, 'hr.lmdb', 'meta_info.txt')) as f:
+        keys = [line.split('.')[0] for line in f if line.strip()]
+    for key in keys[:count]:
+        img = read_lmdb_image(osp.join(root, 'hr.lmdb'), key)
+        small = cv2.resize(img, (img.shape[1] // 4, img.shape[0] // 4), interpolation=cv2.INTER_AREA)
+        crops.append(torch.from_numpy(small[:size, :size, ::-1].copy()).permute(2, 0, 1).float() / 255)
+    imgs = torch.stack(crops)
+    print(f'\n[jpeg] simulate_jpeg vs OpenCV ({cv2.__version__}) on {len(imgs)} {size}x{size} LR-sized crops, '
+          'in 8-bit levels:')
+    print('| quality | mean abs diff sim vs OpenCV | values that differ | max diff | mean JPEG error (OpenCV vs '
+          'input) |')
+    print('| --- | --- | --- | --- | --- |')
+    for q in qualities:
+        sim = simulate_jpeg(imgs, [q] * len(imgs))
+        ref = torch.stack([jpeg_compress(i, q) for i in imgs])
+        diff = (sim - ref).abs() * 255
+        err = (ref - quantize(imgs)).abs() * 255
+        print(f'| {q} | {diff.mean():.3f} | {(diff > 0).float().mean() * 100:.1f} % | {diff.max():.0f} | '
+              f'{err.mean():.2f} |')
+    on_device = imgs.to(device)
+    quality = [50] * len(imgs)
+
+    def opencv():
+        host = on_device.cpu()
+        torch.stack([jpeg_compress(i, 50) for i in host]).to(device)
+
+    def torch_sim():
+        simulate_jpeg(on_device, quality)
+
+    times = {}
+    for name, fn in (('opencv', opencv), ('torch', torch_sim)):
+        fn()
+        _sync(device)
+        runs = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            runs.append(time.perf_counter() - t0)
+        times[name] = statistics.median(runs)
+    print(f'[jpeg] batch of {len(imgs)} on {device}: opencv (device -> host, per-image encode/decode, back) '
+          f'{times["opencv"] * 1e3:.2f} ms, torch simulation {times["torch"] * 1e3:.2f} ms')
+    return times
 
 
 # -------------------------------------------------------------------------------------------------
@@ -279,6 +366,7 @@ def main():
     parser.add_argument('--skip-step', action='store_true')
     parser.add_argument('--breakdown-size', type=int, default=192, help='crop of the CPU-time breakdown')
     parser.add_argument('--skip-breakdown', action='store_true')
+    parser.add_argument('--skip-jpeg', action='store_true')
     parser.add_argument('--skip-throughput', action='store_true')
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -293,6 +381,8 @@ def main():
             table = bench_throughput(root, args.sizes, device, args.workers, args.batch, args.num_batches,
                                      args.rounds, args.scale, args.jpeg_backend)
             print_table(table, device, args.workers, args.batch)
+        if not args.skip_jpeg:
+            bench_jpeg(root, device)
         if not args.skip_breakdown:
             bench_breakdown(root, args.breakdown_size, args.batch, args.scale, args.jpeg_backend)
         if not args.skip_step:
