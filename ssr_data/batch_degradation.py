@@ -89,8 +89,7 @@ class BatchDegradation:
 
     def options(self):
         """The synthesis options as a JSON string (what a sample carries, see :meth:`from_batch`)."""
-        return json.dumps({'scale': self.scale, 'kernel_size': self.kernel_size, 'return_kernel': self.return_kernel,
-                           'jpeg_backend': self.jpeg_backend}, sort_keys=True)
+        return json.dumps({key: getattr(self, key) for key in SYNTHESIS_KEYS}, sort_keys=True)
 
     @classmethod
     def from_batch(cls, batch):

@@ -268,6 +268,9 @@ def bench_jpeg(root, device, size=48, count=16, qualities=(30, 50, 70, 95)):
         simulate_jpeg(on_device, quality)
 
     times = {}
+    threads = torch.get_num_threads()
+    if device.type == 'cpu':
+        torch.set_num_threads(1)  # as the synthesis runs on CPU (BatchDegradation)
     for name, fn in (('opencv', opencv), ('torch', torch_sim)):
         fn()
         _sync(device)
@@ -278,6 +281,7 @@ def bench_jpeg(root, device, size=48, count=16, qualities=(30, 50, 70, 95)):
             _sync(device)
             runs.append(time.perf_counter() - t0)
         times[name] = statistics.median(runs)
+    torch.set_num_threads(threads)
     print(f'[jpeg] batch of {len(imgs)} on {device}: opencv (device -> host, per-image encode/decode, back) '
           f'{times["opencv"] * 1e3:.2f} ms, torch simulation {times["torch"] * 1e3:.2f} ms')
     return times
