@@ -6,6 +6,7 @@ import torch
 
 from basicsr.archs import build_network
 from basicsr.utils.registry import MODEL_REGISTRY
+from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_models.ssr_base_model import SSRBaseModel, resize_depth
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
@@ -42,6 +43,7 @@ class DKENetModel(SSRBaseModel):
         return getattr(self.get_bare_model(self.net_g), 'use_depth', True)
 
     def feed_data(self, data):
+        data = maybe_degrade_batch(data, self.device)  # degrade_on: model batches are synthesised here
         self.lq = data['lq'].to(self.device)
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         self.kernel_gt = data['kernel'].to(self.device) if 'kernel' in data else None

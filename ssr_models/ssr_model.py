@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_arch.ssr_unet_arch import check_pretrained_folder
 from ssr_models.ssr_base_model import SSRBaseModel
 from ssr_pipelines.pipeline_ssr import (SVKR_WEIGHTS_HINT, SSRPipeline, adopt_svkr_kernel_pca, build_svkr_from_options,
@@ -152,6 +153,7 @@ class SSRModel(SSRBaseModel):
 
     # ------------------------------------------------------------------ data and conditions
     def feed_data(self, data):
+        data = maybe_degrade_batch(data, self.device)  # degrade_on: model batches are synthesised here
         self.lq = data['lq'].to(self.device)
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         self.depth_in = data['depth_lq'].to(self.device) if 'depth_lq' in data else None
