@@ -20,7 +20,9 @@ weighted sums accumulate in that tensor itself and are normalised there as rows 
 no memory besides the result. When it goes to a callable that streams finished rows on (e.g. a colour
 correction), or to a tensor of another dtype or device, the sums are kept in a band of the rows that
 windows still reach (one window row high, the image wide), so the working memory grows with the image
-width only (``TiledRunner.buffer_rows`` reports the band's height after a call).
+width only (``TiledRunner.buffer_rows`` reports the band's height after a call). After each window
+that ran on the CPU the C heap's free pages go back to the system (``compat.release_free_heap``): glibc
+keeps them otherwise, and windows of varying shapes leave enough behind to matter.
 """
 import math
 from fractions import Fraction
@@ -28,6 +30,8 @@ from fractions import Fraction
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
+
+from ssr_utils.compat import release_free_heap
 
 
 def tile_starts(length, tile, overlap, multiple=1):
@@ -195,7 +199,10 @@ class TiledRunner:
                     px0 = _as_int(x0 * s, 'start·scale')
                     band.add(py0, px0, v[..., oy0:oy0 + oh, ox0:ox0 + ow], wy, wx, first_in_row=xi == 0,
                              first_row=yi == 0)
+                on_cpu = any(v is not None and v.device.type == 'cpu' for v in res_d.values())
                 del res, res_d
+                if on_cpu:  # CPU windows of varying shapes fragment the C heap (compat.release_free_heap)
+                    release_free_heap()
                 bar.update(1)
             # rows above the next window row receive nothing more: hand them on and free them
             for k, band in bands.items():
