@@ -84,7 +84,10 @@ class SVKRTrace:
     SR networks sample the RSS, the peak RSS since the previous sample (VmHWM, reset at every sample) and
     glibc's heap statistics, so every peak is attributed to the step that made it: depth estimation,
     kernel estimation (DKENet), the γ mixing of kernel maps, NBSR, and blending (from the end of one
-    window to the start of the next: adding the SR window to the output, handing rows on)."""
+    window to the start of the next: adding the SR window to the output, handing rows on). glibc keeps
+    freed heap memory resident until it is trimmed, so the RSS rarely falls within a window: each step's
+    growth (its peak minus the RSS at its start) says what the step itself needs. "held by glibc's heap"
+    counts freed heap memory whether or not it is still resident (trimmed pages are not)."""
 
     # the step an interval between two samples belongs to, by the sample that ends it
     STEPS = {'depth<': 'depth estimation', 'depth>': 'depth estimation', 'kernel<': 'kernel estimation',
@@ -113,30 +116,34 @@ class SVKRTrace:
 
     def report(self):
         import statistics
-        windows = []  # RSS and heap at each window's start, the peak of each step of the window
+        windows = []  # per window: the sample at its start and (step, RSS at the step's start, peak during it)
+        prev = None
         for smp in self.samples:
-            if windows:  # an interval that ends at a window's start belongs to the previous window
-                steps = windows[-1]['steps']
-                step = self.STEPS.get(smp['point'])
-                if step:
-                    steps[step] = max(steps.get(step, 0.0), smp['peak'])
+            step = self.STEPS.get(smp['point'])
+            if windows and prev is not None and step:  # the interval prev -> smp; one ending at a window's
+                windows[-1]['steps'].append((step, prev['rss'], smp['peak']))  # start belongs to the one before
             if smp['point'] == 'svkr<':
-                windows.append(dict(start=smp, steps={}))
+                windows.append(dict(start=smp, steps=[]))
+            prev = smp
         inner = windows[1:] or windows  # the first window starts from the warm-up's heap
 
         def stat(values):
-            return f'{statistics.median(values):8.1f} / {max(values):8.1f}' if values else '       - /        -'
+            return f'{statistics.median(values):7.1f} / {max(values):7.1f}' if values else '      - /       -'
 
         lines = [f'trace: {len(windows)} windows; MB above the RSS before the call (output image allocated and '
                  'touched); median / max over windows']
-        lines.append(f'  RSS at a window start              {stat([w["start"]["rss"] for w in inner])}')
+        lines.append(f'  RSS at a window start            {stat([w["start"]["rss"] for w in inner])}')
         if 'in_use' in inner[0]['start']:
-            lines.append(f'    malloc in use (live tensors ...) {stat([w["start"]["in_use"] for w in inner])}')
-            lines.append(f'    freed, kept by glibc             {stat([w["start"]["kept_free"] for w in inner])}')
+            lines.append(f'    malloc in use (live tensors)   {stat([w["start"]["in_use"] for w in inner])}')
+            lines.append(f'    freed, held by glibc's heap    {stat([w["start"]["kept_free"] for w in inner])}')
+        lines.append(f'  {"step":31}{"peak RSS in it":>17}   {"its growth (peak - RSS at its start)":>36}')
         for step in dict.fromkeys(self.STEPS.values()):
-            lines.append(f'  peak during {step:23}{stat([w["steps"][step] for w in windows if step in w["steps"]])}')
-        lines.append(f'  window peak - RSS at its start     '
-                     f'{stat([max(w["steps"].values()) - w["start"]["rss"] for w in inner if w["steps"]])}')
+            peaks = [max(p for s, _, p in w['steps'] if s == step) for w in windows if any(s == step for s, _, _ in w['steps'])]
+            growth = [max(p - r for s, r, p in w['steps'] if s == step) for w in windows
+                      if any(s == step for s, _, _ in w['steps'])]
+            lines.append(f'  {step:31}{stat(peaks)}   {stat(growth):>36}')
+        lines.append(f'  window peak - RSS at its start   '
+                     f'{stat([max(p for _, _, p in w["steps"]) - w["start"]["rss"] for w in inner if w["steps"]])}')
         return lines
 
 
