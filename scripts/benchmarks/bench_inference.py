@@ -86,7 +86,7 @@ class SVKRTrace:
     kernel estimation (DKENet), the γ mixing of kernel maps, NBSR, and blending (from the end of one
     window to the start of the next: adding the SR window to the output, handing rows on). glibc keeps
     freed heap memory resident until it is trimmed, so the RSS rarely falls within a window: each step's
-    growth (its peak minus the RSS at its start) says what the step itself needs. "held by glibc's heap"
+    growth (its peak minus the RSS at its start) says what the step itself needs. "held by the glibc heap"
     counts freed heap memory whether or not it is still resident (trimmed pages are not)."""
 
     # the step an interval between two samples belongs to, by the sample that ends it
@@ -135,7 +135,7 @@ class SVKRTrace:
         lines.append(f'  RSS at a window start            {stat([w["start"]["rss"] for w in inner])}')
         if 'in_use' in inner[0]['start']:
             lines.append(f'    malloc in use (live tensors)   {stat([w["start"]["in_use"] for w in inner])}')
-            lines.append(f'    freed, held by glibc's heap    {stat([w["start"]["kept_free"] for w in inner])}')
+            lines.append(f'    freed, held by the glibc heap  {stat([w["start"]["kept_free"] for w in inner])}')
         lines.append(f'  {"step":31}{"peak RSS in it":>17}   {"its growth (peak - RSS at its start)":>36}')
         for step in dict.fromkeys(self.STEPS.values()):
             peaks = [max(p for s, _, p in w['steps'] if s == step) for w in windows if any(s == step for s, _, _ in w['steps'])]
