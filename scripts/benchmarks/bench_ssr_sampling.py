@@ -129,7 +129,9 @@ def dkenet_depth_cost(args, device, dtype):
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     print(f'\nDKENet (paper widths, k = 21) with vs without the depth branch: device={dev_name} dtype={args.dtype} '
           f'repeats={args.repeats} (median; interleaved); params {n_with / 1e6:.2f}M vs {n_without / 1e6:.2f}M')
-    print(f'{"LR":>9} {"batch":>5} {"no depth s":>11} {"depth s":>9} {"ratio":>6} {"DE+depth s":>11} {"ratio":>6}')
+    from torch.utils.flop_counter import FlopCounterMode
+    print(f'{"LR":>9} {"batch":>5} {"no depth s":>11} {"depth s":>9} {"ratio":>6} {"DE+depth s":>11} {"ratio":>6} '
+          f'{"GFLOP ratio":>12}')
     for size in args.dkenet_sizes:
         for batch in args.dkenet_batches:
             lr = torch.rand(batch, 3, size, size, device=device).to(dtype)
@@ -139,6 +141,11 @@ def dkenet_depth_cost(args, device, dtype):
                 'depth': lambda: with_depth(lr, depth),
                 'DE + depth': lambda: with_depth(lr, estimator(lr)),  # as SVKR's first pass runs it
             }
+            flops = {}
+            for k in ('no depth', 'depth'):  # convolutions and matmuls; independent of the machine's load
+                with FlopCounterMode(display=False) as counter:
+                    runs[k]()
+                flops[k] = counter.get_total_flops()
             for fn in runs.values():  # warm-up (kernel selection, allocator)
                 fn()
             times = {k: [] for k in runs}
@@ -147,9 +154,10 @@ def dkenet_depth_cost(args, device, dtype):
                     times[k].append(timed(fn, device))
             t = {k: statistics.median(v) for k, v in times.items()}
             print(f'{size:>4}x{size:<4} {batch:>5} {t["no depth"]:11.4f} {t["depth"]:9.4f} '
-                  f'{t["depth"] / t["no depth"]:6.3f} {t["DE + depth"]:11.4f} {t["DE + depth"] / t["no depth"]:6.3f}',
-                  flush=True)
-    print('ratio = with depth / without (budget <= 1.5); DE = MonocularDepth(prior) on the LR input')
+                  f'{t["depth"] / t["no depth"]:6.3f} {t["DE + depth"]:11.4f} {t["DE + depth"] / t["no depth"]:6.3f} '
+                  f'{flops["depth"] / flops["no depth"]:12.3f}', flush=True)
+    print('ratio = with depth / without (budget <= 1.5); DE = MonocularDepth(prior) on the LR input; GFLOP ratio: '
+          'convolutions and matmuls counted by torch.utils.flop_counter (elementwise work not included)')
 
 
 def ssr_sampling(args, device, dtype):
