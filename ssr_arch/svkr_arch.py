@@ -121,22 +121,31 @@ class SVKR(nn.Module):
         size = tuple(lr.shape[-2:])
         depth = self.estimate_depth(lr, size)  # D⁰ = DE(I⁰), I⁰ = LR
         kernel = self.kernel_net(lr, depth)  # K⁰
-        depths, kernels, srs = [depth], [kernel], []
+        # the k²-channel kernel maps (441 channels) are the largest tensors here: without return_all only
+        # the current one (and, while mixing, the new estimate) is kept alive
+        depths, kernels, srs = ([depth], [kernel], []) if return_all else (None, None, None)
         sr = None
         if return_all or self.num_iter == 0:
             sr = self.sr_net(lr, kernel)
-            srs.append(sr)
+            if return_all:
+                srs.append(sr)
         for t in range(self.num_iter):
             if t == 0:
                 new_kernel = kernel  # D¹ = DE(I⁰) = D⁰, hence KE(LR, D¹) = K⁰
             else:
                 depth = self.estimate_depth(sr, size)
                 new_kernel = self.kernel_net(lr, depth)
-            kernel = self.gamma * new_kernel + (1.0 - self.gamma) * kernel
+            # γ·Kᵗ⁺¹ + (1 − γ)·Kᵗ with one temporary map instead of three (the same sums to the bit)
+            mixed = self.gamma * new_kernel
+            del new_kernel
+            kernel = mixed.add_((1.0 - self.gamma) * kernel)
+            del mixed
+            sr = None  # Iᵗ was only needed for Dᵗ⁺¹
             sr = self.sr_net(lr, kernel)
-            depths.append(depth)
-            kernels.append(kernel)
-            srs.append(sr)
+            if return_all:
+                depths.append(depth)
+                kernels.append(kernel)
+                srs.append(sr)
         out = {'depth': depth, 'kernel': kernel, 'sr': sr}
         if return_all:
             out.update(depths=depths, kernels=kernels, srs=srs)

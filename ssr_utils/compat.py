@@ -287,3 +287,29 @@ def end_distributed():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# glibc malloc (all versions; measured with 2.36): memory freed into the heap stays resident, only
+# the top of the heap goes back to the system. Tensors below glibc's mmap threshold (dynamic, up to
+# 32 MB) live in that heap, so a long CPU run of differently shaped windows leaves it fragmented:
+# in tiled SVKR 65-135 MB stayed resident that no tensor used (docs/inference.md, Speed and memory;
+# `bench_inference.py --trace`). malloc_trim(0) hands the free pages back; elsewhere there is no
+# such call and nothing is done.
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    import ctypes
+    try:
+        fn = ctypes.CDLL('libc.so.6').malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def release_free_heap():
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``). True if memory was released;
+    False where nothing was free or the C library has no such call. Costs about a millisecond."""
+    fn = _malloc_trim()
+    return bool(fn(0)) if fn is not None else False
