@@ -173,6 +173,18 @@ def apply_orientation(arr, orientation):
     return arr
 
 
+def imdecode_upright(data):
+    """OpenCV's ``IMREAD_UNCHANGED`` decode (BGR[A] or gray, the file's dtype) turned upright by its EXIF
+    orientation. Returns ``(array or None, orientation)``."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    orientation = exif_orientation(data)
+    # OpenCV's TIFF decoder applies the orientation tag itself (checked with OpenCV 5.0: all eight values,
+    # 8/16-bit and float); for JPEG / PNG / WebP ``IMREAD_UNCHANGED`` leaves it to us
+    if arr is not None and data[:4] not in (b'II*\0', b'MM\0*'):
+        arr = np.ascontiguousarray(apply_orientation(arr, orientation))
+    return arr, orientation
+
+
 def _to_unit_float(arr, path):
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0, 8
@@ -192,14 +204,9 @@ def decode_image(data, path='<bytes>'):
     if len(data) == 0:
         raise ImageReadError(path, 'empty file (0 bytes)')
     _check_complete(path, data)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr, orientation = imdecode_upright(data)
     if arr is None or arr.size == 0:
         raise ImageReadError(path, 'not a decodable image (corrupt, truncated or unsupported format)')
-    orientation = exif_orientation(data)
-    # OpenCV's TIFF decoder applies the orientation tag itself (checked with OpenCV 4.x-5.0, all eight
-    # values, 8/16-bit and float); for JPEG / PNG / WebP ``IMREAD_UNCHANGED`` leaves it to us
-    if data[:4] not in (b'II*\0', b'MM\0*'):
-        arr = apply_orientation(arr, orientation)
     img, bit_depth = _to_unit_float(arr, path)
     alpha = None
     if img.ndim == 3 and img.shape[2] == 1:
