@@ -257,6 +257,8 @@ class _LayerwiseTiles:
         tmp = f'{dst}.new'
         created = False
         self.sums.pop(tmp, None)
+        if residual == dst:  # may be overwritten in place (below): its sums start again
+            self.sums.pop(dst, None)
         for row in self.rows:
             pieces = []
             for t in row:
@@ -287,7 +289,13 @@ class _LayerwiseTiles:
                 if not created:
                     b, c = y.shape[:2]
                     hb, wb = self.store.shape(src)[-2:]
-                    self.store.create(tmp, (b, c, int(hb * ratio), int(wb * ratio)), self.dtype)
+                    shape = (b, c, int(hb * ratio), int(wb * ratio))
+                    # the residual is read at the tile's own core only, before the core is written: the
+                    # output may overwrite it in place (one image-size tensor less in the store)
+                    if residual is not None and residual == dst and self.store.shape(dst) == shape:
+                        tmp = dst
+                    else:
+                        self.store.create(tmp, shape, self.dtype)
                     created = True
                 self.store.write(tmp, oy0, ox0, y)
                 self._accumulate(tmp, y)
@@ -297,7 +305,8 @@ class _LayerwiseTiles:
         if sink is None:
             if not keep_src and src != residual:
                 self.drop(src)
-            self.store.rename(tmp, dst)
+            if tmp != dst:
+                self.store.rename(tmp, dst)
             self.sums[dst] = self.sums.pop(tmp)
             self.factor[dst] = f_out
 
