@@ -61,8 +61,12 @@ class LmdbWriter:
         self.commit_every = commit_every
         self._folder = atomic_directory(lmdb_path, overwrite=overwrite, report=report)
         self.build_path = self._folder.__enter__()
-        self.env = lmdb.open(self.build_path, map_size=map_size)
-        self.txn = self.env.begin(write=True)
+        try:
+            self.env = lmdb.open(self.build_path, map_size=map_size)
+            self.txn = self.env.begin(write=True)
+        except BaseException as err:
+            self._folder.__exit__(type(err), err, err.__traceback__)
+            raise
         self.meta = []
         self._pending = 0
         self._closed = False
