@@ -24,7 +24,6 @@ from ssr_utils import compat  # noqa: E402
 
 compat.apply()
 
-import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from ssr_data.degradations import SVDegradation  # noqa: E402
