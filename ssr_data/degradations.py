@@ -294,6 +294,21 @@ class SVDegradation:
     def _draw_quality(self, rng):
         return int(rng.integers(self.jpeg_range[0], self.jpeg_range[1] + 1))
 
+    def sample_kernels(self, num, seed=0, map_size=8):
+        """``num×k²`` per-pixel kernels drawn from this degradation's kernel distribution (e.g. to fit the
+        kernel PCA for it): ``kernel_params`` on ``map_size²`` LR maps whose depth is uniform in [0, 1]
+        per pixel, as many maps as needed; every map has its own per-image draws."""
+        rng = np.random.default_rng(seed)
+        out, have = [], 0
+        while have < num:
+            depth = torch.from_numpy(rng.uniform(0.0, 1.0, (map_size, map_size)).astype(np.float32))
+            smaj, smin, theta, _ = self.kernel_params(depth, rng)
+            kernels = K.anisotropic_gaussian_kernels(smaj.reshape(-1), smin.reshape(-1), theta.reshape(-1),
+                                                     self.kernel_size)
+            out.append(kernels.reshape(kernels.shape[0], -1))
+            have += kernels.shape[0]
+        return torch.cat(out)[:num]
+
     def __call__(self, gt, depth_hr, rng):
         """Degrade one sample.
 
