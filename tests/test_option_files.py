@@ -79,10 +79,15 @@ class FixtureData:
         return self._once('weights', make)
 
     def weights_folder(self):
+        """Stand-in for a Stable Diffusion folder with the files the start-up check requires (loading a real
+        diffusers folder is tested in test_ssr_unet.py and test_pipeline.py)."""
         def make():
             path = self.root / 'sd_folder'
             for sub in ('unet', 'vae', 'scheduler'):
                 (path / sub).mkdir(parents=True, exist_ok=True)
+            for sub in ('unet', 'vae'):
+                (path / sub / 'config.json').write_text('{}')
+                (path / sub / 'diffusion_pytorch_model.safetensors').write_bytes(b'')
             return str(path)
         return self._once('folder', make)
 
