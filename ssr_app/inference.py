@@ -29,10 +29,10 @@ from ssr_app.cli import MIN_TILE  # noqa: E402
 from ssr_pipelines import SSRPipeline  # noqa: E402
 from ssr_pipelines.pipeline_ssr import check_sampler, check_strength  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.install import find_option_file, project_root  # noqa: E402
 from ssr_utils.image_io import (image_to_tensor, list_images, read_image, tensor_to_image,  # noqa: E402
                                 upscale_alpha, write_image)
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 OUTPUT_EXTS = ('auto', 'png', 'jpg')
 
 
@@ -134,7 +134,7 @@ def prepare_options(opt):
     opt['rank'], opt['world_size'] = 0, 1
     opt.setdefault('path', {})
     opt.setdefault('model_type', 'SRModel')
-    check_options(opt, ROOT)
+    check_options(opt, project_root())
     return opt
 
 
@@ -144,7 +144,8 @@ def load_pipeline(opt_source=None, model_path=None, device=None, dtype=None):
         raise ValueError('load_pipeline: give exactly one of opt_source and model_path')
     if model_path is not None:
         return SSRPipeline.from_pretrained(model_path, device=device, dtype=dtype)
-    return SSRPipeline.from_options(prepare_options(load_options(opt_source)), device=device, dtype=dtype)
+    return SSRPipeline.from_options(prepare_options(load_options(find_option_file(opt_source))), device=device,
+                                    dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ engine
