@@ -4,7 +4,7 @@ They register every SSR component, check the option file before anything heavy s
 BasicSR makes any experiment or results folder), and hand over to BasicSR's own ``train_pipeline`` /
 ``test_pipeline``. Every problem found there stops with one line naming the file or the option key.
 The first line of every training and test log is the SSR version and, in a checkout, the git commit
-(``ssr_utils.install.version_line``). An ``-opt`` path that does not exist as typed is looked up in the
+(``ssr_utils.install.version_line``); TensorBoard gets the learning rates beside the losses. An ``-opt`` path that does not exist as typed is looked up in the
 repository root and among the shipped option files (``ssr_utils.install.find_option_file``), so the
 console commands ``ssr-train -opt options/train_ssr_demo.yml`` work from any directory.
 """
@@ -20,6 +20,7 @@ compat.apply()
 
 import basicsr.test as bsr_test  # noqa: E402
 import basicsr.train as bsr_train  # noqa: E402
+from basicsr.utils import MessageLogger  # noqa: E402
 from basicsr.utils.options import ordered_yaml, parse_options  # noqa: E402
 
 import ssr_arch  # noqa: E402,F401
@@ -93,12 +94,26 @@ def checked_parse_options(root_path, is_train=True):
     return opt, args
 
 
+class LearningRateMessageLogger(MessageLogger):
+    """BasicSR's training message logger that also writes the learning rates to TensorBoard
+    (``train/learning_rate``; ``train/learning_rate_<i>`` for the i-th further optimizer) at every printed
+    iteration; BasicSR's own logger prints them only."""
+
+    def __call__(self, log_vars):
+        if self.tb_logger is not None and self.use_tb_logger and 'debug' not in self.exp_name:
+            for i, lr in enumerate(log_vars.get('lrs') or []):
+                tag = 'train/learning_rate' if i == 0 else f'train/learning_rate_{i}'
+                self.tb_logger.add_scalar(tag, float(lr), log_vars['iter'])
+        super().__call__(log_vars)
+
+
 _BASICSR_ENV_INFO = bsr_train.get_env_info
 
 
 def train(root_path):
     bsr_train.parse_options = checked_parse_options
     bsr_train.get_env_info = env_info_with_version(_BASICSR_ENV_INFO)
+    bsr_train.MessageLogger = LearningRateMessageLogger
     bsr_train.train_pipeline(osp.abspath(root_path))
     compat.end_distributed()
 
