@@ -301,8 +301,7 @@ def stage_names():
 
 def _assert_tensorboard_has_lr_and_images(log_dir, dataset, image, with_sr=True):
     """The event files hold the learning rate at every printed iteration and the LR, GT and SR (or, for the
-    kernel estimator, the kernel-variance map) images of the validation image side by side (LR at LR size, the
-    others at HR size)."""
+    kernel estimator, the kernel-variance map) images of the validation image side by side."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(log_dir, size_guidance={'images': 0, 'scalars': 0})
     events.Reload()
@@ -315,7 +314,9 @@ def _assert_tensorboard_has_lr_and_images(log_dir, dataset, image, with_sr=True)
         assert tag in tags, sorted(tags)
         entry = events.Images(tag)[0]
         sizes[kind] = (entry.height, entry.width)
-    assert sizes['gt'] == sizes['sr' if with_sr else 'kvar'] == (4 * sizes['lr'][0], 4 * sizes['lr'][1])
+    assert sizes['gt'] == (4 * sizes['lr'][0], 4 * sizes['lr'][1])
+    # the SR at HR size; the kernel estimator's kernel-variance map at the size of its kernel map (LR)
+    assert sizes['sr'] == sizes['gt'] if with_sr else sizes['kvar'] == sizes['lr']
 
 
 def test_stages_train_auto_resume_and_test_through_launchers(tmp_path, stage_names):
