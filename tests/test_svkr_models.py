@@ -139,7 +139,10 @@ def test_dkenet_model_trains_resumes_validates(tmp_path):
     vis = osp.join(opt['path']['visualization'], 'img00')
     assert sorted(os.listdir(vis)) == ['img00_7_depth.png', 'img00_7_kvar.png', 'img00_7_kvar_gt.png']
     assert 'metrics/val/kernel_psnr' in tb.scalars
-    assert set(tb.images) == {'val/val/img00/depth', 'val/val/img00/kvar', 'val/val/img00/kvar_gt'}
+    # the LR input and the ground truth beside the maps, logged once (not again at the next validation)
+    assert set(tb.images) == {f'val/val/img00/{k}' for k in ('depth', 'kvar', 'kvar_gt', 'lr', 'gt')}
+    again = _validate(model, _TinySet(2, name='val'))
+    assert set(again.images) == {f'val/val/img00/{k}' for k in ('depth', 'kvar', 'kvar_gt')}
 
 
 def test_nbsr_model_trains_resumes_validates(tmp_path):
