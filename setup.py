@@ -34,6 +34,23 @@ EXTRAS_REQUIRE = {
     'test': ['pytest>=7'],
 }
 
+CONSOLE_SCRIPTS = [
+    'ssr-train = ssr_app.console:train',
+    'ssr-test = ssr_app.console:test',
+    'ssr-infer = ssr_app.console:infer',
+    'ssr-export = ssr_app.console:export',
+    'ssr-create-lmdb = ssr_app.console:create_lmdb',
+    'ssr-make-sv-testset = ssr_app.console:make_sv_testset',
+    'ssr-fit-kernel-pca = ssr_app.console:fit_kernel_pca',
+    'ssr-make-depth-lmdb = ssr_app.console:make_depth_lmdb',
+    'ssr-prepare-demo-data = ssr_app.console:prepare_demo_data',
+    'ssr-options = ssr_app.console:options',
+]
+
+# options/*.yml and the command-line scripts travel with an installed package (as ``ssr_options`` and
+# ``ssr_scripts``), so the console commands find them outside a checkout (ssr_utils.install)
+SHIPPED_FOLDERS = {'ssr_options': 'options', 'ssr_scripts': 'scripts'}
+
 setup(
     name='ssr-basicsr',
     version=read_version(),
@@ -43,7 +60,10 @@ setup(
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
     packages=find_packages(include=['ssr_arch', 'ssr_data', 'ssr_models', 'ssr_pipelines', 'ssr_app', 'ssr_utils',
-                                    'ssr_utils.*']),
+                                    'ssr_utils.*']) + list(SHIPPED_FOLDERS),
+    package_dir=SHIPPED_FOLDERS,
+    package_data={'ssr_options': ['*.yml'], 'ssr_scripts': ['*.py']},
+    entry_points={'console_scripts': CONSOLE_SCRIPTS},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     license='Apache-2.0',

@@ -1,6 +1,7 @@
 """Build ``datasets/demo/`` from the real photographs that scikit-image ships (no download).
 
     python scripts/prepare_demo_data.py [--root datasets/demo] [--overwrite]
+    ssr-prepare-demo-data                  # installed package: datasets/demo under the current directory
 
 Writes (docs/interfaces.md §6): ``hr.lmdb`` (HR sub-images), ``depth.lmdb`` (same keys, 16-bit depth of the
 weight-free prior, computed on each full photograph and cut like the HR), ``val_x4/`` (a fixed spatially
@@ -34,6 +35,7 @@ from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_data import kernels as K  # noqa: E402
 from ssr_data.lmdb_util import LmdbWriter, extract_subimages  # noqa: E402
 from ssr_data.ssr_degradation_dataset import encode_depth_png  # noqa: E402
+from ssr_utils.install import project_root  # noqa: E402
 
 # photographs only (no synthetic images); chelsea and coffee are held out for validation
 TRAIN_PHOTOS = ('astronaut', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'retina')
@@ -58,7 +60,7 @@ def _rgb_tensor(img_bgr):
     return torch.from_numpy(np.ascontiguousarray(img_bgr[:, :, ::-1].transpose(2, 0, 1))).float().div_(255.0)[None]
 
 
-def prepare_demo_data(root=osp.join(ROOT, 'datasets', 'demo'), train_photos=TRAIN_PHOTOS, val_photos=VAL_PHOTOS,
+def prepare_demo_data(root=osp.join(project_root(), 'datasets', 'demo'), train_photos=TRAIN_PHOTOS, val_photos=VAL_PHOTOS,
                       max_side=512, crop_size=192, step=160, val_crop=128, val_per_photo=2, scale=4,
                       kernel_size=21, pca_dim=10, pca_samples=20000, seed=0, overwrite=False, show_progress=True):
     """Build the demo data under ``root``; every size is an argument so tests can make a tiny copy."""
@@ -101,7 +103,8 @@ def prepare_demo_data(root=osp.join(ROOT, 'datasets', 'demo'), train_photos=TRAI
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--root', default=osp.join(ROOT, 'datasets', 'demo'))
+    parser.add_argument('--root', default=osp.join(project_root(), 'datasets', 'demo'),
+                        help='default: datasets/demo under the repository root (installed: the current directory)')
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args(argv)
     start = time.time()

@@ -1,6 +1,9 @@
 """Command-line parsers of the applications (``scripts/inference_ssr.py``, ``scripts/export_model.py``)."""
 import argparse
 
+# the smallest --tile (LR pixels): smaller windows are all overlap and context, and take minutes for nothing
+MIN_TILE = 8
+
 INFERENCE_USAGE = """Super-resolve an image or a folder with SSR (or only its SVKR stage).
 
     python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i photos/ -o results/photos_sr
@@ -9,10 +12,11 @@ INFERENCE_USAGE = """Super-resolve an image or a folder with SSR (or only its SV
     python scripts/inference_ssr.py -opt experiments/train_SSR_x4 -i big.png -o out --tile 128 --tile-overlap 16
 
 ``--model_path`` is a model folder (``scripts/export_model.py`` makes one; ``SSRPipeline.save_pretrained``);
-``-opt`` an option file or an experiment folder. Outputs ``<out>/<input stem>.png`` (16-bit when the input is
-16-bit, gray when it is gray, alpha carried through and upscaled separately). Files that cannot be read or
-processed are reported and skipped; the exit status is 1 when anything was skipped, 2 for bad arguments.
-See docs/inference.md.
+``-opt`` an option file or an experiment folder. Outputs ``<out>/<input stem>[_<suffix>].<ext>`` (16-bit when
+the input is 16-bit and the output PNG, gray when it is gray, alpha carried through and upscaled separately;
+``_seed<N>`` added per sample with ``--num_samples``). On CUDA the networks run in fp16 autocast unless
+``--fp32``. Files that cannot be read or processed are reported and skipped; the exit status is 1 when
+anything was skipped, 2 for bad arguments or an empty input folder. See docs/inference.md.
 """
 
 EXPORT_USAGE = """Write a self-contained SSR model folder (SSRPipeline.save_pretrained) from training results.
@@ -28,8 +32,16 @@ Then: python scripts/inference_ssr.py --model_path <folder> -i <images> -o <out>
 """
 
 
-def build_inference_parser():
-    p = argparse.ArgumentParser(description=INFERENCE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line naming the flag (``<prog>: error: argument --tile: ...``),
+    exit status 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def build_inference_parser(prog=None):
+    p = OneLineParser(prog=prog, description=INFERENCE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument('--model_path', '--model-path', dest='model_path',
                         help='a model folder (scripts/export_model.py, SSRPipeline.save_pretrained)')
@@ -37,20 +49,36 @@ def build_inference_parser():
                         'experiment folder')
     p.add_argument('-i', '--input', required=True, help='an image or a folder of images')
     p.add_argument('-o', '--output', required=True, help='output folder')
-    p.add_argument('--scale', type=float, default=None,
+    p.add_argument('-s', '--outscale', '--scale', dest='scale', type=float, default=None,
                    help='output scale; default: the network scale (other values resize its result)')
+    p.add_argument('--ext', default='auto', choices=('auto', 'png', 'jpg'),
+                   help='output format: auto = jpg for JPEG inputs, png otherwise (png whenever the input has '
+                   'alpha); default auto')
+    p.add_argument('--suffix', default='', help='output name <stem>_<suffix>.<ext> (default: no suffix)')
     p.add_argument('--steps', type=int, default=None, help='sampling steps (default: the model\'s)')
     p.add_argument('--seed', type=int, default=None, help='sampling seed (default: the model\'s)')
-    p.add_argument('--tile', type=int, default=0, help='tile size in LR pixels; 0 = no tiling')
-    p.add_argument('--tile-overlap', type=int, default=16, help='overlap of neighbouring tiles in LR pixels')
+    p.add_argument('--sampler', default=None, choices=('ddim', 'dpmsolver++'),
+                   help='diffusion sampler (default: the model\'s)')
+    p.add_argument('--strength', type=float, default=None,
+                   help='in (0, 1]: 1 samples from noise; below 1 starts from the noised LR latent and runs the '
+                   'last int(steps·strength) steps (default: the model\'s)')
+    p.add_argument('--num_samples', '--num-samples', dest='num_samples', type=int, default=1,
+                   help='samples per image, seeds seed, seed+1, ...; written as <stem>_seed<seed>.<ext>')
+    p.add_argument('--tile', type=int, default=None,
+                   help=f'tile size in LR pixels (>= {MIN_TILE}); default: no tiling')
+    p.add_argument('--tile-overlap', '--tile_overlap', '--tile_pad', '--tile-pad', dest='tile_overlap', type=int,
+                   default=None, help='overlap of neighbouring tiles in LR pixels (default: min(16, tile / 4); '
+                   '--tile_pad is accepted for Real-ESRGAN users)')
     half = p.add_mutually_exclusive_group()
-    half.add_argument('--fp16', action='store_true', help='float16 autocast (GPU only)')
+    half.add_argument('--fp32', action='store_true', help='float32 on the GPU too (default there: fp16 autocast)')
+    half.add_argument('--fp16', action='store_true', help='float16 autocast (GPU only; the default on CUDA)')
     half.add_argument('--bf16', action='store_true', help='bfloat16 autocast (GPU only)')
-    p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
-    p.add_argument('--color-fix', choices=('none', 'adain', 'wavelet'), default=None,
-                   help='colour correction against the LR input (default: the model\'s)')
-    p.add_argument('--svkr-only', action='store_true', help='the SVKR result I^T only (no diffusion; fast)')
-    p.add_argument('--save-maps', action='store_true',
+    p.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps')
+    p.add_argument('--color-fix', '--color_fix', dest='color_fix', choices=('none', 'adain', 'wavelet'),
+                   default=None, help='colour correction against the LR input (default: the model\'s)')
+    p.add_argument('--svkr-only', '--svkr_only', dest='svkr_only', action='store_true',
+                   help='the SVKR result I^T only (no diffusion; fast)')
+    p.add_argument('--save-maps', '--save_maps', dest='save_maps', action='store_true',
                    help='also write <stem>_depth.png and <stem>_kernel_var.png (kernel-variance heat map)')
     p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
     return p

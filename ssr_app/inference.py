@@ -25,12 +25,15 @@ compat.apply()
 from basicsr.utils import get_root_logger  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
+from ssr_app.cli import MIN_TILE  # noqa: E402
 from ssr_pipelines import SSRPipeline  # noqa: E402
+from ssr_pipelines.pipeline_ssr import check_sampler, check_strength  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.install import find_option_file, project_root  # noqa: E402
 from ssr_utils.image_io import (image_to_tensor, list_images, read_image, tensor_to_image,  # noqa: E402
                                 upscale_alpha, write_image)
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+OUTPUT_EXTS = ('auto', 'png', 'jpg')
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -62,22 +65,61 @@ def load_options(source):
     return opt
 
 
-def resolve_device(name):
-    """``auto`` -> cuda when available else cpu; ``cuda:N`` selects GPU N."""
+def _mps_available():
+    mps = getattr(torch.backends, 'mps', None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name, flag='--device'):
+    """``auto`` -> cuda, else mps, else cpu; ``cuda:N`` selects GPU N; ``mps`` where Apple's Metal is absent
+    falls back to the CPU with a warning (as Real-ESRGAN and diffusers scripts do); an explicit ``cuda``
+    without CUDA stops (a user who names a GPU wants to know it is not used)."""
     if name in (None, 'auto'):
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        if torch.cuda.is_available():
+            return torch.device('cuda')
+        return torch.device('mps') if _mps_available() else torch.device('cpu')
     try:
         device = torch.device(name)
-    except RuntimeError:
-        raise OptionError('--device', name, 'expected auto, cpu, cuda or cuda:N') from None
+    except (RuntimeError, TypeError):
+        raise OptionError(flag, name, 'expected auto, cpu, cuda, cuda:N or mps') from None
     if device.type == 'cuda':
         if not torch.cuda.is_available():
-            raise OptionError('--device', name, 'CUDA is not available on this machine')
+            raise OptionError(flag, name, 'CUDA is not available on this machine (use --device auto or cpu)')
         if device.index is not None:
+            if device.index >= torch.cuda.device_count():
+                raise OptionError(flag, name, f'this machine has {torch.cuda.device_count()} CUDA device(s)')
             torch.cuda.set_device(device.index)
+    elif device.type == 'mps':
+        if not _mps_available():
+            get_root_logger().warning(f'{flag} {name}: MPS is not available on this machine; running on the CPU')
+            return torch.device('cpu')
     elif device.type != 'cpu':
-        raise OptionError('--device', name, 'expected auto, cpu, cuda or cuda:N')
+        raise OptionError(flag, name, 'expected auto, cpu, cuda, cuda:N or mps')
     return device
+
+
+def default_precision(device, fp32=False, fp16=False, bf16=False):
+    """The CLI's precision: fp16 autocast on CUDA unless ``--fp32`` (Real-ESRGAN's default), float32 elsewhere;
+    ``--fp16`` / ``--bf16`` asked for on a non-CUDA device stop with the flag named."""
+    asked = 'fp16' if fp16 else 'bf16' if bf16 else None
+    if asked is not None and device.type != 'cuda':
+        raise OptionError(f'--{asked}', True, f'half precision needs a CUDA device (device is {device}; '
+                          'leave the flag out there)')
+    if fp32:
+        return 'fp32'
+    return asked or ('fp16' if device.type == 'cuda' else 'fp32')
+
+
+def output_extension(ext, input_path, has_alpha):
+    """``--ext``: ``png`` / ``jpg`` as asked (png for an input with alpha, which JPEG cannot hold, as
+    Real-ESRGAN does); ``auto``: jpg for a JPEG input, png otherwise."""
+    if ext not in OUTPUT_EXTS:
+        raise OptionError('--ext', ext, f'expected one of {", ".join(OUTPUT_EXTS)}')
+    if has_alpha:
+        return 'png'
+    if ext == 'auto':
+        return 'jpg' if osp.splitext(input_path)[1].lower() in ('.jpg', '.jpeg') else 'png'
+    return ext
 
 
 def prepare_options(opt):
@@ -92,7 +134,7 @@ def prepare_options(opt):
     opt['rank'], opt['world_size'] = 0, 1
     opt.setdefault('path', {})
     opt.setdefault('model_type', 'SRModel')
-    check_options(opt, ROOT)
+    check_options(opt, project_root())
     return opt
 
 
@@ -102,26 +144,62 @@ def load_pipeline(opt_source=None, model_path=None, device=None, dtype=None):
         raise ValueError('load_pipeline: give exactly one of opt_source and model_path')
     if model_path is not None:
         return SSRPipeline.from_pretrained(model_path, device=device, dtype=dtype)
-    return SSRPipeline.from_options(prepare_options(load_options(opt_source)), device=device, dtype=dtype)
+    return SSRPipeline.from_options(prepare_options(load_options(find_option_file(opt_source))), device=device,
+                                    dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ engine
+def check_tiling(tile, tile_overlap):
+    """``(tile, overlap)`` of the CLI: ``tile`` None = no tiling (0, 0); otherwise at least ``MIN_TILE`` LR
+    pixels, and the overlap (default ``min(16, tile // 4)``) in ``[0, tile)``."""
+    if tile is None:
+        return 0, int(tile_overlap or 0)
+    if tile <= 0:
+        raise OptionError('--tile', tile, 'must be a positive tile size in LR pixels (leave --tile out for no tiling)')
+    if tile < MIN_TILE:
+        raise OptionError('--tile', tile, f'too small to run: at least {MIN_TILE} LR pixels (every window also '
+                          'carries its overlap and context; use the largest tile that fits the memory)')
+    if tile_overlap is None:
+        tile_overlap = min(16, tile // 4)
+    if tile_overlap < 0:
+        raise OptionError('--tile-overlap', tile_overlap, 'must be >= 0')
+    if tile_overlap >= tile:
+        raise OptionError('--tile-overlap', tile_overlap, f'must be smaller than --tile {tile}')
+    return int(tile), int(tile_overlap)
+
+
 class Inferencer:
     """One loaded pipeline; ``process(path, out_dir)`` super-resolves one file and writes the outputs."""
 
-    def __init__(self, pipeline, svkr_only=False, precision='fp32', tile=0, tile_overlap=16, steps=None, seed=None,
-                 color_fix_method=None, scale=None, save_maps=False, progress=True):
-        if tile and tile_overlap >= tile:
-            raise OptionError('--tile-overlap', tile_overlap, f'must be smaller than --tile {tile}')
-        if tile_overlap < 0:
-            raise OptionError('--tile-overlap', tile_overlap, 'must be >= 0')
+    def __init__(self, pipeline, svkr_only=False, precision='fp32', tile=None, tile_overlap=None, steps=None, seed=None,
+                 color_fix_method=None, scale=None, save_maps=False, progress=True, sampler=None, strength=None,
+                 num_samples=1, ext='png', suffix=''):
+        tile, tile_overlap = check_tiling(tile, tile_overlap)
         if steps is not None and steps < 1:
             raise OptionError('--steps', steps, 'must be >= 1')
         if scale is not None and scale <= 0:
-            raise OptionError('--scale', scale, 'must be > 0')
+            raise OptionError('--outscale', scale, 'must be > 0')
+        if num_samples < 1:
+            raise OptionError('--num_samples', num_samples, 'must be >= 1')
+        if svkr_only and num_samples > 1:
+            raise OptionError('--num_samples', num_samples, 'the SVKR result (--svkr-only) is deterministic: one '
+                              'sample')
+        if svkr_only and (sampler is not None or strength is not None):
+            raise OptionError('--sampler' if sampler is not None else '--strength',
+                              sampler if sampler is not None else strength, 'has no effect with --svkr-only')
+        if sampler is not None:
+            check_sampler(sampler, '--sampler')
+        if strength is not None:
+            strength = check_strength(strength, '--strength')
+        if ext not in OUTPUT_EXTS:
+            raise OptionError('--ext', ext, f'expected one of {", ".join(OUTPUT_EXTS)}')
+        if suffix and (os.sep in suffix or (os.altsep and os.altsep in suffix)):
+            raise OptionError('--suffix', suffix, 'must not contain a path separator')
+        self.sampler, self.strength, self.num_samples, self.ext, self.suffix = \
+            sampler, strength, int(num_samples), ext, suffix
         self.pipeline = pipeline
         self.svkr_only, self.dtype = svkr_only, None if precision == 'fp32' else precision
-        self.tile, self.tile_overlap = int(tile or 0), int(tile_overlap)
+        self.tile, self.tile_overlap = tile, tile_overlap
         self.steps, self.seed, self.color_fix, self.save_maps, self.progress = \
             steps, seed, color_fix_method, save_maps, progress
         if svkr_only and pipeline.svkr is None:
@@ -141,15 +219,26 @@ class Inferencer:
             get_root_logger().info(f'inference: the network is ×{self.net_scale}; outputs are resized to '
                                    f'×{self.out_scale:g} (--scale)')
 
+    def seeds(self):
+        """The seed of each sample: ``--seed`` (else the model's), then +1, +2, ... for ``--num_samples``."""
+        base = self.seed if self.seed is not None else self.pipeline.seed
+        return [int(base) + k for k in range(self.num_samples)]
+
+    def output_stem(self, path):
+        """``<input stem>`` or ``<input stem>_<suffix>``: the name every output of ``path`` starts with."""
+        stem = osp.splitext(osp.basename(path))[0]
+        return f'{stem}_{self.suffix}' if self.suffix else stem
+
     @torch.no_grad()
-    def super_resolve(self, lr, out=None):
+    def super_resolve(self, lr, out=None, seed=None):
         """1×3×h×w RGB [0, 1] (CPU) -> ``SSRPipelineOutput`` with the result on the CPU. ``out``: optional CPU
         float32 tensor 1×3×(h·s)×(w·s) (e.g. a view of the output image) the result is written into."""
         if self.svkr_only:
             return self.pipeline.svkr_only(lr, tile=self.tile, tile_overlap=self.tile_overlap, dtype=self.dtype,
                                            return_maps=self.save_maps, progress=self.progress, out=out,
                                            out_device='cpu')
-        return self.pipeline(lr, num_inference_steps=self.steps, seed=self.seed, tile=self.tile,
+        return self.pipeline(lr, num_inference_steps=self.steps, seed=self.seed if seed is None else seed,
+                             strength=self.strength, sampler=self.sampler, tile=self.tile,
                              tile_overlap=self.tile_overlap, color_fix=self.color_fix, dtype=self.dtype,
                              return_maps=self.save_maps, progress=self.progress, out=out, out_device='cpu')
 
@@ -160,66 +249,81 @@ class Inferencer:
         img = read_image(path)
         lr = image_to_tensor(img.rgb)
         h, w = img.shape
-        # tiled runs write their rows straight into the output image (H×W×3), so no second HR-size copy
-        sr = np.empty((h * self.net_scale, w * self.net_scale, 3), dtype=np.float32)
-        sr_view = torch.from_numpy(sr).permute(2, 0, 1)[None]
-        out = self.super_resolve(lr, out=sr_view)
-        if out.images.data_ptr() != sr_view.data_ptr():
-            sr = tensor_to_image(out.images)
-        depth, kvar = out.depth, out.kernel_variance
-        del out, sr_view
-        for r in range(0, sr.shape[0], 512):
-            rows = sr[r:r + 512]
-            if not np.isfinite(rows).all():
-                raise RuntimeError('the network produced non-finite values')
-            np.clip(rows, 0, 1, out=rows)
         size = (int(round(h * self.out_scale)), int(round(w * self.out_scale)))
-        if tuple(sr.shape[:2]) != size:
-            interp = cv2.INTER_AREA if size[0] < sr.shape[0] else cv2.INTER_CUBIC
-            sr = np.clip(cv2.resize(sr, (size[1], size[0]), interpolation=interp), 0, 1)
         alpha = upscale_alpha(img.alpha, size) if img.alpha is not None else None
-        stem = osp.splitext(osp.basename(path))[0]
-        written = [write_image(osp.join(out_dir, f'{stem}.png'), sr, alpha, img.bit_depth, img.gray)]
-        if self.save_maps:
-            if depth is not None:
-                dimg = depth_image(depth.cpu(), size=size)
-                written.append(write_image(osp.join(out_dir, f'{stem}_depth.png'), dimg[..., ::-1] / 255.0))
-            if kvar is not None:
-                kv = F.interpolate(kvar.float().cpu(), size=size, mode='nearest')[0, 0]
-                kimg = colorize(kv)
-                written.append(write_image(osp.join(out_dir, f'{stem}_kernel_var.png'), kimg[..., ::-1] / 255.0))
+        ext = output_extension(self.ext, path, alpha is not None)
+        name = self.output_stem(path)
+        written = []
+        for k, seed in enumerate(self.seeds()):
+            # tiled runs write their rows straight into the output image (H×W×3), so no second HR-size copy
+            sr = np.empty((h * self.net_scale, w * self.net_scale, 3), dtype=np.float32)
+            sr_view = torch.from_numpy(sr).permute(2, 0, 1)[None]
+            out = self.super_resolve(lr, out=sr_view, seed=seed)
+            if out.images.data_ptr() != sr_view.data_ptr():
+                sr = tensor_to_image(out.images)
+            depth, kvar = out.depth, out.kernel_variance
+            del out, sr_view
+            for r in range(0, sr.shape[0], 512):
+                rows = sr[r:r + 512]
+                if not np.isfinite(rows).all():
+                    raise RuntimeError('the network produced non-finite values')
+                np.clip(rows, 0, 1, out=rows)
+            if tuple(sr.shape[:2]) != size:
+                interp = cv2.INTER_AREA if size[0] < sr.shape[0] else cv2.INTER_CUBIC
+                sr = np.clip(cv2.resize(sr, (size[1], size[0]), interpolation=interp), 0, 1)
+            target = f'{name}_seed{seed}.{ext}' if self.num_samples > 1 else f'{name}.{ext}'
+            written.append(write_image(osp.join(out_dir, target), sr, alpha, img.bit_depth, img.gray))
+            del sr
+            if self.save_maps and k == 0:  # the maps come from the SVKR: the same for every seed
+                if depth is not None:
+                    dimg = depth_image(depth.cpu(), size=size)
+                    written.append(write_image(osp.join(out_dir, f'{name}_depth.png'), dimg[..., ::-1] / 255.0))
+                if kvar is not None:
+                    kv = F.interpolate(kvar.float().cpu(), size=size, mode='nearest')[0, 0]
+                    kimg = colorize(kv)
+                    written.append(write_image(osp.join(out_dir, f'{name}_kernel_var.png'),
+                                               kimg[..., ::-1] / 255.0))
         return written
 
 
 def run(args):
-    """Run the CLI; returns the exit status (0: all done, 1: something skipped, 2: bad arguments)."""
+    """Run the CLI; returns the exit status (0: all done, 1: something skipped, 2: bad arguments or nothing to
+    do)."""
     logger = get_root_logger()
-    precision = 'fp16' if args.fp16 else 'bf16' if args.bf16 else 'fp32'
     try:
         files = list_images(args.input)
+        if not files:
+            raise OptionError('--input', args.input, 'the folder holds no files to super-resolve')
         device = resolve_device(args.device)
-        if precision != 'fp32' and device.type != 'cuda':
-            raise OptionError(f'--{precision}', True, f'half precision needs a CUDA device (device is {device})')
+        precision = default_precision(device, getattr(args, 'fp32', False), args.fp16, args.bf16)
+        check_tiling(args.tile, args.tile_overlap)  # before the (slow) model load
         pipeline = load_pipeline(args.opt, args.model_path, device)
         engine = Inferencer(pipeline, args.svkr_only, precision, args.tile, args.tile_overlap, args.steps, args.seed,
-                            args.color_fix, args.scale, args.save_maps, progress=not args.quiet)
+                            args.color_fix, args.scale, args.save_maps, progress=not args.quiet,
+                            sampler=args.sampler, strength=args.strength, num_samples=args.num_samples,
+                            ext=args.ext, suffix=args.suffix)
     except (OptionError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         msg = err.code if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
         print(f'inference_ssr: {msg}', flush=True)
         return 2
+    if device.type == 'cuda' or precision != 'fp32':
+        logger.info(f'inference: {device}, precision {precision}' + (' (--fp32 for float32)' if precision == 'fp16'
+                                                                     else ''))
     os.makedirs(args.output, exist_ok=True)
     done, skipped, seen = OrderedDict(), OrderedDict(), {}
     interrupted = False
     for path in tqdm(files, desc='images', unit='img', disable=args.quiet):
-        stem = osp.splitext(osp.basename(path))[0]
-        target = osp.abspath(osp.join(args.output, f'{stem}.png'))
-        if stem in seen:
-            skipped[path] = f'output name {stem}.png is already taken by {seen[stem]}'
+        name = engine.output_stem(path)
+        if name in seen:
+            skipped[path] = f'output name {name} is already taken by {seen[name]}'
             continue
-        if osp.exists(target) and osp.samefile(target, path):
-            skipped[path] = f'output {target} would overwrite the input; choose another -o folder'
+        inputs_overwritten = [t for t in (osp.join(args.output, f'{name}.{e}') for e in ('png', 'jpg'))
+                              if osp.exists(t) and osp.samefile(t, path)]
+        if inputs_overwritten:
+            skipped[path] = f'output {osp.abspath(inputs_overwritten[0])} would overwrite the input; choose another ' \
+                '-o folder or a --suffix'
             continue
-        seen[stem] = path
+        seen[name] = path
         start = time.perf_counter()
         try:
             engine.process(path, args.output)

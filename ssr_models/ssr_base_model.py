@@ -22,7 +22,9 @@ What it adds to BasicSR's ``BaseModel``:
   optimizers and restored by ``resume_training``.
 * One validation loop: metrics from ``val: metrics`` through ``ssr_utils.evaluation.MetricSuite`` (image
   metrics on SR images, kernel PSNR on kernel maps; n/a where the data or the network has no such
-  input), images saved beside each other and logged to TensorBoard (``val: tb_images``, default 2).
+  input), images saved beside each other and logged to TensorBoard (``val: tb_images``, default 2: the SR
+  and its maps at every validation, the LR input and the ground truth once). The trainable / total
+  parameter counts of ``network_g`` are logged when the optimizer is set up (every stage).
 
 Old option keys stop at start-up with the new key's name: ``train: use_amp`` / ``amp_dtype`` ->
 ``train: amp``, ``train: max_nonfinite`` -> ``train: max_nonfinite_steps``, ``diffusion: amp`` -> ``train:
@@ -72,6 +74,12 @@ RENAMED_KEYS = {
 }
 
 
+def parameter_counts(net):
+    """``(trainable, total)`` numbers of parameters of ``net`` (shared parameters counted once)."""
+    params = {id(p): p for p in net.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def all_finite(state):
     """Whether every floating tensor of a state dict is finite."""
     return all(bool(torch.isfinite(v).all()) for v in state.values() if torch.is_floating_point(v))
@@ -102,6 +110,7 @@ class SSRBaseModel(BaseModel):
         self.output = None
         self.log_dict = OrderedDict()
         self._metric_suites = {}
+        self._tb_references = set()  # (dataset, image) whose LR / GT are in TensorBoard already
         self.load_network_g()
         self.setup_model()
         if self.is_train:
@@ -202,6 +211,9 @@ class SSRBaseModel(BaseModel):
                 logger.info(f'Params {name} are frozen (not optimized).')
         if not params:
             raise OptionError('network_g', self.opt['network_g'].get('type'), 'no trainable parameters')
+        n_train, n_total = parameter_counts(self.net_g)
+        logger.info(f'{type(self.bare_g).__name__}: {n_train:,} of {n_total:,} parameters trainable '
+                    f'({100.0 * n_train / max(n_total, 1):.2f}%)')
         optim_opt = deepcopy(self.opt['train']['optim_g'])
         optim_type = optim_opt.pop('type')
         self.optimizer_g = self.get_optimizer(optim_type, params, **optim_opt)
@@ -512,6 +524,8 @@ class SSRBaseModel(BaseModel):
                         sums[name + suffix] += value
                         counts[name + suffix] += 1
                 log_tb = tb_logger is not None and count < num_tb
+                if log_tb:
+                    self.log_tb_references(tb_logger, dataset_name, img_name, b, gt_img, current_iter)
                 images = self.validation_images(b) if (save_img or log_tb or self.wants_images) else {}
                 for suffix, img in images.items():
                     if save_img:
@@ -535,6 +549,20 @@ class SSRBaseModel(BaseModel):
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
         self.log_validation_results(current_iter, dataset_name, results, tb_logger)
         self.validation_end(dataset_name, suite, results)
+
+    def log_tb_references(self, tb_logger, dataset_name, img_name, b, gt_img, current_iter):
+        """The LR input (``val/<set>/<image>/lr``) and the ground truth (``.../gt``) of item ``b`` beside its SR in
+        TensorBoard; logged at the first validation only, as they do not change."""
+        if (dataset_name, img_name) in self._tb_references or not isinstance(current_iter, int):
+            return
+        self._tb_references.add((dataset_name, img_name))
+        tag = f'val/{dataset_name}/{img_name}'
+        lq = getattr(self, 'lq', None)
+        if lq is not None:
+            add_tb_image(tb_logger, f'{tag}/lr', tensor2img(lq[b:b + 1].detach().float().cpu(), rgb2bgr=True,
+                                                            min_max=(0, 1)), current_iter)
+        if gt_img is not None:
+            add_tb_image(tb_logger, f'{tag}/gt', gt_img, current_iter)
 
     def log_validation_results(self, current_iter, dataset_name, results, tb_logger):
         log_str = f'Validation {dataset_name}\n'

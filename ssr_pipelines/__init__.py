@@ -4,5 +4,6 @@ This layer sits above the networks (``ssr_arch``) and the data helpers (``ssr_da
 training models (``ssr_models``, which sample through it) and the applications (``ssr_app``).
 """
 from ssr_pipelines.pipeline_ssr import SSRPipeline, SSRPipelineOutput  # noqa: F401
+from ssr_utils.version import __version__  # noqa: F401
 
 __all__ = ['SSRPipeline', 'SSRPipelineOutput']

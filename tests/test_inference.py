@@ -55,7 +55,7 @@ def test_svkr_only_folder_with_odd_and_bad_files(models, tmp_path, capsys):
     for bad in ('corrupt.png', 'empty.jpg', 'readme.txt'):
         assert bad in text.split('Skipped:')[1]
     assert 'Done: 5 image(s)' in text
-    rgb = cv2.imread(osp.join(out, 'rgb.png'), cv2.IMREAD_UNCHANGED)
+    rgb = cv2.imread(osp.join(out, 'rgb.jpg'), cv2.IMREAD_UNCHANGED)  # --ext auto: a JPEG stays a JPEG
     assert rgb.shape == (52, 68, 3) and rgb.dtype == np.uint8
     gray = cv2.imread(osp.join(out, 'gray.png'), cv2.IMREAD_UNCHANGED)
     assert gray.shape == (52, 68)

@@ -1,4 +1,5 @@
 """The repository-root launchers on BasicSR's stock MSRResNet: train, kill, auto-resume, DDP, test."""
+import glob
 import os
 import os.path as osp
 import re
@@ -67,6 +68,7 @@ def test_train_then_test_launcher(experiment, tmp_path):
     assert sorted(os.listdir(models)) == ['net_g_4.pth', 'net_g_8.pth', 'net_g_latest.pth']
     assert osp.isdir(osp.join(ROOT, 'tb_logger', experiment.name))
     _load_generator(osp.join(models, 'net_g_latest.pth'))
+    _assert_log_starts_with_the_version(glob.glob(osp.join(experiment.root, f'train_{experiment.name}_*.log')))
     # the test launcher evaluates the trained model; results land under <root>/results/<name>
     with open(opt_path) as f:
         opt = yaml.safe_load(f)
@@ -82,6 +84,18 @@ def test_train_then_test_launcher(experiment, tmp_path):
     assert re.search(r'psnr: \d+\.\d+', proc.stdout)
     visual = osp.join(ROOT, 'results', experiment.name, 'visualization', 'smoke_test')
     assert len(os.listdir(visual)) == 8
+    _assert_log_starts_with_the_version(glob.glob(osp.join(ROOT, 'results', experiment.name, 'test_*.log')))
+
+
+def _assert_log_starts_with_the_version(logs):
+    """The first line of the one log: the SSR version and this checkout's git commit (``+dirty`` allowed)."""
+    from ssr_utils.version import __version__
+    assert len(logs) == 1, logs
+    first = open(logs[0]).readline()
+    head = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=ROOT, capture_output=True, text=True)
+    commit = head.stdout.strip() if head.returncode == 0 else 'unknown'
+    assert f'INFO: SSR {__version__} (git {commit}' in first, first
+    assert ROOT in first
 
 
 def test_sigkill_then_auto_resume_from_another_directory(experiment, tmp_path):

@@ -114,6 +114,32 @@ def test_frozen_base_is_bit_identical_while_amf_and_encoders_move(tmp_path, pca_
         assert moved, f'no {prefix} parameter changed'
 
 
+def test_trainable_fraction_is_logged(tmp_path, pca_path, base_dir):
+    """The model logs the fraction of network_g its optimizer trains (the frozen base is not in it)."""
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger('basicsr')
+    handler = Keep(level=logging.INFO)
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        model = _build(_opt(tmp_path, pca_path, pretrained=base_dir))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    params = list(model.bare_g.parameters())
+    n_train = sum(p.numel() for p in params if p.requires_grad)
+    n_total = sum(p.numel() for p in params)
+    assert 0 < n_train < n_total
+    line = f'SSRUNet: {n_train:,} of {n_total:,} parameters trainable ({100.0 * n_train / n_total:.2f}%)'
+    assert line in records, [r for r in records if 'trainable' in r]
+
+
 def test_tiny_model_overfits_one_batch(tmp_path, pca_path):
     opt = _opt(tmp_path, pca_path, lambda_kernel=0, lambda_depth=0, lambda_lr=0, optim_g=dict(type='Adam', lr=3e-3))
     opt['network_g']['freeze_vae'] = True

@@ -2,6 +2,7 @@
 import math
 import os
 import os.path as osp
+import re
 import shutil
 import sys
 import uuid
@@ -138,7 +139,10 @@ def test_dkenet_model_trains_resumes_validates(tmp_path):
     vis = osp.join(opt['path']['visualization'], 'img00')
     assert sorted(os.listdir(vis)) == ['img00_7_depth.png', 'img00_7_kvar.png', 'img00_7_kvar_gt.png']
     assert 'metrics/val/kernel_psnr' in tb.scalars
-    assert set(tb.images) == {'val/val/img00/depth', 'val/val/img00/kvar', 'val/val/img00/kvar_gt'}
+    # the LR input and the ground truth beside the maps, logged once (not again at the next validation)
+    assert set(tb.images) == {f'val/val/img00/{k}' for k in ('depth', 'kvar', 'kvar_gt', 'lr', 'gt')}
+    again = _validate(model, _TinySet(2, name='val'))
+    assert set(again.images) == {f'val/val/img00/{k}' for k in ('depth', 'kvar', 'kvar_gt')}
 
 
 def test_nbsr_model_trains_resumes_validates(tmp_path):
@@ -298,6 +302,26 @@ def stage_names():
             shutil.rmtree(osp.join(ROOT, folder, name), ignore_errors=True)
 
 
+def _assert_tensorboard_has_lr_and_images(log_dir, dataset, image, with_sr=True):
+    """The event files hold the learning rate at every printed iteration and the LR, GT and SR (or, for the
+    kernel estimator, the kernel-variance map) images of the validation image side by side."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(log_dir, size_guidance={'images': 0, 'scalars': 0})
+    events.Reload()
+    lrs = events.Scalars('train/learning_rate')
+    assert [e.step for e in lrs] == [1, 2] and all(e.value > 0 for e in lrs)
+    tags = set(events.Tags()['images'])
+    sizes = {}
+    for kind in ('lr', 'gt', 'sr' if with_sr else 'kvar'):
+        tag = f'val/{dataset}/{image}/{kind}'
+        assert tag in tags, sorted(tags)
+        entry = events.Images(tag)[0]
+        sizes[kind] = (entry.height, entry.width)
+    assert sizes['gt'] == (4 * sizes['lr'][0], 4 * sizes['lr'][1])
+    # the SR at HR size; the kernel estimator's kernel-variance map at the size of its kernel map (LR)
+    assert sizes['sr'] == sizes['gt'] if with_sr else sizes['kvar'] == sizes['lr']
+
+
 def test_stages_train_auto_resume_and_test_through_launchers(tmp_path, stage_names):
     data = _stage_data(tmp_path)
     tiny_ke = {'num_feat': [8, 12], 'num_depth_feat': [4, 6]}
@@ -313,7 +337,15 @@ def test_stages_train_auto_resume_and_test_through_launchers(tmp_path, stage_nam
     }
     for stage, (opt_file, net) in stages.items():
         name = stage_names[stage]
-        _run_stage(tmp_path, _shrink(opt_file, name, data, 2, **net))
+        out = _run_stage(tmp_path, _shrink(opt_file, name, data, 2, **net))
+        # every stage logs its trainable fraction (stage 3 with a frozen DKENet: a part of it)
+        frac = re.search(r'(\w+): ([\d,]+) of ([\d,]+) parameters trainable \(([\d.]+)%\)', out)
+        assert frac is not None, out[-3000:]
+        n_train, n_total = (int(frac.group(i).replace(',', '')) for i in (2, 3))
+        assert frac.group(1) == {'dkenet': 'DKENet', 'nbsr': 'NBSR', 'svkr': 'SVKR'}[stage]
+        assert 0 < n_train <= n_total and abs(float(frac.group(4)) - 100.0 * n_train / n_total) < 0.01
+        _assert_tensorboard_has_lr_and_images(osp.join(ROOT, 'tb_logger', name), 'demo_val_x4', 'chelsea',
+                                              with_sr=stage != 'dkenet')
         last = 2
         if stage == 'svkr':  # (the in-process tests resume every model; one launcher run is enough here)
             # a second run with a larger budget picks the run up where it stopped

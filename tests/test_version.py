@@ -7,12 +7,15 @@ from conftest import ROOT
 
 
 def test_packages_expose_the_one_version():
+    import ssr_app
     import ssr_arch
     import ssr_data
+    import ssr_models
+    import ssr_pipelines
     import ssr_utils
     from ssr_utils.version import __version__
     assert __version__.count('.') >= 2
-    for package in (ssr_arch, ssr_data, ssr_utils):
+    for package in (ssr_arch, ssr_data, ssr_models, ssr_pipelines, ssr_app, ssr_utils):
         assert package.__version__ == __version__, package.__name__
 
 
