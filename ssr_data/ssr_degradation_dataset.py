@@ -222,6 +222,7 @@ class SSRDegradationDataset(data.Dataset):
         else:
             self.keys = [osp.splitext(n)[0] for n in list_images(self.gt_src.root, 'dataroot_gt')]
         self._depth_net = None
+        self.depth_source = None if self.depth_src is not None else 'prior'
         if self.depth_src is None:
             get_root_logger().warning('SSRDegradationDataset: no dataroot_depth; the weight-free depth prior runs '
                                       'on every HR image (see scripts/make_depth_lmdb.py for real depth).')

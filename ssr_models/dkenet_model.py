@@ -41,6 +41,7 @@ class DKENetModel(KernelSRBaseModel):
         if self._uses_depth:
             if self.opt.get('depth_from', 'data') == 'data' and 'depth_lq' in data:
                 self.depth_lq = resize_depth(data['depth_lq'].to(self.device), self.lq.shape[-2:])
+                self.used_data_depth = True  # the log names the data's depth source (KernelSRBaseModel.depth_sources)
             else:
                 self.depth_lq = self.estimate_depth_lq()
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from ssr_arch.depth_arch import depth_note, depth_sources
 from ssr_models.ssr_model import SSRModel
 from ssr_utils.errors import OptionError
 from ssr_utils.evaluation import MetricSuite, ResultTable, side_by_side
@@ -73,7 +74,10 @@ class SSRBenchmarkModel(SSRModel):
         logger = get_root_logger()
         dataset_name = dataloader.dataset.opt['name']
         suite = MetricSuite(self.opt['val'].get('metrics'), device=self.device, logger=logger)
-        table = ResultTable(suite.names, [METHODS[m] for m in self.methods])
+        sources = {'svkr': depth_sources(self.net_svkr), 'ssr': self.depth_sources(dataloader.dataset)}
+        depth = {METHODS[m]: ', '.join(sources[m]) for m in self.methods if sources.get(m)}
+        note = depth_note([s for m in self.methods for s in sources.get(m, [])])
+        table = ResultTable(suite.names, [METHODS[m] for m in self.methods], depth=depth, depth_note=note)
         results_root = self.opt['path'].get('results_root') or osp.join(self.opt['path'].get('root', '.'), 'results',
                                                                          self.opt['name'])
         has_gt_kernel = False
@@ -114,7 +118,8 @@ class SSRBenchmarkModel(SSRModel):
             notes.append('Kernel PSNR: this test set has no ground-truth kernels (n/a).')
         csv_path, md_path = table.write(results_root, dataset_name, suite.unavailable, notes)
         self.last_tables[dataset_name] = (csv_path, md_path)
-        logger.info(f'Benchmark {dataset_name} (means):\n{table.markdown()}\nTables: {csv_path}, {md_path}')
+        logger.info(f'Benchmark {dataset_name} (means)' + (f' [{note}]' if note else '') +
+                    f':\n{table.markdown()}\nTables: {csv_path}, {md_path}')
         # BasicSR's own metric log / best-metric tracking follows the SSR row (or the last method)
         main = METHODS['ssr'] if 'ssr' in self.methods else METHODS[self.methods[-1]]
         means = table.means()[main]
@@ -124,4 +129,4 @@ class SSRBenchmarkModel(SSRModel):
             self.metric_results = {k: v for k, v in means.items() if v is not None}
             for metric, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, metric, value, current_iter)
-            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger, note)

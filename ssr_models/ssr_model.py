@@ -30,6 +30,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from ssr_arch.depth_arch import depth_note, depth_sources
 from ssr_utils.color_fix import color_fix
 from ssr_utils.atomic_file import atomic_torch_save
 from ssr_utils.errors import OptionError
@@ -559,7 +560,17 @@ class SSRModel(BaseModel):
             for metric in self.metric_results:
                 self.metric_results[metric] /= count
                 self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
-            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger,
+                                               depth_note(self.depth_sources(dataloader.dataset)))
+
+    def depth_sources(self, dataset=None):
+        """Where the depth behind validation outputs came from (log lines, tables): the SVKR's depth estimator
+        when the conditions come from the SVKR (its kernels depend on depth too), the data set's depth maps
+        (its ``depth_source`` when it knows it) when they come from the data."""
+        sources = depth_sources(self.net_svkr) if self.val_cond_source == 'svkr' else []
+        if self.val_cond_source == 'gt' and 'depth' in self.bare_g.modalities:
+            sources.append(getattr(dataset, 'depth_source', None) or 'the data set\'s depth maps')
+        return sources
 
     def _condition_images(self, index, size):
         """The depth map and kernel-variance heat map that conditioned output ``index``, at output size."""
@@ -571,8 +582,9 @@ class SSRModel(BaseModel):
             images['kvar'] = kernel_variance_image(kernel[index:index + 1], size=size)
         return images
 
-    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
-        log_str = f'Validation {dataset_name}\n'
+    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger, note=''):
+        """The validation log line; ``note`` (where the depth came from, loud for the prior) joins its header."""
+        log_str = f'Validation {dataset_name}' + (f' [{note}]' if note else '') + '\n'
         for metric, value in self.metric_results.items():
             log_str += f'\t # {metric}: {value:.4f}'
             if hasattr(self, 'best_metric_results'):

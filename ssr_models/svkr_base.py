@@ -26,6 +26,7 @@ from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
+from ssr_arch.depth_arch import depth_note, depth_sources
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
 from ssr_utils.kernel_metrics import KERNEL_METRICS
@@ -233,6 +234,15 @@ class KernelSRBaseModel(BaseModel):
         with torch.no_grad():
             return self._depth_net(self.lq.float()).clamp(0, 1)
 
+    def depth_sources(self, dataset=None):
+        """Where this model's depth maps came from (for log lines): the ``MonocularDepth.source`` of every
+        depth estimator in the evaluation network or run by :meth:`estimate_depth_lq`, and the
+        ``depth_source`` of ``dataset`` when the model read the data's depth maps (``self.used_data_depth``)."""
+        sources = depth_sources(self.eval_network(), self._depth_net)
+        if getattr(self, 'used_data_depth', False) and dataset is not None:
+            sources.append(getattr(dataset, 'depth_source', None) or 'the data set\'s depth maps')
+        return sources
+
     def get_current_visuals(self):
         out = OrderedDict(lq=self.lq.detach().cpu())
         if self.output is not None and self.output.get('sr') is not None:
@@ -331,10 +341,12 @@ class KernelSRBaseModel(BaseModel):
             for name, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
         self.all_metric_results = results
-        self._log_results(current_iter, dataset_name, results, tb_logger)
+        self._log_results(current_iter, dataset_name, results, tb_logger,
+                          depth_note(self.depth_sources(dataloader.dataset)))
 
-    def _log_results(self, current_iter, dataset_name, results, tb_logger):
-        log_str = f'Validation {dataset_name}\n'
+    def _log_results(self, current_iter, dataset_name, results, tb_logger, note=''):
+        """The validation log line; ``note`` (where the depth came from, loud for the prior) joins its header."""
+        log_str = f'Validation {dataset_name}' + (f' [{note}]' if note else '') + '\n'
         for key in sorted(results):
             log_str += f'\t # {key}: {results[key]:.4f}'
             best = getattr(self, 'best_metric_results', {}).get(dataset_name, {}).get(key)
