@@ -4,13 +4,15 @@ import os.path as osp
 from collections import OrderedDict, defaultdict
 
 import numpy as np
+import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
 from basicsr.metrics import calculate_metric
 from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import MODEL_REGISTRY
-from ssr_models.svkr_base import KernelSRBaseModel, all_finite
+from ssr_models.ssr_base_model import SSRBaseModel, all_finite
 from ssr_utils import relative_depth  # noqa: F401  (registers the SSI loss and the depth metrics)
 from ssr_utils.errors import OptionError
 from ssr_utils.relative_depth import DEPTH_METRICS
@@ -20,7 +22,7 @@ PRETRAINED_FOLDER = 'depth_model'  # experiments/<name>/depth_model/: the networ
 
 
 @MODEL_REGISTRY.register()
-class DepthModel(KernelSRBaseModel):
+class DepthModel(SSRBaseModel):
     """Trains ``network_g`` (``type: TransformersDepthNet``, a DPT or Depth Anything model) on samples with
     ``img`` and exact ``depth`` (``type: SceneDepthDataset``).
 
@@ -34,12 +36,11 @@ class DepthModel(KernelSRBaseModel):
         path.depth_model_folder: where the ``save_pretrained`` folder goes (default
             ``experiments/<name>/depth_model``).
 
-    Hooks of ``KernelSRBaseModel`` (EMA, AMP, gradient clipping, non-finite steps, checkpoints come from
-    there): ``setup_losses``, ``feed_data``, ``compute_losses``, ``run_network``. Three documented overrides:
-    ``nondist_validation`` (depth metrics and depth images instead of SR metrics), ``save`` (after the
-    BasicSR checkpoint, the evaluation network -- EMA when present -- is also written as the
-    ``save_pretrained`` folder, at every checkpoint and at the end of training) and ``model_ema`` (buffers
-    follow the network, for BatchNorm in the DPT decoder).
+    Hooks of ``SSRBaseModel`` (docs/training.md; EMA, AMP, gradient clipping, non-finite steps, checkpoints
+    come from there): ``setup_losses``, ``feed_data``, ``compute_losses``, ``run_network``. Two documented
+    overrides: ``nondist_validation`` (depth metrics and depth images instead of SR metrics) and ``save``
+    (after the BasicSR checkpoint, the network -- with the EMA weights when ``train: ema_decay`` is on -- is
+    also written as the ``save_pretrained`` folder, at every checkpoint and at the end of training).
     """
 
     def setup_losses(self, train_opt):
@@ -52,6 +53,7 @@ class DepthModel(KernelSRBaseModel):
             raise OptionError('train:relu_hinge_weight', self.relu_hinge_weight, 'expected a weight >= 0')
 
     def feed_data(self, data):
+        # no maybe_degrade_batch: the depth network sees clean images (scenes carry no degradation recipe)
         if 'img' not in data:
             raise KeyError("DepthModel: the data has no 'img' entry (use type: SceneDepthDataset)")
         self.lq = data['img'].to(self.device)  # the network's input image (named lq for BasicSR's visuals)
@@ -78,15 +80,6 @@ class DepthModel(KernelSRBaseModel):
     def run_network(self, net):
         return {'sr': None, 'kernel': None, 'depth': net.predict(self.lq)}
 
-    def model_ema(self, decay=0.999):
-        """BasicSR's EMA of the parameters, and the buffers copied: BasicSR leaves the EMA network's buffers at
-        their initial values, which would freeze the BatchNorm statistics of a DPT with
-        ``use_batch_norm_in_fusion_residual`` at (0, 1) in the written folder."""
-        super().model_ema(decay)
-        buffers = dict(self.get_bare_model(self.net_g).named_buffers())
-        for name, buf in self.net_g_ema.named_buffers():
-            buf.copy_(buffers[name])
-
     # --------------------------------------------------------------------------------- pretrained folder
     def pretrained_folder(self):
         folder = self.opt['path'].get('depth_model_folder')
@@ -97,13 +90,14 @@ class DepthModel(KernelSRBaseModel):
     def save(self, epoch, current_iter):
         """BasicSR's checkpoint, then the ``save_pretrained`` folder of the evaluation network."""
         super().save(epoch, current_iter)
-        if self.opt.get('rank', 0) != 0:
+        if get_dist_info()[0] != 0:
             return
-        net = self.eval_network()
-        if not all_finite(net):
-            return  # the base class has logged it; the previous folder stays
-        folder = net.save_pretrained(self.pretrained_folder())
-        get_root_logger().info(f'Depth network ({"EMA" if hasattr(self, "net_g_ema") else "net_g"}, iter '
+        net = self.bare_g
+        with torch.no_grad(), self.ema_weights():
+            if not all_finite(net.state_dict()):
+                return  # the base class has logged it; the previous folder stays
+            folder = net.save_pretrained(self.pretrained_folder())
+        get_root_logger().info(f'Depth network ({"EMA" if self.ema is not None else "net_g"}, iter '
                                f'{current_iter if current_iter >= 0 else "latest"}) written as a save_pretrained '
                                f'folder: {folder} (load: MonocularDepth backend: {net.backend}, model_path: {folder})')
 
@@ -161,14 +155,7 @@ class DepthModel(KernelSRBaseModel):
             self._initialize_best_metric_results(dataset_name)
             for name, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
-        log_str = f'Validation {dataset_name}\n'
-        for name, value in self.metric_results.items():
-            best = self.best_metric_results[dataset_name][name]
-            log_str += f'\t # {name}: {value:.4f}\tBest: {best["val"]:.4f} @ {best["iter"]} iter\n'
-        logger.info(log_str)
-        if tb_logger is not None and isinstance(current_iter, int):
-            for name, value in self.metric_results.items():
-                tb_logger.add_scalar(f'metrics/{dataset_name}/{name}', value, current_iter)
+        self.log_validation_results(current_iter, dataset_name, self.metric_results, tb_logger)
 
     def _strip(self, i, pred):
         """``image | prediction | ground truth`` (depth in the inferno colour map, 1 = near = bright)."""
