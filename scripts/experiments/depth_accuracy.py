@@ -2,7 +2,8 @@
 
     python scripts/experiments/depth_accuracy.py --model-path experiments/train_Depth_scenes/depth_model \
         [--backend dpt] [--num 100] [--size 256] [--seed 1] [--scenes DIR] [--save-set DIR] \
-        [--sr-dir DIR --sr-suffix _test_SVKR_x4 --sr-name SVKR] [--output results/depth_accuracy]
+        [--svkr-opt options/test_svkr_demo.yml] [--sr-dir DIR --sr-suffix _x --sr-name SR] \
+        [--output results/depth_accuracy]
 
 Held-out scenes: ``SceneGenerator`` scenes from the held-out photographs (``split: test``; scene i =
 ``generate((seed, i))``, as ``make_scene_data.py --split test --seed <seed>``), or a stored set (``--scenes``:
@@ -12,6 +13,10 @@ a ``make_scene_data.py --format folder`` output with its ``scenes.json``). Each 
 - ``LR bicubic x4``: the image degraded as the SR stages' training data (``SVDegradation``, ``kernel_mode:
   depth`` driven by the scene's exact depth, σ in [0.6, 5] HR pixels, ×4; noise [1, 30] and JPEG [30, 95]
   unless ``--no-noise`` / ``--no-jpeg``; one fixed draw per scene), then bicubic-upsampled back to HR size;
+- optionally ``SVKR SR``: the SR output of a trained SVKR on those LR inputs (``--svkr-opt``: an SVKR option
+  file, e.g. ``options/test_svkr_demo.yml``; its ``network_g`` with ``path: pretrain_network_g``, run on the
+  CPU or ``--device`` exactly as ``basicsr/test.py`` runs it: the loop's premise is that depth is better on
+  sharper input);
 - optionally ``SR``: your SR images of those LR inputs (``--sr-dir``: ``<key><sr-suffix>.png`` at HR size).
   ``--save-set DIR`` writes the LR inputs as an ``SSRPairedDataset`` folder (``gt/``, ``lq/``, ``depth/``
   (exact), ``meta.json``) so that e.g. ``basicsr/test.py`` with an SVKR option file produces them.
@@ -47,6 +52,7 @@ from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_data.degradations import SVDegradation  # noqa: E402
 from ssr_data.scene_depth_dataset import SceneDepthDataset  # noqa: E402
 from ssr_data.ssr_degradation_dataset import write_depth_png  # noqa: E402
+from ssr_pipelines.pipeline_ssr import build_svkr_from_options  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
 from ssr_utils.evaluation import ResultTable  # noqa: E402
 from ssr_utils.relative_depth import depth_accuracy  # noqa: E402
@@ -84,9 +90,33 @@ def _read_sr(sr_dir, key, suffix, shape):
     return torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1].transpose(2, 0, 1))).float() / 255.0
 
 
+def load_svkr(opt_path, device='cpu'):
+    """The trained SVKR of an SVKR option file (``network_g`` + ``path: pretrain_network_g``), frozen."""
+    import yaml
+    with open(opt_path) as f:
+        opt = yaml.safe_load(f)
+    if (opt.get('network_g') or {}).get('type') != 'SVKR':
+        raise OptionError('--svkr-opt', opt_path, 'expected an option file whose network_g is type: SVKR')
+    path_opt = dict(opt.get('path') or {})
+    ckpt = path_opt.get('pretrain_network_g')
+    if not ckpt:
+        raise OptionError('--svkr-opt', opt_path, 'path:pretrain_network_g names no trained SVKR')
+    if not osp.isabs(ckpt):
+        path_opt['pretrain_network_g'] = osp.join(ROOT, ckpt)
+    if not osp.isfile(path_opt['pretrain_network_g']):
+        raise OptionError('path:pretrain_network_g', path_opt['pretrain_network_g'], f'({opt_path}) file does not '
+                          'exist: train the SVKR first')
+    net_opt = opt['network_g']
+    depth_opt = net_opt.get('depth_opt') or {}
+    if depth_opt.get('model_path') and not osp.isabs(depth_opt['model_path']):
+        depth_opt['model_path'] = osp.join(ROOT, depth_opt['model_path'])
+    return build_svkr_from_options(net_opt, path_opt, 'pretrain_network_g', 'param_key_g').to(device)
+
+
 def evaluate(model_path, backend='dpt', num=100, size=256, seed=1, scenes_dir=None, sr_dir=None, sr_suffix='',
-             sr_name='SR', noise=True, jpeg=True, save_set=None, device='cpu', show_progress=True):
-    """Returns the filled ``ResultTable`` (methods ``<estimator> on <input>``) and the set's description."""
+             sr_name='SR', noise=True, jpeg=True, save_set=None, device='cpu', show_progress=True, svkr=None):
+    """Returns the filled ``ResultTable`` (methods ``<estimator> on <input>``) and the set's description.
+    ``svkr``: a trained SVKR (``load_svkr``) whose SR output of each LR image is scored too (``SVKR SR``)."""
     if scenes_dir is not None:
         dataset = SceneDepthDataset({'dataroot_gt': osp.join(scenes_dir, 'image'),
                                      'dataroot_depth': osp.join(scenes_dir, 'depth'),
@@ -98,7 +128,7 @@ def evaluate(model_path, backend='dpt', num=100, size=256, seed=1, scenes_dir=No
         described = f'{num} held-out scenes (split test, seed {seed}, {size} px, generated)'
     estimators = {'network': MonocularDepth(backend, model_path).to(device),
                   'prior': MonocularDepth('prior').to(device)}
-    inputs = ['HR', 'LR bicubic x4'] + ([sr_name] if sr_dir else [])
+    inputs = ['HR', 'LR bicubic x4'] + (['SVKR SR'] if svkr is not None else []) + ([sr_name] if sr_dir else [])
     methods = [f'{e} on {i}' for e in estimators for i in inputs]
     table = ResultTable(METRICS, methods, depth={m: estimators[m.split(' on ')[0]].source for m in methods})
     degrade = degradation(noise, jpeg)
@@ -116,6 +146,9 @@ def evaluate(model_path, backend='dpt', num=100, size=256, seed=1, scenes_dir=No
         h, w = up.shape[-2:]
         disparity = sample['disparity'][:, :h, :w]
         images = {'HR': img[:, :h, :w], 'LR bicubic x4': up}
+        if svkr is not None:
+            with torch.no_grad():
+                images['SVKR SR'] = svkr(lq[None].to(device))['sr'][0].clamp(0, 1).float().cpu()[:, :h, :w]
         if sr_dir:
             images[sr_name] = _read_sr(sr_dir, key, sr_suffix, (h, w))
         if save_set:
@@ -144,6 +177,7 @@ def main(argv=None):
     parser.add_argument('--size', type=int, default=256)
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--scenes', default=None, help='a make_scene_data.py --format folder set instead')
+    parser.add_argument('--svkr-opt', default=None, help='an SVKR option file (trained SVKR): score depth on its SR')
     parser.add_argument('--sr-dir', default=None, help='SR images <key><sr-suffix>.png of the LR inputs')
     parser.add_argument('--sr-suffix', default='')
     parser.add_argument('--sr-name', default='SR', help='name of the SR input in the table')
@@ -158,11 +192,13 @@ def main(argv=None):
                           'network backend (dpt | depth_anything)')
     table, described = evaluate(args.model_path, args.backend, args.num, args.size, args.seed, args.scenes,
                                 args.sr_dir, args.sr_suffix, args.sr_name, not args.no_noise, not args.no_jpeg,
-                                args.save_set, args.device)
+                                args.save_set, args.device,
+                                svkr=load_svkr(args.svkr_opt, args.device) if args.svkr_opt else None)
     degr = 'blur' + ('' if args.no_noise else ' + noise') + ('' if args.no_jpeg else ' + JPEG')
     notes = [f'Scenes: {described}. Depth network: {args.backend} ({args.model_path}); prior: the weight-free '
              'heuristic (backend: prior), not a depth network.',
-             f'LR: SVDegradation kernel_mode depth ({degr}), x4, bicubic-upsampled to HR size.',
+             f'LR: SVDegradation kernel_mode depth ({degr}), x4, bicubic-upsampled to HR size.'
+             + (f' SVKR SR: {args.svkr_opt} on the LR image.' if args.svkr_opt else ''),
              'AbsRel (lower is better) and delta1 = fraction of pixels with max(Z_pred/Z, Z/Z_pred) < 1.25 (higher '
              'is better), after per-image least-squares scale-and-shift alignment of the prediction to the true '
              'inverse depth (ssr_utils.relative_depth.depth_accuracy).']
