@@ -201,7 +201,7 @@ def uses_prior(sources):
 def depth_note(sources):
     """One line for log headers and result tables saying where the depth maps came from; it names the
     weight-free prior loudly (:data:`PRIOR_NOTE`). ``''`` when there are no sources."""
-    sources = [s for s in sources if s]
+    sources = list(dict.fromkeys(s for s in sources if s))  # each source once, in order
     if not sources:
         return ''
     if uses_prior(sources):
