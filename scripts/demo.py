@@ -1,27 +1,41 @@
-"""The one-command demo: data, the four training stages, the benchmark table and inference, on a CPU.
+"""The one-command demo: scene data with exact depth, the depth network, the four SSR training stages, the
+benchmark table, what each condition contributes, depth accuracy, and inference, on a CPU.
 
-    python scripts/demo.py            # about 15 minutes on 2 CPU cores
+    python scripts/demo.py            # see README (stage times measured on the 2-core machine)
     python scripts/demo.py --quick    # a few minutes: a handful of iterations per stage (CI)
 
 Steps (each one is the README command it stands for, run as a subprocess from the repository root):
-1. ``python scripts/prepare_demo_data.py`` (skipped when ``datasets/demo`` exists);
-2. ``python basicsr/train.py -opt options/train_{dkenet,nbsr,svkr,ssr}_demo.yml``;
-3. ``python basicsr/test.py -opt options/test_ssr_demo.yml`` (Bicubic | SVKR | SSR table);
-4. ``python scripts/export_model.py -i experiments/ssr_demo --svkr experiments/train_SVKR_x4_demo -o
-   models/ssr_demo_x4`` (one self-contained model folder);
-5. ``python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i <demo photo> -o results/demo_inference
-   --save-maps`` on a photograph that scikit-image ships (not part of the training data).
-The numbers of a demo are a plumbing check of the whole method on toy-size networks, not a result.
+1. ``python scripts/prepare_demo_data.py`` (RGB-D scenes with exact depth; skipped when ``datasets/demo`` holds
+   them);
+2. ``python basicsr/train.py -opt options/train_depth_demo.yml``: a small DPT trained from scratch on scenes,
+   written as a ``save_pretrained`` folder (``experiments/train_Depth_demo/depth_model``) that every later
+   stage loads as ``MonocularDepth(backend: dpt, model_path: <that folder>)``;
+3. ``python basicsr/train.py -opt options/train_{dkenet,nbsr,svkr,ssr}_demo.yml``;
+4. ``python basicsr/test.py -opt options/test_ssr_demo.yml`` (Bicubic | SVKR | SSR table);
+5. ``python scripts/experiments/demo_conditions.py``: DKENet with exact / estimated / flat depth, NBSR with
+   ground-truth / estimated / one mean kernel, beside the mean-kernel baseline;
+6. ``python scripts/experiments/depth_accuracy.py``: the depth network against the prior on held-out scenes,
+   on HR, on bicubic-upsampled LR and on the SVKR's SR output;
+7. ``python scripts/export_model.py`` and ``python scripts/inference_ssr.py`` on a photograph that
+   scikit-image ships (not part of the training data).
+``--depth prior`` runs every stage with the weight-free depth prior instead of the trained network (the
+tables then say so). The numbers of a demo come from toy-size networks and minutes of CPU training.
 """
 import argparse
 import os
 import os.path as osp
+import resource
 import subprocess
 import sys
 import time
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 
+DEPTH_STAGE = 'options/train_depth_demo.yml'
+DEPTH_MODEL = 'experiments/train_Depth_demo/depth_model'
+# the stages whose option files load the depth network (network_g:depth_opt / network_svkr:depth_opt)
+DEPTH_KEYS = {'options/train_svkr_demo.yml': 'network_g:depth_opt', 'options/test_svkr_demo.yml': 'network_g:depth_opt',
+              'options/test_ssr_demo.yml': 'network_svkr:depth_opt'}
 STAGES = (  # option file, experiment name (from the file)
     ('options/train_dkenet_demo.yml', 'train_DKENet_x4_demo'),
     ('options/train_nbsr_demo.yml', 'train_NBSR_x4_demo'),
@@ -48,22 +62,31 @@ def _has_train_key(opt_path, key):
         return any(line.strip().startswith(f'{key}:') for line in f)
 
 
-def run_step(title, args, log_dir, env):
-    """Run ``python <args>`` from the root; on failure print the log tail and exit."""
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_step(title, args, log_dir, env, cpu_times=None):
+    """Run ``python <args>`` from the root; on failure print the log tail and exit. Returns the wall seconds;
+    ``cpu_times[title]`` gets the CPU seconds of the step (all its threads: on a shared machine the wall time
+    grows with the load, the CPU time much less)."""
     os.makedirs(log_dir, exist_ok=True)
     slug = ''.join(c if c.isalnum() else '_' for c in title.lower()).strip('_')[:40]
     log_path = osp.join(log_dir, f'{len(os.listdir(log_dir)):02d}_{slug}.log')
     print(f'==> {title}\n    python {" ".join(args)}', flush=True)
-    start = time.time()
+    start, cpu0 = time.time(), _children_cpu()
     with open(log_path, 'w') as log:
         proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    took = time.time() - start
+    took, cpu = time.time() - start, _children_cpu() - cpu0
+    if cpu_times is not None:
+        cpu_times[title] = cpu
     if proc.returncode != 0:
         with open(log_path) as f:
             tail = f.read()[-3000:]
         print(f'{tail}\n!! step "{title}" failed (exit {proc.returncode}, {took:.0f} s); full log: {log_path}', flush=True)
         sys.exit(proc.returncode or 1)
-    print(f'    done in {took:.0f} s (log: {log_path})', flush=True)
+    print(f'    done in {took:.0f} s, {cpu:.0f} CPU s (log: {log_path})', flush=True)
     return took
 
 
@@ -83,6 +106,14 @@ def demo_photo(path, quick):
     return path
 
 
+def _depth_force(opt_path, depth):
+    """``--force_yml`` entries that swap an option file's depth network for the prior (``--depth prior``)."""
+    key = DEPTH_KEYS.get(opt_path)
+    if key is None or depth != 'prior':
+        return []
+    return [f'{key}:backend=prior', f'{key}:model_path=~']
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true',
@@ -90,6 +121,9 @@ def main(argv=None):
     parser.add_argument('--reuse', action='store_true',
                         help='skip a training stage whose experiments/<name>/models/net_g_latest.pth exists')
     parser.add_argument('--rebuild-data', action='store_true', help='rebuild datasets/demo even if it exists')
+    parser.add_argument('--depth', default='network', choices=('network', 'prior'),
+                        help='network (default): train the depth network and use it everywhere; prior: the '
+                        'weight-free heuristic instead (no depth stage; every table says so)')
     args = parser.parse_args(argv)
 
     env = dict(os.environ)
@@ -100,12 +134,14 @@ def main(argv=None):
         for f in os.listdir(log_dir):
             os.remove(osp.join(log_dir, f))
     start = time.time()
-    times = {}
+    times, cpu = {}, {}
 
     data_root = osp.join(ROOT, 'datasets', 'demo')
-    if args.rebuild_data or not osp.isdir(data_root) or not osp.isfile(osp.join(data_root, 'kernel_pca_k21.pth')):
+    complete = all(osp.exists(osp.join(data_root, p)) for p in ('scenes.json', 'kernel_pca_k21.pth', 'val_x4'))
+    if args.rebuild_data or not complete:
         cmd = ['scripts/prepare_demo_data.py'] + (['--overwrite'] if osp.exists(data_root) else [])
-        times['data'] = run_step('Data: demo LMDBs, SV validation set, kernel PCA', cmd, log_dir, env)
+        times['data'] = run_step('Data: RGB-D scenes with exact depth (LMDBs), SV validation set, kernel PCA', cmd,
+                                 log_dir, env, cpu)
     else:
         print(f'==> Data: {data_root} exists (--rebuild-data to rebuild)', flush=True)
 
@@ -113,7 +149,8 @@ def main(argv=None):
     if args.quick:
         quick_force = ['--force_yml', f'train:total_iter={QUICK_ITERS}', 'val:val_freq=1000000',
                        'logger:save_checkpoint_freq=1000000', 'logger:print_freq=2']
-    for opt_path, _ in STAGES:
+    stages = ([(DEPTH_STAGE, None)] if args.depth == 'network' else []) + list(STAGES)
+    for opt_path, _ in stages:
         name = _experiment_name(opt_path)
         latest = osp.join(ROOT, 'experiments', name, 'models', 'net_g_latest.pth')
         if args.reuse and osp.isfile(latest):
@@ -122,29 +159,49 @@ def main(argv=None):
         force = list(quick_force)
         if args.quick and _has_train_key(opt_path, 'vae_warmup_iter'):
             force.append(f'train:vae_warmup_iter={QUICK_ITERS // 2}')  # both phases of the SSR stage run
-        times[name] = run_step(f'Train {name}', ['basicsr/train.py', '-opt', opt_path] + force, log_dir, env)
+        extra = _depth_force(opt_path, args.depth)
+        if extra:
+            force = (force or ['--force_yml']) + extra
+        times[name] = run_step(f'Train {name}', ['basicsr/train.py', '-opt', opt_path] + force, log_dir, env, cpu)
 
-    test_force = ['--force_yml', f'diffusion:val_num_inference_steps={QUICK_STEPS}'] if args.quick else []
+    test_force = [f'diffusion:val_num_inference_steps={QUICK_STEPS}'] if args.quick else []
+    test_force += _depth_force(TEST_OPT, args.depth)
     times['test'] = run_step('Test: Bicubic | SVKR | SSR on the demo SV set', ['basicsr/test.py', '-opt', TEST_OPT]
-                             + test_force, log_dir, env)
+                             + (['--force_yml'] + test_force if test_force else []), log_dir, env, cpu)
+
+    depth_args = (['--depth-backend', 'prior'] if args.depth == 'prior' else
+                  ['--depth-backend', 'dpt', '--depth-model-path', DEPTH_MODEL])
+    times['conditions'] = run_step('Conditions: DKENet depth / flat depth, NBSR GT / estimated / mean kernel',
+                                   ['scripts/experiments/demo_conditions.py'] + depth_args, log_dir, env, cpu)
+    accuracy_table = None
+    if args.depth == 'network':
+        num = 4 if args.quick else 16
+        times['depth accuracy'] = run_step(
+            'Depth accuracy: network vs prior on held-out scenes (HR, LR bicubic, SVKR SR)',
+            ['scripts/experiments/depth_accuracy.py', '--model-path', DEPTH_MODEL, '--num', str(num), '--size', '128',
+             '--svkr-opt', 'options/test_svkr_demo.yml', '--output', 'results/demo_depth_accuracy'], log_dir, env, cpu)
+        accuracy_table = osp.join(ROOT, 'results', 'demo_depth_accuracy', 'heldout_scenes_metrics.md')
 
     ssr_exp, svkr_exp = (f'experiments/{_experiment_name(STAGES[i][0])}' for i in (3, 2))
     run_step('Export: one model folder (SSR + SVKR)', ['scripts/export_model.py', '-i', ssr_exp, '--svkr', svkr_exp,
-                                                       '-o', MODEL_DIR, '--overwrite'], log_dir, env)
+                                                       '-o', MODEL_DIR, '--overwrite'], log_dir, env, cpu)
 
     out_dir = osp.join(ROOT, 'results', 'demo_inference')
     photo = demo_photo(osp.join(ROOT, 'results', 'demo_inputs', 'chelsea_lr.png'), args.quick)
     steps = ['--steps', str(QUICK_STEPS)] if args.quick else []
     times['inference'] = run_step('Inference on a demo photograph',
                                   ['scripts/inference_ssr.py', '--model_path', MODEL_DIR, '-i', photo, '-o', out_dir,
-                                   '--save-maps', '-q', '--device', 'cpu'] + steps, log_dir, env)
+                                   '--save-maps', '-q', '--device', 'cpu'] + steps, log_dir, env, cpu)
     run_step('Inference, SVKR only', ['scripts/inference_ssr.py', '--model_path', MODEL_DIR, '-i', photo, '-o',
                                       osp.join(out_dir, 'svkr_only'), '--svkr-only', '-q', '--device', 'cpu'],
-             log_dir, env)
+             log_dir, env, cpu)
 
     table = osp.join(ROOT, 'results', TEST_NAME, 'demo_val_x4_metrics.md')
+    conditions = osp.join(ROOT, 'results', 'demo_conditions', 'val_x4_conditions.md')
     print('\n' + '=' * 78)
-    print(f'Demo finished in {time.time() - start:.0f} s ({", ".join(f"{k} {v:.0f} s" for k, v in times.items())})')
+    print(f'Demo finished in {time.time() - start:.0f} s ({", ".join(f"{k} {v:.0f} s" for k, v in times.items())}); '
+          f'CPU seconds of all steps: {sum(cpu.values()):.0f}')
+    print(f'  depth:                {"the trained depth network " + DEPTH_MODEL if args.depth == "network" else "the weight-free PRIOR (--depth prior)"}')
     print(f'  input photo (LR):     {photo}')
     print(f'  SSR result:           {osp.join(out_dir, "chelsea_lr.png")}')
     print(f'  SVKR result:          {osp.join(out_dir, "svkr_only", "chelsea_lr.png")}')
@@ -152,10 +209,14 @@ def main(argv=None):
     print(f'  kernel-variance map:  {osp.join(out_dir, "chelsea_lr_kernel_var.png")}')
     print(f'  model folder:         {osp.join(ROOT, MODEL_DIR)} (SSRPipeline.from_pretrained)')
     print(f'  metrics table:        {table} (and .csv)')
+    print(f'  conditions table:     {conditions} (and .csv)')
+    if accuracy_table:
+        print(f'  depth accuracy:       {accuracy_table} (and .csv)')
     print(f'  side-by-side crops:   {osp.join(ROOT, "results", TEST_NAME, "demo_val_x4_crops")}/')
     print(f'  training logs:        experiments/<name>/, tensorboard --logdir tb_logger; step logs: {log_dir}/')
-    if osp.isfile(table):
-        print('\n' + open(table).read())
+    for path in (table, conditions, accuracy_table):
+        if path and osp.isfile(path):
+            print('\n' + open(path).read())
     print(f'Run it on your own images:\n  python scripts/inference_ssr.py --model_path {MODEL_DIR} '
           '-i <image or folder> -o <output folder>')
     return 0

@@ -1,8 +1,13 @@
 """Compute the depth of every image of an HR LMDB or folder into a depth LMDB with the same keys.
 
     python scripts/make_depth_lmdb.py --input datasets/DF2K/DF2K_HR_sub.lmdb \
-        --output datasets/DF2K/DF2K_HR_sub_depth.lmdb --backend dpt --model-path weights/dpt-hybrid-midas \
-        [--batch-size 8] [--device cuda] [--overwrite]
+        --output datasets/DF2K/DF2K_HR_sub_depth.lmdb --model-path weights/dpt-beit-large-512 \
+        [--backend dpt] [--batch-size 8] [--device cuda] [--overwrite]
+
+The depth network is a local ``save_pretrained`` folder (``--backend dpt``, the default: MiDaS v3.x / DPT, e.g.
+``Intel/dpt-beit-large-512`` as the paper's MiDaS v3.1; ``depth_anything``; or the network that
+``options/train_depth.yml`` trains on scenes with exact depth). ``--backend prior`` uses the weight-free
+heuristic instead; it is then named in the output and in ``<output>/depth_source.txt``.
 
 Values: 1-channel 16-bit PNG (0..65535 ↔ 0..1, normalised inverse depth, 1 = near), at the HR size,
 stored uncompressed and unfiltered (decodes ~7x faster in the data loader; ``--compact`` for ~1/3 smaller,
@@ -75,6 +80,8 @@ def make_depth_lmdb(input_path, output_path, backend='prior', model_path=None, i
     if limit is not None:
         todo = todo[:limit]
     net = MonocularDepth(backend, model_path, input_size).to(device)
+    with open(osp.join(output_path, 'depth_source.txt'), 'w') as f:
+        f.write(net.source + '\n')
     computed = 0
     bar = tqdm(total=len(names), initial=len(done), desc=f'depth ({backend})', unit='img', disable=not show_progress)
     try:
@@ -105,17 +112,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--input', required=True, help='HR LMDB (BasicSR format) or folder of images')
     parser.add_argument('--output', required=True, help='depth LMDB to write (*.lmdb)')
-    parser.add_argument('--backend', default='prior', help='prior | dpt | depth_anything')
-    parser.add_argument('--model-path', default=None, help='local save_pretrained folder of the depth network')
+    parser.add_argument('--backend', default='dpt', help='dpt (default) | depth_anything | prior (the weight-free '
+                        'heuristic, not a depth network)')
+    parser.add_argument('--model-path', default=None, help='local save_pretrained folder of the depth network '
+                        '(required unless --backend prior)')
     parser.add_argument('--input-size', type=int, default=None)
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--overwrite', action='store_true')
     parser.add_argument('--compact', action='store_true', help='compressed PNGs: ~1/3 smaller, slower to decode')
     args = parser.parse_args(argv)
+    if args.backend != 'prior':
+        if args.model_path is None:
+            raise OptionError('--model-path', None, f'--backend {args.backend} needs the local save_pretrained folder '
+                              'of a depth network (or --backend prior for the weight-free heuristic)')
+        if not osp.isfile(osp.join(args.model_path, 'config.json')):
+            raise OptionError('--model-path', args.model_path, 'not a save_pretrained folder (no config.json)')
     n = make_depth_lmdb(args.input, args.output, args.backend, args.model_path, args.input_size, args.batch_size,
                         args.device, args.overwrite, compact=args.compact)
-    print(f'computed {n} depth maps into {args.output}')
+    print(f'computed {n} depth maps into {args.output} with '
+          + ('the weight-free depth PRIOR (not a depth network)' if args.backend == 'prior'
+             else f'{args.backend} ({args.model_path})'))
 
 
 if __name__ == '__main__':

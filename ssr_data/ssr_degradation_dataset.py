@@ -235,6 +235,7 @@ class SSRDegradationDataset(data.Dataset):
                 self.keys = [osp.splitext(line.split(' ')[0])[0] for line in f if line.strip()]
         else:
             self.keys = [osp.splitext(n)[0] for n in list_images(self.gt_src.root, 'dataroot_gt')]
+        self.depth_source = None if self.depth_src is not None else 'prior'
         if self.depth_src is None:
             get_root_logger().warning('SSRDegradationDataset: no dataroot_depth; the weight-free depth prior runs '
                                       'on every HR image (see scripts/make_depth_lmdb.py for real depth).')

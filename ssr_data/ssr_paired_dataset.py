@@ -86,6 +86,12 @@ class SSRPairedDataset(data.Dataset):
                                       f'({what}): an incomplete or modified test set')
         self.phase = opt.get('phase', 'val')
         self.seed = opt.get('seed')
+        # where the set's depth maps came from, as make_sv_testset.py records it (e.g. 'MonocularDepth(prior)'),
+        # so logs of models that read them can say so; None when the set does not say
+        self.depth_source = None
+        if self.depth_src is not None and isinstance(self.meta.get('depth'), str):
+            recorded = self.meta['depth']
+            self.depth_source = 'prior' if recorded == 'MonocularDepth(prior)' else f'data ({recorded})'
 
     def __len__(self):
         return len(self.keys)

@@ -31,7 +31,7 @@ class DKENetModel(SSRBaseModel):
             raise OptionError('depth_from', depth_from, 'expected data or lq')
 
     def setup_model(self):
-        self._depth_net = None
+        self.depth_estimator = None
 
     def setup_losses(self, train_opt):
         self.cri_kernel = self.build_optional_loss(train_opt, 'kernel_opt')
@@ -51,19 +51,20 @@ class DKENetModel(SSRBaseModel):
         if self._uses_depth:
             if self.opt.get('depth_from', 'data') == 'data' and 'depth_lq' in data:
                 self.depth_lq = resize_depth(data['depth_lq'].to(self.device), self.lq.shape[-2:])
+                self.used_data_depth = True  # the log names the data's depth source (SSRBaseModel.depth_sources)
             else:
                 self.depth_lq = self.estimate_depth_lq()
 
     def estimate_depth_lq(self):
         """Depth of the LR input from ``depth_estimator`` (default ``{type: MonocularDepth}``), for data
         without a ``depth_lq`` entry."""
-        if self._depth_net is None:
+        if self.depth_estimator is None:
             opt = deepcopy(self.opt.get('depth_estimator') or {'type': 'MonocularDepth'})
-            self._depth_net = build_network(opt).to(self.device).eval()
-            for p in self._depth_net.parameters():
+            self.depth_estimator = build_network(opt).to(self.device).eval()
+            for p in self.depth_estimator.parameters():
                 p.requires_grad_(False)
         with torch.no_grad():
-            return self._depth_net(self.lq.float()).clamp(0, 1)
+            return self.depth_estimator(self.lq.float()).clamp(0, 1)
 
     def compute_losses(self):
         if self.kernel_gt is None:

@@ -57,6 +57,7 @@ from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info
 
+from ssr_arch.depth_arch import depth_note, depth_sources
 from ssr_utils.amp import amp_dtype, autocast, grad_scaler
 from ssr_utils.atomic_file import atomic_torch_save
 from ssr_utils.checkpoint import read_state_dict
@@ -496,6 +497,7 @@ class SSRBaseModel(BaseModel):
         suite = self.metric_suite(dataset_name)
         num_tb = int(self.opt['val'].get('tb_images', 2))
         sums, counts, scored = defaultdict(float), defaultdict(int), set()
+        self.validation_dataset = dataloader.dataset
         self.validation_start(dataset_name, suite)
         count = 0
         for val_data in tqdm(dataloader, desc=f'Validating {dataset_name}', unit='batch',
@@ -547,7 +549,8 @@ class SSRBaseModel(BaseModel):
             self._initialize_best_metric_results(dataset_name)
             for name, value in self.metric_results.items():
                 self._update_best_metric_result(dataset_name, name, value, current_iter)
-        self.log_validation_results(current_iter, dataset_name, results, tb_logger)
+        self.log_validation_results(current_iter, dataset_name, results, tb_logger,
+                                    depth_note(self.depth_sources(dataloader.dataset)))
         self.validation_end(dataset_name, suite, results)
 
     def log_tb_references(self, tb_logger, dataset_name, img_name, b, gt_img, current_iter):
@@ -564,8 +567,21 @@ class SSRBaseModel(BaseModel):
         if gt_img is not None:
             add_tb_image(tb_logger, f'{tag}/gt', gt_img, current_iter)
 
-    def log_validation_results(self, current_iter, dataset_name, results, tb_logger):
-        log_str = f'Validation {dataset_name}\n'
+    def depth_sources(self, dataset=None):
+        """Where this model's depth maps came from, for log lines and tables (``depth_arch.depth_sources``
+        labels): every ``MonocularDepth`` inside ``network_g`` or run by the model on its own
+        (``self.depth_estimator``), and ``dataset.depth_source`` when the model read the data's depth maps
+        (``self.used_data_depth``)."""
+        sources = depth_sources(self.bare_g, getattr(self, 'depth_estimator', None))
+        if getattr(self, 'used_data_depth', False) and dataset is not None:
+            label = getattr(dataset, 'depth_source', None) or "the data set's depth maps"
+            if label not in sources:
+                sources.append(label)
+        return sources
+
+    def log_validation_results(self, current_iter, dataset_name, results, tb_logger, note=''):
+        """The validation log line; ``note`` (where the depth came from, loud for the prior) joins its header."""
+        log_str = f'Validation {dataset_name}' + (f' [{note}]' if note else '') + '\n'
         for key in sorted(results):
             log_str += f'\t # {key}: {results[key]:.4f}'
             best = getattr(self, 'best_metric_results', {}).get(dataset_name, {}).get(key)

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from ssr_arch.depth_arch import depth_note, depth_sources
 from ssr_models.ssr_model import SSRModel
 from ssr_utils.errors import OptionError
 from ssr_utils.evaluation import ResultTable, side_by_side
@@ -108,7 +109,11 @@ class SSRBenchmarkModel(SSRModel):
                                                                  self.opt['name'])
 
     def validation_start(self, dataset_name, suite):
-        self._table = ResultTable(suite.names, [METHODS[m] for m in self.methods])
+        sources = {'svkr': depth_sources(self.net_svkr), 'ssr': self.depth_sources(self.validation_dataset)}
+        depth = {METHODS[m]: ', '.join(sources[m]) for m in self.methods if sources.get(m)}
+        self._depth_note = depth_note([s for m in self.methods for s in sources.get(m, [])])
+        self._table = ResultTable(suite.names, [METHODS[m] for m in self.methods], depth=depth,
+                                  depth_note=self._depth_note)
         self._has_gt_kernel = False
 
     def validation_item(self, dataset_name, img_name, b, scores, images):
@@ -134,7 +139,8 @@ class SSRBenchmarkModel(SSRModel):
             notes.append('Kernel PSNR: this test set has no ground-truth kernels (n/a).')
         csv_path, md_path = self._table.write(self._results_root(), dataset_name, suite.unavailable, notes)
         self.last_tables[dataset_name] = (csv_path, md_path)
-        get_root_logger().info(f'Benchmark {dataset_name} (means):\n{self._table.markdown()}\n'
+        note = f' [{self._depth_note}]' if self._depth_note else ''
+        get_root_logger().info(f'Benchmark {dataset_name} (means){note}:\n{self._table.markdown()}\n'
                                f'Tables: {csv_path}, {md_path}')
 
     def ground_truth_kernel(self):

@@ -28,6 +28,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ssr_data.batch_degradation import maybe_degrade_batch
+from ssr_arch.depth_arch import depth_sources
 from ssr_arch.ssr_unet_arch import check_pretrained_folder
 from ssr_models.ssr_base_model import SSRBaseModel
 from ssr_pipelines.pipeline_ssr import (SVKR_WEIGHTS_HINT, SSRPipeline, adopt_svkr_kernel_pca, build_svkr_from_options,
@@ -274,6 +275,15 @@ class SSRModel(SSRBaseModel):
         if self.val_cond_source == 'gt':
             depth, kernel = self.condition_maps(self.lq, 'gt', depth, kernel)
         return self.sr(self.lq, depth=depth, kernel=kernel, num_steps=self.validation_steps())
+
+    def depth_sources(self, dataset=None):
+        """Where the depth behind validation outputs came from (log lines, tables): the SVKR's depth estimator
+        when the conditions come from the SVKR (its kernels depend on depth too), the data set's depth maps
+        (its ``depth_source`` when it knows it) when they come from the data."""
+        sources = depth_sources(self.net_svkr) if self.val_cond_source == 'svkr' else []
+        if self.val_cond_source == 'gt' and 'depth' in self.bare_g.modalities:
+            sources.append(getattr(dataset, 'depth_source', None) or 'the data set\'s depth maps')
+        return sources
 
     def scored_outputs(self, b):
         # a kernel is scored only where it is the SVKR's estimate, not the ground truth fed back

@@ -214,11 +214,17 @@ def _fmt(v, digits=4):
 
 
 class ResultTable:
-    """Rows ``(image, method, {metric: value})``; means per method; CSV + Markdown output."""
+    """Rows ``(image, method, {metric: value})``; means per method; CSV + Markdown output.
 
-    def __init__(self, metric_names, methods):
+    ``depth``: optional ``{method: label}`` saying where the depth behind a method's results came from (e.g.
+    ``prior``); with it the CSV gets a ``depth`` column (empty for methods without depth) and ``depth_note``
+    a line under the Markdown table's title (the caller words it, e.g. ``depth_arch.depth_note``)."""
+
+    def __init__(self, metric_names, methods, depth=None, depth_note=''):
         self.metric_names = list(metric_names)
         self.methods = list(methods)
+        self.depth = dict(depth or {})
+        self.depth_note = depth_note
         self.rows = []
 
     def add(self, image, method, values):
@@ -241,17 +247,20 @@ class ResultTable:
         md_path = osp.join(folder, f'{dataset}_metrics.md')
         with atomic_write(csv_path, 'w', newline='') as f:
             writer = csv.writer(f)
-            writer.writerow(['image', 'method'] + self.metric_names)
+            depth_col = (lambda method: [self.depth.get(method) or '']) if self.depth else (lambda method: [])
+            writer.writerow(['image', 'method'] + self.metric_names + (['depth'] if self.depth else []))
             for image, method, vals in self.rows:
                 writer.writerow([image, method] + ['' if vals[m] is None else repr(float(vals[m]))
-                                                   for m in self.metric_names])
+                                                   for m in self.metric_names] + depth_col(method))
             for method, vals in self.means().items():
                 writer.writerow(['MEAN', method] + ['' if vals[m] is None else repr(float(vals[m]))
-                                                   for m in self.metric_names])
+                                                   for m in self.metric_names] + depth_col(method))
         n_images = len({r[0] for r in self.rows})
-        lines = [f'# {dataset}: {n_images} image(s), mean per method', '',
-                 '| method | ' + ' | '.join(self.metric_names) + ' |',
-                 '| --- | ' + ' | '.join('---' for _ in self.metric_names) + ' |']
+        lines = [f'# {dataset}: {n_images} image(s), mean per method', '']
+        if self.depth_note:
+            lines += [f'**{self.depth_note}**', '']
+        lines += ['| method | ' + ' | '.join(self.metric_names) + ' |',
+                  '| --- | ' + ' | '.join('---' for _ in self.metric_names) + ' |']
         for method, vals in self.means().items():
             lines.append(f'| {method} | ' + ' | '.join(_fmt(vals[m]) for m in self.metric_names) + ' |')
         if unavailable:

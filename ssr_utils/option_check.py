@@ -1,5 +1,6 @@
-"""Start-up checks of a parsed option file: every ``type`` is registered, every input path exists, the scales
-agree, and the model type's own ``check_options`` passes.
+"""Start-up checks of a parsed option file: every ``type`` is registered, every input path exists, every
+depth network (``MonocularDepth`` / ``TransformersDepthNet`` with a network backend) has its local folder,
+the scales agree, and the model type's own ``check_options`` passes.
 
 A failure raises :class:`ssr_utils.errors.OptionError`, which exits with one line naming the
 option key (``a:b:c``) and the value.
@@ -55,6 +56,48 @@ def _check_paths(node, key_path, root_path):
                 raise OptionError(full_key, item, 'path does not exist')
             resolved.append(item)
         node[key] = resolved if isinstance(value, (list, tuple)) else resolved[0]
+
+
+# registered types that load a depth network from a local save_pretrained folder (``model_path``)
+_DEPTH_TYPES = ('MonocularDepth', 'TransformersDepthNet')
+_DEPTH_BACKENDS = ('prior', 'dpt', 'depth_anything')
+
+
+def _check_depth_networks(node, key_path, root_path):
+    """Every ``type: MonocularDepth`` / ``TransformersDepthNet`` block anywhere in the options: a known backend,
+    and for a network backend a ``model_path`` that is an existing save_pretrained folder (resolved like the
+    other input paths). The prior needs nothing (``backend: prior``)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_depth_networks(item, f'{key_path}:{i}', root_path)
+        return
+    if not isinstance(node, dict):
+        return
+    if node.get('type') in _DEPTH_TYPES:
+        default = 'prior' if node['type'] == 'MonocularDepth' else 'dpt'
+        backend = node.get('backend', default)
+        prefix = f'{key_path}:' if key_path else ''
+        if backend not in _DEPTH_BACKENDS or (node['type'] == 'TransformersDepthNet' and backend == 'prior'):
+            raise OptionError(f'{prefix}backend', backend, f'expected one of {", ".join(_DEPTH_BACKENDS)} '
+                              '(TransformersDepthNet: dpt or depth_anything)')
+        model_path = node.get('model_path')
+        if backend != 'prior' and (node['type'] == 'MonocularDepth' or model_path is not None):
+            if not isinstance(model_path, str) or not model_path:
+                raise OptionError(f'{prefix}model_path', model_path, f'backend {backend} needs the local '
+                                  'save_pretrained folder of a depth network (MiDaS / DPT / Depth Anything, or one '
+                                  'trained by options/train_depth.yml); backend: prior is the weight-free heuristic')
+            resolved = _resolve_path(os.path.expanduser(model_path), root_path)
+            if not osp.isdir(resolved):
+                raise OptionError(f'{prefix}model_path', resolved, 'depth network folder does not exist (weights '
+                                  'are never downloaded at run time: save_pretrained it there, or train one with '
+                                  'options/train_depth.yml)')
+            if not osp.isfile(osp.join(resolved, 'config.json')):
+                raise OptionError(f'{prefix}model_path', resolved, 'no config.json in the folder (not a '
+                                  'save_pretrained folder)')
+            node['model_path'] = resolved
+    for key, value in node.items():
+        if isinstance(value, (dict, list)) and key != 'config':
+            _check_depth_networks(value, f'{key_path}:{key}' if key_path else str(key), root_path)
 
 
 def _scale_keys(node, key_path):
@@ -113,5 +156,6 @@ def check_options(opt, root_path=None):
     for key, value in opt.items():
         if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
             _check_paths(value, key, root_path)
+    _check_depth_networks(opt, '', root_path)
     check_scales(opt)
     _model_checks(opt, model_reg)

@@ -88,7 +88,8 @@ def test_dpt_backend_from_local_folder(tmp_path):
     depth = net(img)
     _check_depth(depth, (2, 1, 24, 40))
     # the loaded weights are the saved ones: same prediction as the original model on the same input
-    x = torch.nn.functional.interpolate(img, size=(32, 32), mode='bicubic', align_corners=False)
+    # resized as transformers' image processors resize (PIL bicubic: antialiased when it shrinks)
+    x = torch.nn.functional.interpolate(img, size=(32, 32), mode='bicubic', align_corners=False, antialias=True)
     with torch.no_grad():
         pred = model(pixel_values=(x.clamp(0, 1) - 0.5) / 0.5).predicted_depth[:, None]
     pred = torch.nn.functional.interpolate(pred, size=(24, 40), mode='bicubic', align_corners=False)

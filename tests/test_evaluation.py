@@ -143,8 +143,11 @@ def test_benchmark_through_basicsr_test(tiny_bench, results_dir):
     lines = {line.split('|')[1].strip(): [c.strip() for c in line.split('|')[2:-1]]
              for line in md.splitlines() if line.startswith('| ') and not line.startswith(('| method', '| ---'))}
     assert set(lines) == {'Bicubic', 'SVKR (I^T)', 'SSR'}
-    header = [c.strip() for c in md.splitlines()[2].split('|')[2:-1]]
+    header = [c.strip() for c in next(l for l in md.splitlines() if l.startswith('| method')).split('|')[2:-1]]
     assert header == ['psnr', 'ssim', 'niqe', 'lpips', 'musiq', 'kernel_psnr']
+    # the SVKR here runs the weight-free depth prior: the table and the log say so
+    assert 'weight-free PRIOR' in md.splitlines()[2]
+    assert 'weight-free PRIOR' in proc.stdout.split('Benchmark tiny_sv (means)')[1].splitlines()[0]
     for method, cells in lines.items():
         vals = dict(zip(header, cells))
         assert float(vals['psnr']) > 5 and 0 < float(vals['ssim']) <= 1
@@ -158,6 +161,8 @@ def test_benchmark_through_basicsr_test(tiny_bench, results_dir):
         assert 'Metric lpips cannot run: pyiqa is not installed' in proc.stdout
     rows = list(csv.reader(open(osp.join(results, 'tiny_sv_metrics.csv'))))
     assert len(rows) == 1 + 2 * 3 + 3
+    assert rows[0][-1] == 'depth'
+    assert {r[1]: r[-1] for r in rows[1:]} == {'Bicubic': '', 'SVKR (I^T)': 'prior', 'SSR': 'prior'}
     for stem in ('im0', 'im1'):
         strip = cv2.imread(osp.join(results, 'tiny_sv_crops', f'{stem}.png'))
         assert strip is not None and strip.shape[1] >= 4 * 112  # LR bicubic | SVKR | SSR | HR

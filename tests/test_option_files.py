@@ -91,6 +91,17 @@ class FixtureData:
             return str(path)
         return self._once('folder', make)
 
+    def depth_model_folder(self):
+        """A depth network's save_pretrained folder (a tiny DPT with random weights), as a user's download."""
+        def make():
+            from ssr_arch.depth_arch import TransformersDepthNet
+            net = TransformersDepthNet('dpt', config=dict(
+                hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
+                patch_size=8, neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=8, head_hidden_size=8,
+                reassemble_factors=[2, 1, 0.5, 0.25], backbone_out_indices=[0, 1, 2, 3]))
+            return net.save_pretrained(str(self.root / 'depth_model'))
+        return self._once('depth_model', make)
+
     def value_for(self, full_key, key, value, dataset):
         scale = int((dataset or {}).get('scale', 4))
         lmdb = isinstance(value, str) and value.rstrip('/').endswith('.lmdb')
@@ -112,12 +123,14 @@ class FixtureData:
             return self.weights_file()
         if key == 'pretrained_path':
             return self.weights_folder()
+        if key == 'model_path':
+            return self.depth_model_folder()
         raise AssertionError(f'{full_key} = {value!r}: a path key this test does not know how to fill; '
                              'add its kind to FixtureData')
 
 
 PATH_PREFIXES = ('dataroot', 'meta_info', 'pca_path', 'pretrain_network', 'pretrained_model_path',
-                 'pretrained_path')
+                 'pretrained_path', 'model_path')
 
 
 def fill_paths(node, data, key_path='', dataset=None):
@@ -169,11 +182,17 @@ def test_option_file_parses_checks_and_builds_its_datasets(path, fixture_data, m
     from ssr_utils.option_check import check_options
     opt = parse(path, monkeypatch)
     filled = fill_paths(opt, fixture_data)
-    assert any(k.startswith('datasets:') for k in filled), 'no dataset path in the file'
+    generated = [d for d in opt['datasets'].values() if d.get('scenes')]  # SceneDepthDataset renders its own
+    assert generated or any(k.startswith('datasets:') for k in filled), 'no dataset path in the file'
     check_options(opt, ROOT)
     for phase, dataset_opt in opt['datasets'].items():
+        if dataset_opt.get('scenes'):
+            dataset_opt['scenes'] = dict(dataset_opt['scenes'], size=64)  # a small scene is enough here
         dataset = build_dataset(dataset_opt)
         sample = dataset[0]
+        if dataset_opt['type'] == 'SceneDepthDataset':
+            assert sample['img'].shape[0] == 3 and sample['depth'].shape[0] == 1, phase
+            continue
         assert sample['lq'].shape[0] == 3 and sample['gt'].shape[0] == 3, phase
         if dataset_opt['type'] == 'SSRPairedDataset' and dataset_opt.get('dataroot'):
             assert 'kernel' in sample and sample['kernel'].shape[0] == 21 * 21
@@ -203,7 +222,8 @@ def test_full_size_files_read_documented_data_only(path, monkeypatch):
     data_keys = {k: v for k, v in filled.items() if k.startswith('datasets:') or k.endswith('pca_path')}
     if osp.basename(path) == 'train_rrdb_sv_baseline.yml':  # the BasicSR mixing example: its own data paths
         data_keys = {k: v for k, v in data_keys.items() if k.endswith(':dataroot')}
-    assert data_keys
+    generated = [d for d in (opt.get('datasets') or {}).values() if d.get('scenes')]  # rendered, nothing to read
+    assert data_keys or generated
     for key, value in data_keys.items():
         assert 'datasets/demo' not in value, f'{key} = {value}: a full-size file must not use the demo data'
         assert value in outputs, f'{key} = {value}: no command in docs/benchmarks.md writes it'

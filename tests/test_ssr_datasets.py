@@ -232,7 +232,7 @@ def test_prepare_demo_data_layout(tmp_path):
     from ssr_data.kernels import KernelPCA
     root = str(tmp_path / 'demo')
     prepare_demo_data(root, train_photos=('astronaut', 'rocket'), val_photos=('chelsea', ), max_side=128, crop_size=64,
-                      step=64, val_crop=32, val_per_photo=2, pca_samples=500, show_progress=False)
+                      step=64, val_crop=32, val_per_photo=2, pca_samples=500, show_progress=False, source='photos')
     with open(osp.join(root, 'hr.lmdb', 'meta_info.txt')) as f:
         hr_keys = [line.split('.')[0] for line in f]
     with open(osp.join(root, 'depth.lmdb', 'meta_info.txt')) as f:
@@ -252,12 +252,36 @@ def test_prepare_demo_data_layout(tmp_path):
         prepare_demo_data(root)
 
 
+def test_prepare_demo_data_scenes_have_exact_depth(tmp_path):
+    """The default demo data: scenes with their exact depth in depth.lmdb and in the validation set."""
+    from prepare_demo_data import prepare_demo_data
+    from ssr_data.scene_depth_dataset import SceneDepthDataset
+    from ssr_data.scenes import SceneGenerator, default_texture_photos
+    root = str(tmp_path / 'demo')
+    prepare_demo_data(root, num_scenes=3, scene_size=48, num_val_scenes=2, val_crop=32, pca_samples=300,
+                      show_progress=False)
+    assert osp.isfile(osp.join(root, 'scenes.json')) and osp.isfile(osp.join(root, 'kernel_pca_k21.pth'))
+    # the depth network's dataset reads the same LMDBs, with the true inverse depth from scenes.json
+    ds = SceneDepthDataset({'dataroot_gt': osp.join(root, 'hr.lmdb'), 'dataroot_depth': osp.join(root, 'depth.lmdb'),
+                            'use_hflip': False})
+    assert len(ds) == 3 and 'disparity' in ds[0]
+    _, depth, _ = SceneGenerator(default_texture_photos('train'), (48, 48)).generate((0, 1))
+    np.testing.assert_allclose(ds[1]['depth'][0].numpy(), depth, atol=1.5 / 65535)
+    val = osp.join(root, 'val_x4')
+    assert sorted(os.listdir(osp.join(val, 'depth'))) == ['scene_000000.png', 'scene_000001.png']
+    _, val_depth, _ = SceneGenerator(default_texture_photos('test'), (32, 32)).generate((1, 0))
+    stored = cv2.imread(osp.join(val, 'depth', 'scene_000000.png'), cv2.IMREAD_UNCHANGED) / 65535.0
+    np.testing.assert_allclose(stored, val_depth, atol=1.5 / 65535)
+    with open(osp.join(val, 'meta.json')) as f:
+        assert 'prior' not in json.dumps(json.load(f)['depth']).lower()
+
+
 def test_mixing_option_file_trains_stock_srmodel_rrdbnet(tmp_path):
     """options/train_rrdb_sv_baseline_demo.yml through `python basicsr/train.py`, on tiny data, 2 iterations."""
     from prepare_demo_data import prepare_demo_data
     data = str(tmp_path / 'demo')
     prepare_demo_data(data, train_photos=('astronaut', ), val_photos=('chelsea', ), max_side=96, crop_size=48, step=48,
-                      val_crop=32, val_per_photo=1, pca_samples=200, show_progress=False)
+                      val_crop=32, val_per_photo=1, pca_samples=200, show_progress=False, source='photos')
     with open(osp.join(ROOT, 'options', 'train_rrdb_sv_baseline_demo.yml')) as f:
         opt = yaml.safe_load(f)
     with open(osp.join(ROOT, 'options', 'train_rrdb_sv_baseline.yml')) as f:
