@@ -294,8 +294,8 @@ def svkr_tiled(svkr, lr, tile=0, overlap=16, context=SVKR_CONTEXT, want=('sr', )
     device = next(svkr.parameters()).device
 
     def fn(t):
-        with autocast(device, dtype):
-            out = svkr(t.to(device))
+        with autocast(device, dtype):  # without 'sr' the last NBSR pass (Iᵀ) is skipped: same maps
+            out = svkr(t.to(device)) if 'sr' in want else svkr(t.to(device), need_sr=False)
         res = {}
         if 'sr' in want:
             res['sr'] = out['sr'].float()

@@ -206,7 +206,7 @@ def ssr_sampling(args, device, dtype):
     def conditions():
         """Once per image: (SVKR), VAE encoding of the upsampled LR, encoders, AMF modulations."""
         if svkr is not None:
-            maps = svkr(lr)
+            maps = svkr(lr, need_sr=False)  # as SSRPipeline runs it: the maps only, no last NBSR pass
             depth, kernel = maps['depth'], maps['kernel']
         else:
             depth, kernel = torch.rand(1, 1, *lr.shape[-2:], device=device), None
