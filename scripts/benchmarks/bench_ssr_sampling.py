@@ -90,6 +90,8 @@ def main():
     parser.add_argument('--scale', type=int, default=4)
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--warmup-steps', type=int, default=None,
+                        help='steps of the warm-up loops (default: --steps; 1 is enough on a CPU, halving the cost)')
     parser.add_argument('--with-svkr', action='store_true', help='include the frozen SVKR (default options)')
     parser.add_argument('--part', choices=['all', 'ssr', 'dkenet'], default='all',
                         help='ssr: SSR vs bare UNet sampling; dkenet: DKENet with vs without its depth branch')
@@ -188,9 +190,9 @@ def ssr_sampling(args, device, dtype):
     lat = size // net.vae_scale_factor
     emb = net.null_embedding(1, dtype)
 
-    def loop(step_fn):
+    def loop(step_fn, steps=None):
         sched = DPMSolverMultistepScheduler.from_config(sched_cfg)
-        sched.set_timesteps(args.steps, device=device)
+        sched.set_timesteps(steps or args.steps, device=device)
         g = torch.Generator(device=device).manual_seed(0)
         z = torch.randn(1, 4, lat, lat, generator=g, device=device) * sched.init_noise_sigma
         for t in sched.timesteps:
@@ -199,8 +201,8 @@ def ssr_sampling(args, device, dtype):
         return z
 
     @torch.no_grad()
-    def run_bare():
-        return loop(lambda z, t: net.unet(z, t, encoder_hidden_states=emb).sample)
+    def run_bare(steps=None):
+        return loop(lambda z, t: net.unet(z, t, encoder_hidden_states=emb).sample, steps)
 
     @torch.no_grad()
     def conditions():
@@ -217,11 +219,12 @@ def ssr_sampling(args, device, dtype):
         return net.encode_conditions(z_lr, depth.to(dtype), code)
 
     @torch.no_grad()
-    def run_ssr():
+    def run_ssr(steps=None):
         conds = conditions()
-        return loop(lambda z, t: net(z, t, conditions=conds))
+        return loop(lambda z, t: net(z, t, conditions=conds), steps)
 
-    run_bare(), run_ssr()  # warm-up (kernel selection, allocator)
+    warm = getattr(args, 'warmup_steps', None)
+    run_bare(warm), run_ssr(warm)  # warm-up (kernel selection, allocator)
     bare_t, ssr_t, cond_t = [], [], []
     for _ in range(args.repeats):
         bare_t.append(timed(run_bare, device))
