@@ -37,7 +37,9 @@ class SVKR(nn.Module):
     ``K¹ = K⁰``; this is used instead of recomputing them (same result, one DE and one KE pass fewer).
     For ``T = 0``, ``Iᵀ`` is defined as ``NBSR(LR, K⁰)`` so that the output is always an SR image; and
     in the per-iteration lists ``srs[t] = NBSR(LR, Kᵗ)`` for every t = 0..T (``srs[0]`` is computed only
-    when asked for, or when T = 0).
+    when asked for, or when T = 0). ``forward(lr, need_sr=False)`` skips the last NBSR pass (``Iᵀ``, then
+    None) for callers that want only ``Dᵀ`` and ``Kᵀ``, such as SSR's conditions: same maps, one NBSR
+    pass fewer.
 
     Args:
         num_iter (int): T (0 allowed).
@@ -117,7 +119,7 @@ class SVKR(nn.Module):
                 depth = F.interpolate(depth, size=size, mode='bilinear', align_corners=False, antialias=shrink)
             return depth.clamp_(0, 1).to(img.dtype)
 
-    def forward(self, lr, return_all=False):
+    def forward(self, lr, return_all=False, need_sr=True):
         size = tuple(lr.shape[-2:])
         depth = self.estimate_depth(lr, size)  # D⁰ = DE(I⁰), I⁰ = LR
         kernel = self.kernel_net(lr, depth)  # K⁰
@@ -125,7 +127,7 @@ class SVKR(nn.Module):
         # the current one (and, while mixing, the new estimate) is kept alive
         depths, kernels, srs = ([depth], [kernel], []) if return_all else (None, None, None)
         sr = None
-        if return_all or self.num_iter == 0:
+        if return_all or (self.num_iter == 0 and need_sr):
             sr = self.sr_net(lr, kernel)
             if return_all:
                 srs.append(sr)
@@ -141,7 +143,8 @@ class SVKR(nn.Module):
             kernel = mixed.add_((1.0 - self.gamma) * kernel)
             del mixed
             sr = None  # Iᵗ was only needed for Dᵗ⁺¹
-            sr = self.sr_net(lr, kernel)
+            if need_sr or return_all or t < self.num_iter - 1:  # the last Iᵀ only when it is wanted
+                sr = self.sr_net(lr, kernel)
             if return_all:
                 depths.append(depth)
                 kernels.append(kernel)

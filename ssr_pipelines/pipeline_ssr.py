@@ -52,11 +52,17 @@ from ssr_utils.atomic_file import atomic_write  # noqa: E402
 from ssr_utils.checkpoint import read_state_dict  # noqa: E402
 from ssr_utils.color_fix import StreamingColorFix  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.tiled_vae import tiled_decode, tiled_encode  # noqa: E402
 from ssr_utils.tiling import TiledRunner, tiled_apply  # noqa: E402
 from ssr_utils.visualize import kernel_variance  # noqa: E402
 
 SAMPLERS = ('ddim', 'dpmsolver++')
 COLOR_FIXES = ('none', 'adain', 'wavelet')
+# how a tiled run cuts the VAE: 'windows' = each window through the whole VAE, blended over the overlaps
+# (every GroupNorm sees its window only); 'layerwise' = ssr_utils.tiled_vae, one layer at a time over the
+# whole image, every GroupNorm on whole-image statistics (equal to the untiled VAE up to summation order)
+VAE_TILINGS = ('windows', 'layerwise')
+VAE_STORES = ('memory', 'disk')
 SAMPLING_KEYS = ('sampler', 'num_inference_steps', 'strength', 'seed', 'color_fix', 'solver_order')
 # LR pixels of context around each SVKR window: more than the receptive field of the demo-size networks
 # (about 6 LR pixels, measured); even, so that DKENet's stride-2 stages keep their phase in every window
@@ -129,6 +135,14 @@ def check_sampler(sampler, key='diffusion:sampler'):
     if sampler not in SAMPLERS:
         raise OptionError(key, sampler, f'expected one of {list(SAMPLERS)}')
     return sampler
+
+
+def check_vae_tiling(vae_tiling, vae_store='memory'):
+    if vae_tiling not in VAE_TILINGS:
+        raise OptionError('vae_tiling', vae_tiling, f'expected one of {list(VAE_TILINGS)}')
+    if vae_store not in VAE_STORES:
+        raise OptionError('vae_store', vae_store, f'expected one of {list(VAE_STORES)}')
+    return vae_tiling, vae_store
 
 
 def check_color_fix(method, key='diffusion:color_fix'):
@@ -280,8 +294,8 @@ def svkr_tiled(svkr, lr, tile=0, overlap=16, context=SVKR_CONTEXT, want=('sr', )
     device = next(svkr.parameters()).device
 
     def fn(t):
-        with autocast(device, dtype):
-            out = svkr(t.to(device))
+        with autocast(device, dtype):  # without 'sr' the last NBSR pass (Iᵀ) is skipped: same maps
+            out = svkr(t.to(device)) if 'sr' in want else svkr(t.to(device), need_sr=False)
         res = {}
         if 'sr' in want:
             res['sr'] = out['sr'].float()
@@ -447,7 +461,7 @@ class SSRPipeline:
     @torch.no_grad()
     def __call__(self, image, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
                  tile_overlap=16, color_fix=None, dtype=None, depth=None, kernel=None, return_maps=False,
-                 progress=False, out=None, out_device=None, cond_cache='auto'):
+                 progress=False, out=None, out_device=None, cond_cache='auto', vae_tiling='windows', vae_store='memory'):
         """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays and PIL images).
 
         ``tile`` / ``tile_overlap``: windows in LR pixels (None / 0: the whole image is one window).
@@ -455,18 +469,26 @@ class SSRPipeline:
         ``out``: a float32 B×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
         ``cond_cache``: where the per-window AMF features live between steps: ``device``, ``cpu``, ``none``
         (recomputed every step), ``auto`` = ``device`` for one window, else ``cpu`` on CUDA and ``none`` elsewhere
-        (measured on CPU, bench_inference.py: same time, a third of the memory). Other arguments default to the
-        pipeline's."""
+        (measured on CPU, bench_inference.py: same time, a third of the memory).
+        ``vae_tiling``: how ``tile`` cuts the VAE encoder and decoder: ``windows`` (default) runs each window
+        through the whole VAE and blends the overlaps, so every GroupNorm normalises with its own window's
+        statistics; ``layerwise`` runs ``ssr_utils.tiled_vae`` (one layer at a time over the whole image in
+        tiles, every GroupNorm on whole-image statistics: the untiled VAE up to summation order, no tone
+        seams). Its image-size activations live in ``vae_store``: ``memory`` (host memory, so the GPU holds
+        one tile) or ``disk`` (a temporary file, so host memory stays flat too). Without ``tile`` both are the
+        untiled VAE. Other arguments default to the pipeline's."""
         if self.unet is None:
             raise RuntimeError('SSRPipeline: this pipeline has no SSR network (an SVKR-only model); use svkr_only()')
         lr, back, in_device = _as_batch(image)
         steps = int(num_inference_steps or self.num_inference_steps)
         if steps < 1:
             raise OptionError('num_inference_steps', num_inference_steps, 'expected an integer >= 1')
+        vae_tiling = check_vae_tiling(vae_tiling, vae_store)
         res = self._sample(lr, tile, tile_overlap, steps, seed, strength, sampler,
                            check_color_fix(self.color_fix if color_fix is None else color_fix, 'color_fix'),
                            self.dtype if dtype is None else amp_dtype(dtype, 'dtype'), depth, kernel, return_maps,
-                           progress, out, torch.device(out_device) if out_device is not None else in_device, cond_cache)
+                           progress, out, torch.device(out_device) if out_device is not None else in_device, cond_cache,
+                           vae_tiling)
         return SSRPipelineOutput(images=back(res['sr']), depth=res.get('depth'), kernel_variance=res.get('kvar'))
 
     def _condition_maps(self, lr, depth, kernel, tile, overlap, dtype, return_maps, progress):
@@ -500,8 +522,9 @@ class SSRPipeline:
         return maps
 
     def _sample(self, lr, tile, overlap, steps, seed, strength, sampler, color_fix, dtype, depth, kernel, return_maps,
-                progress, out, out_device, cond_cache):
+                progress, out, out_device, cond_cache, vae_tiling=('windows', 'memory')):
         net, dev, s = self.unet, self.device, self.scale
+        layerwise = bool(tile) and vae_tiling[0] == 'layerwise'
         f, m = net.vae_scale_factor, net.size_multiple
         lm = max(1, m // f)
         tile = int(tile) if tile else 0
@@ -539,8 +562,14 @@ class SSRPipeline:
                 return net.encode_image(upsample_lr(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
 
             with autocast(dev, dtype):
-                z_lr = tiled_apply(encode_window, lq, tile_lr, overlap_lr, context=context_lr, multiple=lr_mult,
-                                   out_device=dev, progress=progress, desc='VAE encode')
+                if layerwise:
+                    image = upsample_lr(lq, (hp * s, wp * s)) * 2 - 1
+                    z_lr = tiled_encode(net.vae, image, tile_size=tile_lr * s, out_device=dev, store=vae_tiling[1],
+                                        progress=progress).mode() * net.vae.config.scaling_factor
+                    del image
+                else:
+                    z_lr = tiled_apply(encode_window, lq, tile_lr, overlap_lr, context=context_lr, multiple=lr_mult,
+                                       out_device=dev, progress=progress, desc='VAE encode')
                 zh, zw = z_lr.shape[-2:]
 
                 def to_latent(x):
@@ -588,8 +617,13 @@ class SSRPipeline:
                 fixer = StreamingColorFix(color_fix,
                                           lambda a, b_: upsample_lr_rows(lq, s, a, b_).to(out_device).float(),
                                           hp * s, out)
-                tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
-                            out_device=out_device, progress=progress, desc='VAE decode', into={'out': fixer.push})
+                if layerwise:  # rows in [-1, 1] -> decode_latent's [0, 1], streamed into the colour fix
+                    tiled_decode(net.vae, z / net.vae.config.scaling_factor, tile_size=lt, out_device=out_device,
+                                 store=vae_tiling[1], progress=progress,
+                                 out=lambda r0, r1, rows: fixer.push(r0, r1, ((rows + 1) / 2).clamp(0, 1)))
+                else:
+                    tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
+                                out_device=out_device, progress=progress, desc='VAE decode', into={'out': fixer.push})
                 fixer.finish()
         res = {'sr': out}
         if maps.get('depth') is not None:

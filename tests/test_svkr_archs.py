@@ -231,6 +231,23 @@ def test_svkr_inference_keeps_one_kernel_map_alive():
         assert torch.equal(out[key], ref[key])
 
 
+@pytest.mark.parametrize('num_iter', [0, 1, 3])
+def test_svkr_maps_only_skips_the_last_nbsr_pass(num_iter):
+    """``need_sr=False`` (SSR's conditions): the same depth and kernel maps to the bit, one NBSR pass fewer."""
+    net = _svkr(num_iter=num_iter, gamma=0.9).eval()
+    lr = torch.rand(1, 3, 8, 10)
+    calls = []
+    net.sr_net.register_forward_pre_hook(lambda m, i: calls.append(1))
+    with torch.no_grad():
+        full = net(lr)
+        n_full = len(calls)
+        maps = net(lr, need_sr=False)
+    assert n_full == max(num_iter, 1) and len(calls) - n_full == n_full - 1
+    assert maps['sr'] is None
+    for key in ('kernel', 'depth'):
+        assert torch.equal(maps[key], full[key])
+
+
 def test_svkr_t0_and_no_depth():
     net = _svkr(num_iter=0).eval()
     lr = torch.rand(1, 3, 6, 6)

@@ -117,3 +117,47 @@ def test_unsupported_blocks_are_named():
         tiled_decode(vae, _latent(h=8, w=8), tile_size=4)
     with pytest.raises(TypeError, match='AutoencoderKL'):
         tiled_decode(nn.Conv2d(4, 3, 1), _latent(h=8, w=8))
+
+
+def _tiny_pipeline():
+    """A tiny random SSRPipeline (tiny UNet / VAE with GroupNorms, demo-size SVKR) on the CPU."""
+    import ssr_arch  # noqa: F401
+    from basicsr.archs import build_network
+    from ssr_arch.ssr_unet_arch import tiny_config
+    from ssr_pipelines import SSRPipeline
+    from ssr_pipelines.pipeline_ssr import scheduler_from_options
+    from conftest import tiny_svkr_opt
+    torch.manual_seed(0)
+    unet = build_network(dict(type='SSRUNet', **tiny_config()))
+    return SSRPipeline(unet, scheduler_from_options(), build_network(tiny_svkr_opt()), scale=4, sampler='ddim',
+                       num_inference_steps=2, seed=0, color_fix='none')
+
+
+@pytest.mark.parametrize('store', ['memory', 'disk'])
+def test_pipeline_layerwise_vae_tiling_is_the_untiled_vae(store):
+    """SSRPipeline(vae_tiling='layerwise'): with the sampler taken out (the final latent = the LR latent), a
+    tiled run is decode(encode(upsampled LR)) of the untiled VAE; the default window tiling is not."""
+    pipe = _tiny_pipeline()
+    lr = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(1))
+    pipe.denoise = lambda shape, predict, *a, init_latent=None, **k: init_latent  # VAE only
+    ref = pipe(lr).images
+    lay = pipe(lr, tile=8, tile_overlap=4, vae_tiling='layerwise', vae_store=store).images
+    win = pipe(lr, tile=8, tile_overlap=4).images
+    err_lay, err_win = (lay - ref).abs().max().item(), (win - ref).abs().max().item()
+    assert err_lay < 1e-4, err_lay
+    assert err_win > 10 * max(err_lay, 1e-6), (err_win, err_lay)  # the test tells the two apart
+
+
+def test_pipeline_layerwise_vae_tiling_samples_and_bad_values_are_named():
+    from ssr_utils.errors import OptionError
+    pipe = _tiny_pipeline()
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    out = torch.full((1, 3, 64, 64), -1.0)
+    res = pipe(lr, tile=8, tile_overlap=4, vae_tiling='layerwise', out=out).images
+    assert res.data_ptr() == out.data_ptr() and torch.isfinite(out).all() and 0 <= out.min() and out.max() <= 1
+    # untiled, the option changes nothing: one window is the untiled VAE either way
+    assert torch.equal(pipe(lr, vae_tiling='layerwise').images, pipe(lr).images)
+    with pytest.raises(OptionError, match='vae_tiling'):
+        pipe(lr, tile=8, vae_tiling='groupnorm')
+    with pytest.raises(OptionError, match='vae_store'):
+        pipe(lr, tile=8, vae_tiling='layerwise', vae_store='gpu')

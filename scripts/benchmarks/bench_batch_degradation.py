@@ -295,7 +295,7 @@ def stage1_options():
         return yaml.safe_load(f)
 
 
-def bench_step(root, device, step_batch, repeats, jpeg_backend):
+def bench_step(root, device, step_batch, repeats, jpeg_backend, gt_size=None):
     from torch.utils.data import default_collate
 
     import ssr_arch  # noqa: F401
@@ -310,6 +310,8 @@ def bench_step(root, device, step_batch, repeats, jpeg_backend):
     ds_opt.update(phase='train', scale=yml['scale'], dataroot_gt=osp.join(root, 'hr.lmdb'),
                   dataroot_depth=osp.join(root, 'depth.lmdb'), degrade_on='model', return_kernel=True,
                   jpeg_backend=jpeg_backend, seed=0)
+    if gt_size:
+        ds_opt['gt_size'] = gt_size
     dataset = SSRDegradationDataset(ds_opt)
     raw = default_collate([dataset[i % len(dataset)] for i in range(batch)])
 
@@ -339,10 +341,10 @@ def bench_step(root, device, step_batch, repeats, jpeg_backend):
                 synth.append(t1 - t0)
                 step.append(t2 - t1)
     ts, tt = statistics.median(synth), statistics.median(step)
-    amp = yml['train'].get('use_amp') and device.type == 'cuda'
+    amp = yml['train'].get('amp', 'none')
     print(f'\n[step] DKENetModel, options/train_dkenet.yml stage-1 settings (gt_size {ds_opt["gt_size"]}, batch '
           f'{batch}, kernel_size {ds_opt.get("kernel_size", 21)}, use_jpeg {ds_opt.get("use_jpeg", True)}, '
-          f'AMP {yml["train"].get("amp_dtype") if amp else "off"}), device {device}, {repeats} timed steps')
+          f'AMP {amp}), device {device}, {repeats} timed steps')
     jpeg = ', JPEG' if ds_opt.get('use_jpeg', True) else ''
     print(f'[step] synthesis (maybe_degrade_batch: H2D, kernels, blur, noise{jpeg}) {ts * 1e3:.1f} ms; training step '
           f'(forward + backward + optimiser + EMA) {tt * 1e3:.1f} ms -> synthesis = {100 * ts / tt:.1f} % of a step '
@@ -366,6 +368,8 @@ def main():
                         help='JPEG of the degrade_on: model variants')
     parser.add_argument('--step-batch', type=int, default=None,
                         help='batch of the DKENet step (default: 16 from train_dkenet.yml on CUDA, 2 on CPU)')
+    parser.add_argument('--step-gt-size', type=int, default=None,
+                        help='HR crop of the DKENet step (default: gt_size of train_dkenet.yml)')
     parser.add_argument('--step-repeats', type=int, default=None, help='timed steps (default 10 on CUDA, 2 on CPU)')
     parser.add_argument('--skip-step', action='store_true')
     parser.add_argument('--breakdown-size', type=int, default=192, help='crop of the CPU-time breakdown')
@@ -392,7 +396,7 @@ def main():
         if not args.skip_step:
             cpu = device.type == 'cpu'
             bench_step(root, device, args.step_batch or (2 if cpu else None),
-                       args.step_repeats or (2 if cpu else 10), args.jpeg_backend)
+                       args.step_repeats or (2 if cpu else 10), args.jpeg_backend, args.step_gt_size)
 
 
 if __name__ == '__main__':

@@ -205,7 +205,7 @@ def child(args):
         if args.mode == 'svkr':
             return svkr_tiled(obj, lr.to(device), args.tile, args.overlap, out_device='cpu', into={'sr': out})['sr']
         return obj(lr, num_inference_steps=args.steps, seed=0, tile=args.tile or None, tile_overlap=args.overlap,
-                   cond_cache=args.cond_cache, out=out).images
+                   cond_cache=args.cond_cache, vae_tiling=args.vae_tiling, out=out).images
 
     with torch.no_grad():
         small = torch.rand(1, 3, 16, 16)
@@ -243,8 +243,10 @@ def child(args):
 def measure(args, mode, size, tile, **extra):
     cmd = [sys.executable, osp.abspath(__file__), '--child', '--mode', mode, '--size', str(size), '--tile', str(tile),
            '--overlap', str(args.overlap), '--steps', str(extra.get('steps', args.steps)), '--device', args.device,
-           '--config', extra.get('config', 'tiny'), '--precision', extra.get('precision', 'fp32'),
-           '--sampler', extra.get('sampler', 'ddim'), '--cond-cache', args.cond_cache] + (['--trace'] if args.trace else [])
+           '--config', extra.get('config', getattr(args, 'config', 'tiny')),
+           '--precision', extra.get('precision', getattr(args, 'precision', 'fp32')),
+           '--sampler', extra.get('sampler', getattr(args, 'sampler', 'ddim')), '--cond-cache', args.cond_cache,
+           '--vae-tiling', extra.get('vae_tiling', getattr(args, 'vae_tiling', 'windows'))] + (['--trace'] if args.trace else [])
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     for line in proc.stdout.splitlines():
@@ -284,9 +286,13 @@ def main():
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--size', type=int, help=argparse.SUPPRESS)
     p.add_argument('--tile', type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument('--config', default='tiny', help=argparse.SUPPRESS)
-    p.add_argument('--precision', default='fp32', help=argparse.SUPPRESS)
-    p.add_argument('--sampler', default='ddim', help=argparse.SUPPRESS)
+    p.add_argument('--config', default='tiny', choices=['tiny', 'sd21'],
+                   help='tiny: tiny_config() UNet/VAE + demo-size SVKR; sd21: Stable Diffusion 2.1-base sizes '
+                   '(bench_ssr_sampling.sd21_config) + train_svkr.yml-size SVKR')
+    p.add_argument('--precision', default='fp32', choices=['fp32', 'fp16', 'bf16'])
+    p.add_argument('--sampler', default='ddim', choices=['ddim', 'dpmsolver++'])
+    p.add_argument('--vae-tiling', default='windows', choices=['windows', 'layerwise'],
+                   help='SSR: how tiles cut the VAE (SSRPipeline, vae_tiling=)')
     args = p.parse_args()
     if args.child:
         return child(args)

@@ -1,0 +1,39 @@
+"""scripts/benchmarks/gpu_suite.sh runs every GPU measurement; ``--device cpu --tiny`` runs the same code paths
+on tiny configs. Here: the shell entry point end to end on the CPU, and the table it prints and writes."""
+import os
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+SECTIONS = ('sampling', 'overhead', 'tiled memory', 'training', 'degradation')
+
+
+def test_gpu_suite_tiny_on_cpu_prints_and_writes_the_table(tmp_path):
+    out = tmp_path / 'suite.md'
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT, PATH=osp.dirname(sys.executable) + os.pathsep +
+               os.environ.get('PATH', ''))
+    proc = subprocess.run(['bash', osp.join(ROOT, 'scripts', 'benchmarks', 'gpu_suite.sh'), '--device', 'cpu', '--tiny',
+                           '--out', str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    text = out.read_text()
+    assert text in proc.stdout  # the same table is printed
+    assert text.startswith('# GPU suite: CPU')
+    rows = [line.split(' | ') for line in text.splitlines() if line.startswith('| ') and '---' not in line][1:]
+    assert not any('FAILED' in r[1] for r in rows), text
+    assert {r[0].lstrip('| ') for r in rows} == set(SECTIONS)
+    measured = ' '.join(r[1] for r in rows)
+    for needle in ('fp16', 'bf16', 'few-step', 'SSR sampling (with SVKR) / bare UNet', 'DKENet with depth branch',
+                   'SVKR', 'SSR 32² LR input', 'DKENetModel', 'NBSRModel', 'SVKRModel', 'SSRModel',
+                   'degrade_on: model', 'batch synthesis'):
+        assert needle in measured, f'{needle!r} missing from the table:\n{text}'
+    # every training row ran both AMP precisions and reports a finite loss
+    for model in ('DKENetModel', 'NBSRModel', 'SVKRModel', 'SSRModel'):
+        amps = sorted(r[1].split('amp ')[1] for r in rows if r[1].startswith(model))
+        assert amps == ['bf16', 'fp16']
+    for r in rows:
+        if r[0].lstrip('| ') == 'training':
+            assert 'nan' not in r[4] and 'inf' not in r[4]
+        value = r[3].split()[0].rstrip('×%')
+        assert float(value) > 0, r
