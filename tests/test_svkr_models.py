@@ -275,6 +275,8 @@ def _shrink(opt_file, name, data, total_iter, **network):
         else:
             dset['dataroot'] = str(data / 'val')
     opt['network_g'].update(network)
+    if 'depth_opt' in opt['network_g']:  # the demo's trained depth network is tested in test_depth_training.py
+        opt['network_g']['depth_opt'] = {'type': 'MonocularDepth', 'backend': 'prior'}
     if 'train' in opt:
         opt['train']['total_iter'] = total_iter
         opt['train']['scheduler'] = {'type': 'MultiStepLR', 'milestones': [100], 'gamma': 0.5}

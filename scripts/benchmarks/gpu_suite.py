@@ -181,6 +181,14 @@ def _stage_options(stage, tiny, pca_path, device, amp, exp):
     net = deepcopy(yml['network_g'])
     for key in ('pretrain_network_kernel', 'pretrain_network_sr'):  # random weights: no earlier stage needed
         net.pop(key, None)
+    depth_note = ''
+    depth = net.get('depth_opt')
+    if isinstance(depth, dict) and depth.get('model_path'):
+        folder = depth['model_path'] if osp.isabs(depth['model_path']) else osp.join(ROOT, depth['model_path'])
+        if not osp.isdir(folder):  # the option file's depth network is not there (nothing is downloaded)
+            net['depth_opt'] = {k: v for k, v in depth.items() if k != 'model_path'}
+            net['depth_opt']['backend'] = 'prior'
+            depth_note = f', depth PRIOR (no {depth["model_path"]})'
     if net.get('pca_path') is not None or stage == 'ssr':
         net['pca_path'] = pca_path
     for sub in ('sr_opt', ):
@@ -205,7 +213,7 @@ def _stage_options(stage, tiny, pca_path, device, amp, exp):
         opt.pop('network_svkr', None)
         opt['conditions'] = dict(opt.get('conditions') or {}, source='gt', val_source='gt')
     ds = yml['datasets']['train']
-    return opt, int(ds['gt_size']), int(ds['batch_size_per_gpu']), int(yml['scale'])
+    return opt, int(ds['gt_size']), int(ds['batch_size_per_gpu']), int(yml['scale']), depth_note
 
 
 def _synthetic_batch(batch, gt_size, scale, kernel_size=21, seed=0):
@@ -235,7 +243,7 @@ def training(suite):
         KernelPCA.fit(random_kernels(300, kernel_size=21, seed=0).reshape(300, -1), 10).save(pca_path)
         for stage in STAGES:
             for amp in ('bf16', 'fp16'):
-                opt, gt_size, batch, scale = _stage_options(stage, tiny, pca_path, suite.device, amp,
+                opt, gt_size, batch, scale, depth_note = _stage_options(stage, tiny, pca_path, suite.device, amp,
                                                             osp.join(exp, f'{stage}_{amp}'))
                 if tiny:
                     batch, gt_size = 1, min(gt_size, 48 if stage == 'ssr' else 32)
@@ -257,7 +265,7 @@ def training(suite):
                 if not (loss == loss and abs(loss) != float('inf')) and skipped == 0:
                     raise RuntimeError(f'{stage} {amp}: non-finite loss {loss}')
                 suite.add('training', f'{opt["model_type"]} iteration, amp {amp}',
-                          f'crop {gt_size}, batch {batch}, {iters} timed iterations',
+                          f'crop {gt_size}, batch {batch}, {iters} timed iterations{depth_note}',
                           f'{statistics.median(times):.3f} s/iter', f'loss {loss:.4g}, non-finite steps {skipped}')
                 del model
                 if suite.device.type == 'cuda':
