@@ -1,5 +1,15 @@
 """Installable SSR package: a BasicSR extension (archs, models, datasets)."""
+import os.path as osp
+import re
+
 from setuptools import find_packages, setup
+
+
+def read_version():
+    """``__version__`` of ssr_utils/version.py, read as text (importing ssr_utils would need torch)."""
+    with open(osp.join(osp.dirname(osp.abspath(__file__)), 'ssr_utils', 'version.py'), encoding='utf-8') as f:
+        return re.search(r"^__version__ = '([^']+)'", f.read(), re.M).group(1)
+
 
 INSTALL_REQUIRES = [
     'torch>=2.1',
@@ -26,15 +36,17 @@ EXTRAS_REQUIRE = {
 
 setup(
     name='ssr-basicsr',
-    version='0.1.0',
+    version=read_version(),
     description='SSR: depth-informed spatially variant kernel refinement with a diffusion model for blind SR, '
     'as a BasicSR extension',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     python_requires='>=3.9',
-    packages=find_packages(include=['ssr_arch', 'ssr_models', 'ssr_data', 'ssr_utils', 'ssr_utils.*']),
+    packages=find_packages(include=['ssr_arch', 'ssr_data', 'ssr_models', 'ssr_pipelines', 'ssr_app', 'ssr_utils',
+                                    'ssr_utils.*']),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     license='Apache-2.0',
+    license_files=['LICENSE'],
     zip_safe=False,
 )

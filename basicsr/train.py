@@ -12,5 +12,5 @@ if ROOT not in sys.path:
     sys.path.insert(1, ROOT)
 
 if __name__ == '__main__':
-    from ssr_utils.launch import train
+    from ssr_app.launch import train
     train(ROOT)

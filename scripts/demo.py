@@ -7,7 +7,9 @@ Steps (each one is the README command it stands for, run as a subprocess from th
 1. ``python scripts/prepare_demo_data.py`` (skipped when ``datasets/demo`` exists);
 2. ``python basicsr/train.py -opt options/train_{dkenet,nbsr,svkr,ssr}_demo.yml``;
 3. ``python basicsr/test.py -opt options/test_ssr_demo.yml`` (Bicubic | SVKR | SSR table);
-4. ``python scripts/inference_ssr.py -opt options/test_ssr_demo.yml -i <demo photo> -o results/demo_inference
+4. ``python scripts/export_model.py -i experiments/ssr_demo --svkr experiments/train_SVKR_x4_demo -o
+   models/ssr_demo_x4`` (one self-contained model folder);
+5. ``python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i <demo photo> -o results/demo_inference
    --save-maps`` on a photograph that scikit-image ships (not part of the training data).
 The numbers of a demo are a plumbing check of the whole method on toy-size networks, not a result.
 """
@@ -28,6 +30,7 @@ STAGES = (  # option file, experiment name (from the file)
 )
 TEST_OPT = 'options/test_ssr_demo.yml'
 TEST_NAME = 'test_SSR_x4_demo'
+MODEL_DIR = 'models/ssr_demo_x4'
 QUICK_ITERS = 6
 QUICK_STEPS = 1  # sampling steps of the SSR test and inference with --quick
 
@@ -125,13 +128,17 @@ def main(argv=None):
     times['test'] = run_step('Test: Bicubic | SVKR | SSR on the demo SV set', ['basicsr/test.py', '-opt', TEST_OPT]
                              + test_force, log_dir, env)
 
+    ssr_exp, svkr_exp = (f'experiments/{_experiment_name(STAGES[i][0])}' for i in (3, 2))
+    run_step('Export: one model folder (SSR + SVKR)', ['scripts/export_model.py', '-i', ssr_exp, '--svkr', svkr_exp,
+                                                       '-o', MODEL_DIR, '--overwrite'], log_dir, env)
+
     out_dir = osp.join(ROOT, 'results', 'demo_inference')
     photo = demo_photo(osp.join(ROOT, 'results', 'demo_inputs', 'chelsea_lr.png'), args.quick)
     steps = ['--steps', str(QUICK_STEPS)] if args.quick else []
     times['inference'] = run_step('Inference on a demo photograph',
-                                  ['scripts/inference_ssr.py', '-opt', TEST_OPT, '-i', photo, '-o', out_dir,
+                                  ['scripts/inference_ssr.py', '--model_path', MODEL_DIR, '-i', photo, '-o', out_dir,
                                    '--save-maps', '-q', '--device', 'cpu'] + steps, log_dir, env)
-    run_step('Inference, SVKR only', ['scripts/inference_ssr.py', '-opt', TEST_OPT, '-i', photo, '-o',
+    run_step('Inference, SVKR only', ['scripts/inference_ssr.py', '--model_path', MODEL_DIR, '-i', photo, '-o',
                                       osp.join(out_dir, 'svkr_only'), '--svkr-only', '-q', '--device', 'cpu'],
              log_dir, env)
 
@@ -143,12 +150,13 @@ def main(argv=None):
     print(f'  SVKR result:          {osp.join(out_dir, "svkr_only", "chelsea_lr.png")}')
     print(f'  depth map:            {osp.join(out_dir, "chelsea_lr_depth.png")}')
     print(f'  kernel-variance map:  {osp.join(out_dir, "chelsea_lr_kernel_var.png")}')
+    print(f'  model folder:         {osp.join(ROOT, MODEL_DIR)} (SSRPipeline.from_pretrained)')
     print(f'  metrics table:        {table} (and .csv)')
     print(f'  side-by-side crops:   {osp.join(ROOT, "results", TEST_NAME, "demo_val_x4_crops")}/')
     print(f'  training logs:        experiments/<name>/, tensorboard --logdir tb_logger; step logs: {log_dir}/')
     if osp.isfile(table):
         print('\n' + open(table).read())
-    print('Run it on your own images:\n  python scripts/inference_ssr.py -opt options/test_ssr_demo.yml '
+    print(f'Run it on your own images:\n  python scripts/inference_ssr.py --model_path {MODEL_DIR} '
           '-i <image or folder> -o <output folder>')
     return 0
 

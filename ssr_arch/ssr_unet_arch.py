@@ -22,6 +22,12 @@ The UNet's own modules and parameter names are untouched (AMF acts through forwa
 base weights load and save in the diffusers layout and a bare UNet call (``conditions=None``)
 behaves exactly like the original model. With ``pretrained_path`` the UNet and the VAE are frozen by
 default (``freeze_unet`` / ``freeze_vae``); without it everything is trainable.
+
+Save / load follow diffusers: the constructor is ``@register_to_config``, so ``net.config`` rebuilds the
+network (``SSRUNet.from_config(net.config)``); ``save_pretrained(folder)`` writes ``config.json`` and
+``diffusion_pytorch_model.safetensors``; ``SSRUNet.from_pretrained(folder)`` reads them back. A base part
+that is loaded from ``pretrained_path`` and frozen is referenced by that path, not copied (its weights
+are the Stable Diffusion folder's); every other weight is in the safetensors file.
 """
 import json
 import os
@@ -33,15 +39,21 @@ from torch.nn import functional as F
 
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 
 from ssr_arch.amf_arch import AMF
 from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
-from ssr_utils.atomic_file import atomic_torch_save
+from ssr_data.kernels import KernelPCA
+from ssr_utils.atomic_file import atomic_write
 from ssr_utils.errors import OptionError
 
 MODALITIES = ('kernel', 'depth', 'lr')
-_CONFIG_NAME = 'ssr_config.json'
-_ADAPTER_NAME = 'ssr_adapters.pth'
+WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors'
+_BASE_PARTS = ('unet', 'vae')
+_WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin',
+                 'diffusion_pytorch_model.safetensors.index.json', 'diffusion_pytorch_model.bin.index.json')
 
 
 def tiny_config(cross_attention_dim=32, null_text_length=4):
@@ -76,6 +88,22 @@ def tiny_config(cross_attention_dim=32, null_text_length=4):
         amf=dict(hidden=16))
 
 
+def check_pretrained_folder(path, key='pretrained_path'):
+    """A local diffusers-layout folder with what SSRUNet reads from it: ``unet/`` and ``vae/``, each with its
+    ``config.json`` and weights. Stops with an ``OptionError`` naming ``key`` and the first missing file."""
+    if not osp.isdir(path):
+        raise OptionError(key, path, 'not an existing local folder (a diffusers-layout Stable Diffusion folder with '
+                          'unet/ and vae/; nothing is downloaded)')
+    for part in _BASE_PARTS:
+        folder = osp.join(path, part)
+        if not osp.isfile(osp.join(folder, 'config.json')):
+            raise OptionError(key, path, f'incomplete: no {part}/config.json (diffusers layout: unet/, vae/, '
+                              'scheduler/)')
+        if not any(osp.isfile(osp.join(folder, name)) for name in _WEIGHT_FILES):
+            raise OptionError(key, path, f'incomplete: no weights in {part}/ (expected {_WEIGHT_FILES[0]} or '
+                              f'{_WEIGHT_FILES[1]})')
+
+
 def _public_config(config):
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(config).items() if not k.startswith('_')}
 
@@ -84,8 +112,12 @@ def _count(params):
     return sum(p.numel() for p in params)
 
 
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
 @ARCH_REGISTRY.register()
-class SSRUNet(nn.Module):
+class SSRUNet(ModelMixin, ConfigMixin):
     """See the module docstring. Options (``network_g`` in the YAML):
 
     Args:
@@ -107,6 +139,7 @@ class SSRUNet(nn.Module):
         gradient_checkpointing (bool): diffusers' gradient checkpointing in the UNet blocks.
     """
 
+    @register_to_config
     def __init__(self,
                  pretrained_path=None,
                  unet=None,
@@ -127,13 +160,62 @@ class SSRUNet(nn.Module):
                  recon_heads=True,
                  gradient_checkpointing=False):
         super().__init__()
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        logger = get_root_logger()
+        self.modalities, self.inject = self._check_choices(modalities, inject, null_text)
+        self._build_base(pretrained_path, unet, vae, freeze_unet, freeze_vae, gradient_checkpointing)
+        self._build_kernel_pca(pca_path, kernel_code_channels, kernel_size)
+        lr_encoder, map_encoder = self._build_encoders(lr_encoder, map_encoder, kernel_code_channels)
+        amf = self._build_fusion(amf)
+        self._build_recon_heads(recon_heads, kernel_code_channels)
+        self._build_null_text(null_text, null_text_length, null_text_path)
+        self._active = None
+        self._hook_handles = [
+            module.register_forward_hook(self._make_hook(name)) for name, module, _, _ in self._points
+        ]
+        # the config rebuilds this architecture: resolved lists and dicts, an absolute base path, and no
+        # pca_path / null_text_path (the basis and the embedding are part of the weights)
+        self.register_to_config(
+            pretrained_path=None if pretrained_path is None else osp.abspath(pretrained_path),
+            modalities=list(self.modalities),
+            inject=list(self.inject),
+            lr_encoder=_jsonable(lr_encoder),
+            map_encoder=_jsonable(map_encoder),
+            amf=_jsonable(amf),
+            null_text_length=int(self.null_text_embedding.shape[1]),
+            pca_path=None,
+            null_text_path=None)
+        n_train, n_total = self.parameter_counts()
+        get_root_logger().info(
+            f'SSRUNet: {n_train:,} trainable of {n_total:,} parameters ({100.0 * n_train / max(n_total, 1):.2f}%); '
+            f'UNet {"frozen" if self.frozen["unet"] else "trainable"}, '
+            f'VAE {"frozen" if self.frozen["vae"] else "trainable"}, modalities {self.modalities}, '
+            f'{len(self._points)} AMF points')
 
+    def __getattr__(self, name):
+        # config keys unet / vae / amf / recon_heads share their names with submodules: the submodules win
+        # (diffusers' ModelMixin would hand out the config value)
+        for store in ('_modules', '_parameters', '_buffers'):
+            values = self.__dict__.get(store)
+            if values is not None and name in values:
+                return values[name]
+        return super().__getattr__(name)
+
+    # ------------------------------------------------------------------ construction steps
+    @staticmethod
+    def _check_choices(modalities, inject, null_text):
+        modalities = list(modalities)
+        if not modalities or any(m not in MODALITIES for m in modalities) or len(set(modalities)) != len(modalities):
+            raise OptionError('modalities', modalities, f'expected distinct entries from {list(MODALITIES)}')
+        inject = list(inject)
+        if not inject or any(g not in ('down', 'mid', 'up') for g in inject):
+            raise OptionError('inject', inject, 'expected a non-empty subset of [down, mid, up]')
+        if null_text not in ('zeros', 'learned'):
+            raise OptionError('null_text', null_text, 'expected zeros or learned')
+        return modalities, inject
+
+    def _build_base(self, pretrained_path, unet, vae, freeze_unet, freeze_vae, gradient_checkpointing):
+        """The diffusers UNet and VAE: from ``pretrained_path`` (frozen by default) or from their configs."""
         if pretrained_path is not None:
-            for sub in ('unet', 'vae'):
-                if not osp.isdir(osp.join(pretrained_path, sub)):
-                    raise OptionError('pretrained_path', pretrained_path, f'no "{sub}/" folder (diffusers layout)')
+            check_pretrained_folder(pretrained_path)
             if unet is not None or vae is not None:
                 raise OptionError('unet' if unet is not None else 'vae', 'dict',
                                   'give either pretrained_path or the unet/vae configs, not both')
@@ -145,64 +227,66 @@ class SSRUNet(nn.Module):
                                   'required when pretrained_path is not given (config of the model to build)')
             self.unet = UNet2DConditionModel(**unet)
             self.vae = AutoencoderKL(**vae)
-        freeze_unet = pretrained_path is not None if freeze_unet is None else bool(freeze_unet)
-        freeze_vae = pretrained_path is not None if freeze_vae is None else bool(freeze_vae)
-        self.unet.requires_grad_(not freeze_unet)
-        self.vae.requires_grad_(not freeze_vae)
+        self.frozen = {
+            'unet': pretrained_path is not None if freeze_unet is None else bool(freeze_unet),
+            'vae': pretrained_path is not None if freeze_vae is None else bool(freeze_vae),
+        }
+        # base parts whose weights are the pretrained folder's: referenced by path, never saved
+        self.referenced_parts = tuple(p for p in _BASE_PARTS if pretrained_path is not None and self.frozen[p])
+        self.unet.requires_grad_(not self.frozen['unet'])
+        self.vae.requires_grad_(not self.frozen['vae'])
         if gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        if not isinstance(self.unet.config.cross_attention_dim, int):
+            raise OptionError('unet:cross_attention_dim', self.unet.config.cross_attention_dim,
+                              'SSRUNet needs a single integer')
 
-        modalities = list(modalities)
-        if not modalities or any(m not in MODALITIES for m in modalities) or len(set(modalities)) != len(modalities):
-            raise OptionError('modalities', modalities, f'expected distinct entries from {list(MODALITIES)}')
-        inject = list(inject)
-        if not inject or any(g not in ('down', 'mid', 'up') for g in inject):
-            raise OptionError('inject', inject, 'expected a non-empty subset of [down, mid, up]')
-        if null_text not in ('zeros', 'learned'):
-            raise OptionError('null_text', null_text, 'expected zeros or learned')
-        self.modalities = modalities
-        self.inject = inject
-        from ssr_data.kernels import KernelPCA
+    def _build_kernel_pca(self, pca_path, kernel_code_channels, kernel_size):
         if pca_path is not None:
             self.pca = KernelPCA.load(pca_path)
             if self.pca.dim != kernel_code_channels or self.pca.kernel_size != kernel_size:
                 raise OptionError(
                     'pca_path', pca_path, f'holds a dim {self.pca.dim}, k {self.pca.kernel_size} basis; '
                     f'kernel_code_channels is {kernel_code_channels}, kernel_size {kernel_size}')
-        else:  # filled from a checkpoint, or by SSRModel from the SVKR's basis
+        else:  # filled from the weights, or by SSRModel from the SVKR's basis
             self.pca = KernelPCA(kernel_size=kernel_size, dim=kernel_code_channels)
 
-        ucfg = self.unet.config
-        levels = list(ucfg.block_out_channels)
-        n = len(levels)
+    def _build_encoders(self, lr_encoder, map_encoder, kernel_code_channels):
+        """One encoder per modality, each giving one feature map per UNet level."""
+        levels = list(self.unet.config.block_out_channels)
         lr_encoder = dict(lr_encoder or {})
         map_encoder = dict(map_encoder or {})
-        amf = dict(amf or {})
         lr_encoder.setdefault('block_out_channels', levels)
         map_encoder.setdefault('block_out_channels', [max(c // 4, 8) for c in levels])
         for key, enc in (('lr_encoder', lr_encoder), ('map_encoder', map_encoder)):
-            if len(enc['block_out_channels']) != n:
+            if len(enc['block_out_channels']) != len(levels):
                 raise OptionError(f'{key}:block_out_channels', enc['block_out_channels'],
-                                  f'needs one entry per UNet level ({n})')
+                                  f'needs one entry per UNet level ({len(levels)})')
         self.encoders = nn.ModuleDict()
-        for m in modalities:
+        for m in self.modalities:
             if m == 'lr':
                 self.encoders[m] = SSRLREncoder(in_channels=self.vae.config.latent_channels, **lr_encoder)
             else:
                 in_ch = 1 if m == 'depth' else kernel_code_channels
                 self.encoders[m] = SSRMapEncoder(in_channels=in_ch, **map_encoder)
+        return lr_encoder, map_encoder
 
-        # injection points: (name, module, feature channels, UNet level of its output)
+    def _build_fusion(self, amf):
+        """The injection points (outputs of the down, mid and up blocks) and one AMF per point and modality."""
+        amf = dict(amf or {})
+        levels = list(self.unet.config.block_out_channels)
+        n = len(levels)
+        # (name, module, feature channels, UNet level of its output)
         self._points = []
-        if 'down' in inject:
+        if 'down' in self.inject:
             for i, block in enumerate(self.unet.down_blocks):
                 level = i + 1 if getattr(block, 'downsamplers', None) is not None else i
                 self._points.append((f'down{i}', block, levels[i], level))
-        if 'mid' in inject:
+        if 'mid' in self.inject:
             if self.unet.mid_block is None:
-                raise OptionError('inject', inject, 'the UNet has no mid block')
+                raise OptionError('inject', self.inject, 'the UNet has no mid block')
             self._points.append(('mid', self.unet.mid_block, levels[-1], n - 1))
-        if 'up' in inject:
+        if 'up' in self.inject:
             rev = levels[::-1]
             for j, block in enumerate(self.unet.up_blocks):
                 level = n - 1 - j - (1 if getattr(block, 'upsamplers', None) is not None else 0)
@@ -210,21 +294,22 @@ class SSRUNet(nn.Module):
         self.point_levels = {name: level for name, _, _, level in self._points}
         self.amf = nn.ModuleDict()
         for name, _, feat_ch, level in self._points:
-            for m in modalities:
+            for m in self.modalities:
                 cond_ch = self.encoders[m].out_channels[level]
                 self.amf[f'{name}_{m}'] = AMF(feat_ch, cond_ch, **amf)
+        return amf
 
+    def _build_recon_heads(self, recon_heads, kernel_code_channels):
         self.recon_heads = nn.ModuleDict()
         if recon_heads:
-            for m in modalities:
+            for m in self.modalities:
                 deep = self.encoders[m].out_channels[-1]
                 target_ch = {'lr': self.vae.config.latent_channels, 'depth': 1, 'kernel': kernel_code_channels}[m]
                 self.recon_heads[m] = nn.Sequential(
                     nn.Conv2d(deep, deep, 3, 1, 1), nn.SiLU(), nn.Conv2d(deep, target_ch, 1))
 
-        cross_dim = ucfg.cross_attention_dim
-        if not isinstance(cross_dim, int):
-            raise OptionError('unet:cross_attention_dim', cross_dim, 'SSRUNet needs a single integer')
+    def _build_null_text(self, null_text, null_text_length, null_text_path):
+        cross_dim = self.unet.config.cross_attention_dim
         if null_text_path is not None:
             if not osp.isfile(null_text_path):
                 raise FileNotFoundError(f'null_text_path: no such file: {null_text_path}')
@@ -237,39 +322,10 @@ class SSRUNet(nn.Module):
         else:
             self.register_buffer('null_text_embedding', emb)
 
-        self._active = None
-        self._hook_handles = [
-            module.register_forward_hook(self._make_hook(name)) for name, module, _, _ in self._points
-        ]
-        self._config = dict(
-            unet=_public_config(ucfg),
-            vae=_public_config(self.vae.config),
-            freeze_unet=freeze_unet,
-            freeze_vae=freeze_vae,
-            modalities=modalities,
-            kernel_code_channels=kernel_code_channels,
-            kernel_size=kernel_size,
-            pca_path=None,
-            lr_encoder=lr_encoder,
-            map_encoder=map_encoder,
-            amf=amf,
-            inject=inject,
-            null_text=null_text,
-            null_text_length=int(emb.shape[1]),
-            null_text_path=None,
-            recon_heads=bool(recon_heads),
-            gradient_checkpointing=bool(gradient_checkpointing))
-        n_train, n_total = self.parameter_counts()
-        logger.info(
-            f'SSRUNet: {n_train:,} trainable of {n_total:,} parameters ({100.0 * n_train / max(n_total, 1):.2f}%); '
-            f'UNet {"frozen" if freeze_unet else "trainable"}, VAE {"frozen" if freeze_vae else "trainable"}, '
-            f'modalities {modalities}, {len(self._points)} AMF points')
-
-    # ------------------------------------------------------------------ config / save / load
-    @property
-    def config(self):
-        """Options that rebuild this architecture: ``SSRUNet(**net.config)``."""
-        return json.loads(json.dumps(self._config))
+    # ------------------------------------------------------------------ save / load
+    def injection_points(self):
+        """``[(name, module, feature channels, UNet level), ...]`` where AMF acts, in forward order."""
+        return list(self._points)
 
     def parameter_counts(self):
         params = list(self.parameters())
@@ -279,35 +335,54 @@ class SSRUNet(nn.Module):
         """Everything but the base UNet and VAE (encoders, AMF, heads, null embedding)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(('unet.', 'vae.'))}
 
-    def save_pretrained(self, save_directory):
-        """Diffusers layout: ``unet/``, ``vae/`` plus ``ssr_config.json`` and ``ssr_adapters.pth``."""
+    def saved_state_dict(self, state=None):
+        """``state`` (default: this network's) without the base parts referenced by ``pretrained_path``."""
+        state = self.state_dict() if state is None else state
+        skip = tuple(f'{p}.' for p in self.referenced_parts)
+        return {k: v for k, v in state.items() if not (skip and k.startswith(skip))}
+
+    def load_saved_state_dict(self, state, source='state dict'):
+        """Load a ``saved_state_dict``: every key but those of the referenced base parts must be there."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        skip = tuple(f'{p}.' for p in self.referenced_parts)
+        missing = [k for k in missing if not (skip and k.startswith(skip))]
+        if missing or unexpected:
+            raise KeyError(f'{source} does not fit this SSRUNet: missing {missing[:5]} ({len(missing)}), '
+                           f'unexpected {unexpected[:5]} ({len(unexpected)})')
+
+    def save_pretrained(self, save_directory, **_):
+        """``config.json`` and ``diffusion_pytorch_model.safetensors`` (diffusers' file names) in
+        ``save_directory``. Base parts loaded from ``pretrained_path`` and frozen are referenced, not copied;
+        when nothing is referenced the config carries the UNet / VAE configs and no path, so the folder
+        stands alone."""
+        from safetensors.torch import save as safetensors_bytes
         os.makedirs(save_directory, exist_ok=True)
-        self.unet.save_pretrained(osp.join(save_directory, 'unet'))
-        self.vae.save_pretrained(osp.join(save_directory, 'vae'))
-        cfg = self.config
-        cfg.pop('unet'), cfg.pop('vae')
-        with open(osp.join(save_directory, _CONFIG_NAME), 'w') as f:
-            json.dump(cfg, f, indent=2)
-        atomic_torch_save({
-            k: v.detach().cpu()
-            for k, v in self.adapter_state_dict().items()
-        }, osp.join(save_directory, _ADAPTER_NAME))
+        config = {k: v for k, v in dict(self.config).items() if not k.startswith('_')}
+        if config['pretrained_path'] is not None and not self.referenced_parts:
+            config.update(pretrained_path=None, unet=_public_config(self.unet.config),
+                          vae=_public_config(self.vae.config), freeze_unet=self.frozen['unet'],
+                          freeze_vae=self.frozen['vae'])
+        config = dict(_class_name=type(self).__name__, **_jsonable(config))
+        with atomic_write(osp.join(save_directory, self.config_name), 'w') as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.saved_state_dict().items()}
+        with atomic_write(osp.join(save_directory, WEIGHTS_NAME)) as f:
+            f.write(safetensors_bytes(tensors, metadata={'format': 'pt'}))
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
-        """Load a folder written by ``save_pretrained`` (local paths only)."""
-        cfg_path = osp.join(path, _CONFIG_NAME)
-        if not osp.isfile(cfg_path):
-            raise FileNotFoundError(f'SSRUNet.from_pretrained: no {_CONFIG_NAME} in {path}')
+        """Load a folder written by ``save_pretrained`` (local paths only). ``overrides`` replace config keys."""
+        from safetensors.torch import load_file
+        cfg_path, weights = osp.join(path, cls.config_name), osp.join(path, WEIGHTS_NAME)
+        for needed in (cfg_path, weights):
+            if not osp.isfile(needed):
+                raise FileNotFoundError(f'SSRUNet.from_pretrained: no {osp.basename(needed)} in {path}')
         with open(cfg_path) as f:
-            cfg = json.load(f)
-        cfg.update(overrides)
-        net = cls(pretrained_path=path, **cfg)
-        adapters = torch.load(osp.join(path, _ADAPTER_NAME), map_location='cpu', weights_only=True)
-        missing, unexpected = net.load_state_dict(adapters, strict=False)
-        missing = [k for k in missing if not k.startswith(('unet.', 'vae.'))]
-        if missing or unexpected:
-            raise KeyError(f'SSRUNet.from_pretrained({path}): missing {missing}, unexpected {unexpected}')
+            config = json.load(f)
+        config = {k: v for k, v in config.items() if not k.startswith('_')}
+        config.update(overrides)
+        net = cls(**config)
+        net.load_saved_state_dict(load_file(weights), source=weights)
         return net
 
     # ------------------------------------------------------------------ VAE
@@ -344,7 +419,8 @@ class SSRUNet(nn.Module):
             if x is None:
                 raise ValueError(f'SSRUNet: modality "{m}" is enabled but its input is missing')
             if m != 'lr' and size is not None and tuple(x.shape[-2:]) != tuple(size):
-                x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False, antialias=True)
+                # in float32: antialiased bilinear has no half-precision kernel everywhere (bf16 on CPU, torch 2.14)
+                x = F.interpolate(x.float(), size=tuple(size), mode='bilinear', align_corners=False, antialias=True)
             feats[m] = self.encoders[m](x)
         return feats
 

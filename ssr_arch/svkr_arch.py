@@ -1,4 +1,5 @@
 """SVKR: spatially variant kernel refinement, Algorithm 1 of the paper (SPEC step 4)."""
+import json
 import os.path as osp
 from copy import deepcopy
 
@@ -9,6 +10,7 @@ from torch.nn import functional as F
 from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
+from ssr_utils.checkpoint import read_state_dict
 
 
 def load_subnetwork(net, path, param_key='params_ema', strict=True, label='network'):
@@ -16,12 +18,7 @@ def load_subnetwork(net, path, param_key='params_ema', strict=True, label='netwo
     ``net``. ``param_key`` falls back to ``params`` when absent, as BasicSR's ``load_network``."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'SVKR: checkpoint for the {label} does not exist: {path}')
-    state = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(state, dict) and param_key in state:
-        state = state[param_key]
-    elif isinstance(state, dict) and 'params' in state:
-        state = state['params']
-    state = {(k[7:] if k.startswith('module.') else k): v for k, v in state.items()}
+    state, _ = read_state_dict(path, param_key)
     try:
         net.load_state_dict(state, strict=strict)
     except RuntimeError as err:
@@ -61,6 +58,12 @@ class SVKR(nn.Module):
                  scale=None, kernel_size=None, pretrain_network_kernel=None, pretrain_network_sr=None,
                  param_key='params_ema', freeze_kernel=False, freeze_sr=False):
         super().__init__()
+        # the options that rebuild this architecture; the weights (sub-network checkpoints included) are in
+        # its state dict, so the checkpoint paths are not part of it
+        self.config = json.loads(json.dumps(dict(
+            num_iter=num_iter, gamma=gamma, use_depth=use_depth, depth_opt=depth_opt, kernel_opt=kernel_opt,
+            sr_opt=sr_opt, scale=scale, kernel_size=kernel_size, freeze_kernel=freeze_kernel, freeze_sr=freeze_sr),
+            default=str))
         if not isinstance(num_iter, int) or num_iter < 0:
             raise ValueError(f'SVKR: num_iter (T) must be an integer >= 0, got {num_iter!r}')
         if not 0.0 <= float(gamma) <= 1.0:
@@ -118,22 +121,31 @@ class SVKR(nn.Module):
         size = tuple(lr.shape[-2:])
         depth = self.estimate_depth(lr, size)  # D⁰ = DE(I⁰), I⁰ = LR
         kernel = self.kernel_net(lr, depth)  # K⁰
-        depths, kernels, srs = [depth], [kernel], []
+        # the k²-channel kernel maps (441 channels) are the largest tensors here: without return_all only
+        # the current one (and, while mixing, the new estimate) is kept alive
+        depths, kernels, srs = ([depth], [kernel], []) if return_all else (None, None, None)
         sr = None
         if return_all or self.num_iter == 0:
             sr = self.sr_net(lr, kernel)
-            srs.append(sr)
+            if return_all:
+                srs.append(sr)
         for t in range(self.num_iter):
             if t == 0:
                 new_kernel = kernel  # D¹ = DE(I⁰) = D⁰, hence KE(LR, D¹) = K⁰
             else:
                 depth = self.estimate_depth(sr, size)
                 new_kernel = self.kernel_net(lr, depth)
-            kernel = self.gamma * new_kernel + (1.0 - self.gamma) * kernel
+            # γ·Kᵗ⁺¹ + (1 − γ)·Kᵗ with one temporary map instead of three (the same sums to the bit)
+            mixed = self.gamma * new_kernel
+            del new_kernel
+            kernel = mixed.add_((1.0 - self.gamma) * kernel)
+            del mixed
+            sr = None  # Iᵗ was only needed for Dᵗ⁺¹
             sr = self.sr_net(lr, kernel)
-            depths.append(depth)
-            kernels.append(kernel)
-            srs.append(sr)
+            if return_all:
+                depths.append(depth)
+                kernels.append(kernel)
+                srs.append(sr)
         out = {'depth': depth, 'kernel': kernel, 'sr': sr}
         if return_all:
             out.update(depths=depths, kernels=kernels, srs=srs)

@@ -18,6 +18,8 @@ from ssr_utils.errors import OptionError
 # below this many unfolded values (8 MiB in float32) the unfold path is used; above, the polyphase loop,
 # whose extra memory does not grow with k²
 _UNFOLD_MAX_ELEMENTS = 1 << 21
+# CPU polyphase path: LR values (C·h·w summed over images) handled by one multiply-add call
+_CPU_GROUP_ELEMENTS = 1 << 15
 
 
 def _check_op_inputs(img, kernels, scale):
@@ -77,10 +79,15 @@ def sv_blur_downsample(img, kernels, scale):
         return out.to(out_dtype)
     out = img.new_zeros((b, c, h, w), dtype=acc_dtype)
     taps = kernels.unsqueeze(1)  # B×1×k²×h×w: tap uv broadcasts over the channels
-    # On CPU one image at a time: each of the k² multiply-adds then stays small enough to run on one
-    # thread, which avoids an OpenMP fork/join per tap (costly on busy machines) and keeps the working
-    # set in cache. On GPUs the whole batch per tap: k² launches instead of B·k².
-    groups = [slice(i, i + 1) for i in range(b)] if img.device.type == 'cpu' else [slice(0, b)]
+    # On CPU a few images at a time (one for large images): each of the k² multiply-adds then stays small
+    # enough to run on one thread, which avoids an OpenMP fork/join per tap (costly on busy machines) and
+    # keeps the working set in cache, while small crops (a training batch) share each tap's call. On GPUs
+    # the whole batch per tap: k² launches instead of B·k².
+    if img.device.type == 'cpu':
+        per_group = max(1, _CPU_GROUP_ELEMENTS // (c * h * w))
+        groups = [slice(i, min(b, i + per_group)) for i in range(0, b, per_group)]
+    else:
+        groups = [slice(0, b)]
     for g in groups:
         o = out[g]
         phases = [[padded[g, :, pu::s, pv::s].contiguous() for pv in range(s)] for pu in range(s)]
@@ -267,6 +274,41 @@ class SVDegradation:
                   'theta': float(p.get('theta', -1.0)), 'sigma_mean': float(smaj.mean())}
         return smaj, smin, theta, params
 
+    def lr_depth(self, depth_hr):
+        """1×H×W depth -> 1×h×w, the area average over each LR pixel's s×s footprint."""
+        return F.avg_pool2d(depth_hr[None].float(), self.scale)[0]
+
+    # The draws below are shared by __call__ and draw_params, in the order __call__ consumes the rng
+    # (the Gaussian noise field of __call__ is drawn between _draw_gaussian and _draw_poisson).
+    def _draw_gaussian(self, rng):
+        sigma = float(rng.uniform(*self.noise_range)) / 255.0
+        gray = float(rng.uniform() < self.gray_noise_prob)
+        return sigma, gray
+
+    def _draw_poisson(self, rng):
+        """(applied, scale)."""
+        if self.poisson_prob > 0 and rng.uniform() < self.poisson_prob:
+            return True, float(rng.uniform(*self.poisson_scale_range))
+        return False, 0.0
+
+    def _draw_quality(self, rng):
+        return int(rng.integers(self.jpeg_range[0], self.jpeg_range[1] + 1))
+
+    def sample_kernels(self, num, seed=0, map_size=8):
+        """``num×k²`` per-pixel kernels drawn from this degradation's kernel distribution (e.g. to fit the
+        kernel PCA for it): ``kernel_params`` on ``map_size²`` LR maps whose depth is uniform in [0, 1]
+        per pixel, as many maps as needed; every map has its own per-image draws."""
+        rng = np.random.default_rng(seed)
+        out, have = [], 0
+        while have < num:
+            depth = torch.from_numpy(rng.uniform(0.0, 1.0, (map_size, map_size)).astype(np.float32))
+            smaj, smin, theta, _ = self.kernel_params(depth, rng)
+            kernels = K.anisotropic_gaussian_kernels(smaj.reshape(-1), smin.reshape(-1), theta.reshape(-1),
+                                                     self.kernel_size)
+            out.append(kernels.reshape(kernels.shape[0], -1))
+            have += kernels.shape[0]
+        return torch.cat(out)[:num]
+
     def __call__(self, gt, depth_hr, rng):
         """Degrade one sample.
 
@@ -279,22 +321,50 @@ class SVDegradation:
             dict: ``lq`` 3×h×w, ``kernel`` k²×h×w, ``depth_lq`` 1×h×w, ``params`` (floats / int).
         """
         s = self.scale
-        depth_lq = F.avg_pool2d(depth_hr[None].float(), s)[0]  # area average: the LR pixel's footprint
+        depth_lq = self.lr_depth(depth_hr)
         smaj, smin, theta, params = self.kernel_params(depth_lq[0], rng)
         kmap = K.kernel_map_from_params(smaj, smin, theta, self.kernel_size)  # 1×k²×h×w
         lq = sv_blur_downsample(gt[None].float(), kmap, s)[0].clamp_(0, 1)
         noise_sigma, gray, poisson_scale, quality = 0.0, 0.0, 0.0, -1
         if self.use_noise:
-            noise_sigma = float(rng.uniform(*self.noise_range)) / 255.0
-            gray = float(rng.uniform() < self.gray_noise_prob)
+            noise_sigma, gray = self._draw_gaussian(rng)
             lq = add_gaussian_noise(lq, noise_sigma, bool(gray), rng)
-            if self.poisson_prob > 0 and rng.uniform() < self.poisson_prob:
-                poisson_scale = float(rng.uniform(*self.poisson_scale_range))
+            poisson, poisson_scale = self._draw_poisson(rng)
+            if poisson:
                 lq = add_poisson_noise(lq, poisson_scale, bool(gray), rng)
         if self.use_jpeg:
-            quality = int(rng.integers(self.jpeg_range[0], self.jpeg_range[1] + 1))
+            quality = self._draw_quality(rng)
             lq = jpeg_compress(lq, quality)
         else:
             lq = quantize(lq)
         params.update(noise_sigma=noise_sigma, gray_noise=gray, poisson_scale=poisson_scale, jpeg_quality=quality)
         return {'lq': lq, 'kernel': kmap[0], 'depth_lq': depth_lq, 'params': params}
+
+    def draw_params(self, depth_hr, rng):
+        """The numbers of one sample's degradation, drawn as :meth:`__call__` draws them, without applying it
+        (``degrade_on: model``: :class:`ssr_data.batch_degradation.BatchDegradation` applies them).
+
+        The crop, the flips and every kernel parameter come from the same rng positions as in
+        :meth:`__call__`, so a seeded sample gets the same kernel map in both paths; the noise scalars
+        and the JPEG quality follow the same laws (the noise field itself is drawn on the training
+        device from ``noise_seed``, so with noise on the later draws fall at other rng positions).
+
+        Returns:
+            dict: ``depth_lq`` 1×h×w, ``kernel_params`` 3×h×w float32 (σ_major, σ_minor, θ per LR pixel),
+            ``params`` (as :meth:`__call__`), ``noise_seed`` (int in [0, 2⁶³)).
+        """
+        depth_lq = self.lr_depth(depth_hr)
+        smaj, smin, theta, params = self.kernel_params(depth_lq[0], rng)
+        noise_sigma, gray, poisson_scale, quality = 0.0, 0.0, 0.0, -1
+        if self.use_noise:
+            noise_sigma, gray = self._draw_gaussian(rng)
+            poisson, poisson_scale = self._draw_poisson(rng)
+            # a Poisson draw with scale 0 adds nothing; 0 also means "not applied" downstream
+            poisson_scale = poisson_scale if poisson else 0.0
+        if self.use_jpeg:
+            quality = self._draw_quality(rng)
+        params.update(noise_sigma=noise_sigma, gray_noise=gray, poisson_scale=poisson_scale, jpeg_quality=quality)
+        kernel_params = torch.stack([torch.as_tensor(v, dtype=torch.float32).expand(depth_lq.shape[-2:])
+                                     for v in (smaj, smin, theta)])
+        return {'depth_lq': depth_lq, 'kernel_params': kernel_params, 'params': params,
+                'noise_seed': int(rng.integers(0, 2**63 - 1))}

@@ -47,8 +47,9 @@ def _grid(kernel_size, device, dtype):
     return xx.reshape(-1), yy.reshape(-1)
 
 
-def _kernels_tap_major(sigma_major, sigma_minor, theta, kernel_size):
-    """Normalised kernels as a ``k²×N`` tensor (tap-major: the layout of a kernel map's channels)."""
+def _kernels_tap_major(sigma_major, sigma_minor, theta, kernel_size, out=None):
+    """Normalised kernels as a ``k²×N`` tensor (tap-major: the layout of a kernel map's channels), written
+    into ``out`` (a contiguous ``k²×N`` tensor of the parameters' dtype) when given."""
     sigma_major, sigma_minor, theta = torch.broadcast_tensors(
         *[v if torch.is_tensor(v) else torch.as_tensor(v, dtype=torch.float32)
           for v in (sigma_major, sigma_minor, theta)])
@@ -61,14 +62,21 @@ def _kernels_tap_major(sigma_major, sigma_minor, theta, kernel_size):
     i1, i2 = 1.0 / (s1 * s1), 1.0 / (s2 * s2)
     coef = torch.stack([cos * cos * i1 + sin * sin * i2, cos * sin * (i1 - i2), sin * sin * i1 + cos * cos * i2])
     xx, yy = _grid(kernel_size, s1.device, dtype)
-    basis = torch.stack([xx * xx, 2 * xx * yy, yy * yy], dim=1).mul_(-0.5)  # k²×3
+    # a Gaussian is point-symmetric: tap k²-1-t is tap t mirrored through the centre ((x, y) -> (-x, -y)),
+    # with the same exponent bit for bit; only taps 0..centre are evaluated, which nearly halves the work
+    half = kernel_size * kernel_size // 2 + 1
+    xx, yy = xx[:half], yy[:half]
+    basis = torch.stack([xx * xx, 2 * xx * yy, yy * yy], dim=1).mul_(-0.5)  # half×3
     # exponents of every (tap, kernel) pair as a rank-3 outer-product sum (faster than a K=3 matmul);
     # the centre tap's exponent is 0, so each sum is >= 1. Exponents below -80 are clamped: exp() would
     # return float32 denormals there (< 2e-35 of the centre tap, below float32 resolution of the sum),
     # which are an order of magnitude slower on CPUs.
-    q = basis[:, 0:1] * coef[0]
+    kernels = s1.new_empty((2 * half - 1, s1.numel())) if out is None else out.view(2 * half - 1, s1.numel())  # k²×N
+    q = torch.mul(basis[:, 0:1], coef[0], out=kernels[:half])
     q.addcmul_(basis[:, 1:2], coef[1]).addcmul_(basis[:, 2:3], coef[2])
-    kernels = q.clamp_min_(-80.0).exp_()  # k²×N
+    q.clamp_min_(-80.0).exp_()
+    mirror = torch.arange(half - 2, -1, -1, device=s1.device)
+    torch.index_select(q, 0, mirror, out=kernels[half:])
     return kernels.div_(kernels.sum(dim=0, keepdim=True))
 
 
@@ -86,6 +94,18 @@ def anisotropic_gaussian_kernels(sigma_major, sigma_minor, theta, kernel_size=21
     shape = torch.broadcast_shapes(*[torch.as_tensor(v).shape for v in (sigma_major, sigma_minor, theta)])
     kernels = _kernels_tap_major(sigma_major, sigma_minor, theta, kernel_size)
     return kernels.t().reshape(*shape, kernel_size * kernel_size)
+
+
+def kernel_taps(sigma_major, sigma_minor, theta, kernel_size=21, out=None):
+    """Normalised kernels tap-major, ``k²×S`` for parameter maps broadcastable to one shape ``S``: tap ``t``
+    of every kernel in one contiguous ``S`` block (what a per-tap multiply-add reads), no transpose copy.
+    The same numbers as :func:`kernel_map_from_params`. ``out``: a contiguous tensor of ``k²·|S|`` elements
+    and the parameters' dtype to write into (e.g. one sample's slice of a ``B×k²×h×w`` map)."""
+    kernel_size = check_kernel_size(kernel_size)
+    shape = torch.broadcast_shapes(*[torch.as_tensor(v).shape for v in (sigma_major, sigma_minor, theta)])
+    if out is not None and not out.is_contiguous():
+        raise ValueError('kernel_taps: out must be contiguous')
+    return _kernels_tap_major(sigma_major, sigma_minor, theta, kernel_size, out).view(-1, *shape)
 
 
 def kernel_map_from_params(sigma_major, sigma_minor, theta, kernel_size=21):

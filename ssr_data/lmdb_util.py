@@ -1,10 +1,11 @@
 """LMDB files in BasicSR's format: PNG-encoded values, ``meta_info.txt`` lines ``<key>.png (h,w,c) level``.
 
 Readers (BasicSR's ``LmdbBackend``/``imfrombytes``) decode the value and trust the decoded shape.
+BasicSR's LMDB datasets list the keys from ``meta_info.txt`` and refuse an LMDB without one, so
+``LmdbWriter`` writes it last, and builds the whole LMDB under a temporary sibling name that is renamed
+to the final one only after that: an LMDB cut short by a crash or a kill never appears under its name.
 """
-import os
 import os.path as osp
-import shutil
 
 import cv2
 import numpy as np
@@ -28,29 +29,47 @@ def shape_of(img):
     return h, w, c
 
 
+def lmdb_is_complete(lmdb_path):
+    """An LMDB this project (or BasicSR) finished writing has its ``meta_info.txt``."""
+    return osp.isfile(osp.join(lmdb_path, 'meta_info.txt'))
+
+
 class LmdbWriter:
     """Write images into a new LMDB in BasicSR's format; use as a context manager.
 
-    ``overwrite=False`` refuses an existing folder (nothing already written is lost). The map size is
-    only an address-space reservation (1 TiB by default): LMDB's file grows with what is written.
+    The LMDB is built in ``.<name>.partial-<pid>`` beside ``lmdb_path``; ``close()`` (a normal end of the
+    ``with`` block) commits, writes ``meta_info.txt`` and renames the folder to ``lmdb_path``. An
+    exception in the block discards it (``abort()``); a kill leaves only the hidden temporary folder,
+    which the next writer of the same path removes. ``overwrite=False`` refuses an existing folder
+    (nothing already written is lost); with ``overwrite`` it is replaced only by a complete new LMDB.
+    The map size is only an address-space reservation (1 TiB by default): the file grows as written.
+    ``report``: where notes go (leftovers of killed runs that are removed).
     """
 
-    def __init__(self, lmdb_path, overwrite=False, compress_level=1, commit_every=200, map_size=1 << 40):
+    def __init__(self, lmdb_path, overwrite=False, compress_level=1, commit_every=200, map_size=1 << 40,
+                 report=None):
         import lmdb
+        from ssr_utils.atomic_file import atomic_directory
         if not lmdb_path.endswith('.lmdb'):
             raise ValueError(f"LMDB path must end with '.lmdb': {lmdb_path}")
-        if osp.exists(lmdb_path):
-            if not overwrite:
-                raise LmdbExistsError(f'{lmdb_path} already exists; pass overwrite to replace it')
-            shutil.rmtree(lmdb_path)
-        os.makedirs(osp.dirname(osp.abspath(lmdb_path)), exist_ok=True)
+        if osp.exists(lmdb_path) and not overwrite:
+            state = '' if lmdb_is_complete(lmdb_path) else \
+                ' but is incomplete (no meta_info.txt: an interrupted run of another tool?)'
+            raise LmdbExistsError(f'{lmdb_path} already exists{state}; pass overwrite to replace it')
         self.path = lmdb_path
         self.compress_level = compress_level
         self.commit_every = commit_every
-        self.env = lmdb.open(lmdb_path, map_size=map_size)
-        self.txn = self.env.begin(write=True)
+        self._folder = atomic_directory(lmdb_path, overwrite=overwrite, report=report)
+        self.build_path = self._folder.__enter__()
+        try:
+            self.env = lmdb.open(self.build_path, map_size=map_size)
+            self.txn = self.env.begin(write=True)
+        except BaseException as err:
+            self._folder.__exit__(type(err), err, err.__traceback__)
+            raise
         self.meta = []
         self._pending = 0
+        self._closed = False
 
     def put_encoded(self, key, value, shape):
         # BasicSR recovers keys from meta_info.txt with `line.split('.')[0]`
@@ -71,19 +90,46 @@ class LmdbWriter:
         self._pending = 0
 
     def close(self):
+        """Commit, write ``meta_info.txt`` (last) and move the LMDB to its final path."""
+        if self._closed:
+            return
+        from ssr_utils.atomic_file import atomic_write
+        try:
+            if self.txn is not None:
+                self.txn.commit()
+                self.txn = None
+            self.env.sync(True)
+            self.env.close()
+            with atomic_write(osp.join(self.build_path, 'meta_info.txt'), 'w') as f:
+                for key, (h, w, c) in self.meta:
+                    f.write(f'{key}.png ({h},{w},{c}) {self.compress_level}\n')
+        except BaseException as err:
+            self._closed = True
+            self._folder.__exit__(type(err), err, err.__traceback__)
+            raise
+        self._closed = True
+        self._folder.__exit__(None, None, None)
+
+    def abort(self, exc=None):
+        """Discard everything written (nothing appears at the final path)."""
+        if self._closed:
+            return
+        self._closed = True
         if self.txn is not None:
-            self.txn.commit()
+            self.txn.abort()
             self.txn = None
         self.env.close()
-        with open(osp.join(self.path, 'meta_info.txt'), 'w') as f:
-            for key, (h, w, c) in self.meta:
-                f.write(f'{key}.png ({h},{w},{c}) {self.compress_level}\n')
+        err = exc if exc is not None else RuntimeError('LMDB writing aborted')
+        self._folder.__exit__(type(err), err, err.__traceback__)
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        self.close()
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc)
         return False
 
 

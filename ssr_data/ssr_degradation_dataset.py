@@ -9,7 +9,9 @@ from torch.utils import data
 
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
 from basicsr.utils.registry import DATASET_REGISTRY
+from ssr_data.batch_degradation import DEGRADATION_KEY, BatchDegradation, check_degrade_on
 from ssr_data.degradations import SVDegradation
+from ssr_data.depth_prior import depth_prior
 from ssr_utils.errors import OptionError
 from ssr_utils.image_io import IMAGE_EXTENSIONS
 
@@ -194,9 +196,15 @@ class SSRDegradationDataset(data.Dataset):
         gt_size: HR crop size (divisible by ``scale``); None = the whole image (cropped to a multiple of s).
         scale, use_hflip (true), use_rot (true), seed (None: a new draw every time; an int: sample i is
         fixed, e.g. for a validation set), return_kernel (true).
+        degrade_on: ``dataset`` (default; the sample is degraded here) or ``model`` (the sample carries the
+            degradation's numbers and the model synthesises the batch on its device, see
+            :mod:`ssr_data.batch_degradation`; needs a model whose ``feed_data`` calls
+            ``maybe_degrade_batch``). jpeg_backend (``opencv`` | ``torch``, ``degrade_on: model`` only).
 
     Sample: ``lq`` 3×h×w, ``gt`` 3×H×W (RGB [0, 1]), ``depth`` 1×H×W, ``depth_lq`` 1×h×w (area average),
-    ``kernel`` k²×h×w, ``lq_path``/``gt_path`` (the LMDB key or the file path) and ``params``.
+    ``kernel`` k²×h×w, ``lq_path``/``gt_path`` (the LMDB key or the file path) and ``params``. With
+    ``degrade_on: model``: no ``lq`` / ``kernel`` but a ``degradation`` entry (``kernel_params`` 3×h×w,
+    ``noise_sigma``, ``gray_noise``, ``poisson_scale``, ``jpeg_quality``, ``noise_seed``, ``options``).
     """
 
     def __init__(self, opt):
@@ -214,6 +222,12 @@ class SSRDegradationDataset(data.Dataset):
         self.use_hflip = opt.get('use_hflip', True)
         self.use_rot = opt.get('use_rot', True)
         self.return_kernel = opt.get('return_kernel', True)
+        self.degrade_on = check_degrade_on(opt)
+        if self.degrade_on == 'model':
+            self.synthesis_options = BatchDegradation(opt).options()  # checks the options now, not in the model
+        elif opt.get('jpeg_backend', 'opencv') != 'opencv':
+            raise OptionError('jpeg_backend', opt['jpeg_backend'], 'only degrade_on: model has a choice of JPEG '
+                              'backend (the per-sample path uses OpenCV)')
         if self.gt_src.lmdb:
             self.keys = lmdb_keys(self.gt_src.root, 'dataroot_gt', opt.get('meta_info_file'))
         elif opt.get('meta_info_file'):
@@ -221,7 +235,6 @@ class SSRDegradationDataset(data.Dataset):
                 self.keys = [osp.splitext(line.split(' ')[0])[0] for line in f if line.strip()]
         else:
             self.keys = [osp.splitext(n)[0] for n in list_images(self.gt_src.root, 'dataroot_gt')]
-        self._depth_net = None
         if self.depth_src is None:
             get_root_logger().warning('SSRDegradationDataset: no dataroot_depth; the weight-free depth prior runs '
                                       'on every HR image (see scripts/make_depth_lmdb.py for real depth).')
@@ -237,11 +250,9 @@ class SSRDegradationDataset(data.Dataset):
                 raise ValueError(f'depth map {self.depth_src.path_of(key)} is {depth.shape[0]}×{depth.shape[1]} '
                                  f'but HR image {key!r} is {gt.shape[0]}×{gt.shape[1]} (dataroot_depth)')
             return depth
-        if self._depth_net is None:
-            from ssr_arch.depth_arch import MonocularDepth
-            self._depth_net = MonocularDepth('prior')
         rgb = torch.from_numpy(np.ascontiguousarray(gt[:, :, ::-1].transpose(2, 0, 1))).float().div_(255.0)[None]
-        return self._depth_net(rgb)[0, 0].numpy()
+        with torch.no_grad():
+            return depth_prior(rgb)[0, 0].numpy()
 
     def __getitem__(self, index):
         key = self.keys[index]
@@ -267,8 +278,17 @@ class SSRDegradationDataset(data.Dataset):
         gt, depth = augment_arrays([gt, depth], rng, self.use_hflip, self.use_rot)
         gt_t = torch.from_numpy(gt[:, :, ::-1].transpose(2, 0, 1).copy()).float().div_(255.0)  # BGR -> RGB
         depth_t = torch.from_numpy(depth_to_float(depth))[None]
-        out = self.degradation(gt_t, depth_t, rng)
         gt_path = self.gt_src.sample_path(key)
+        if self.degrade_on == 'model':
+            draw = self.degradation.draw_params(depth_t, rng)
+            p = draw['params']
+            numbers = {'kernel_params': draw['kernel_params'], 'noise_sigma': p['noise_sigma'],
+                       'gray_noise': p['gray_noise'], 'poisson_scale': p['poisson_scale'],
+                       'jpeg_quality': p['jpeg_quality'], 'noise_seed': draw['noise_seed'],
+                       'options': self.synthesis_options}
+            return {'gt': gt_t, 'depth': depth_t, 'depth_lq': draw['depth_lq'], 'lq_path': gt_path,
+                    'gt_path': gt_path, 'params': p, DEGRADATION_KEY: numbers}
+        out = self.degradation(gt_t, depth_t, rng)
         sample = {'lq': out['lq'], 'gt': gt_t, 'depth': depth_t, 'depth_lq': out['depth_lq'],
                   'lq_path': gt_path, 'gt_path': gt_path, 'params': out['params']}
         if self.return_kernel:

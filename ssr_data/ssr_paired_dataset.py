@@ -24,6 +24,10 @@ class SSRPairedDataset(data.Dataset):
             one by one: dataroot_gt, dataroot_lq (folders or BasicSR LMDBs with the same keys),
             dataroot_kernel, dataroot_depth (optional).
         scale; for training use, phase ``train`` with gt_size, use_hflip, use_rot, seed.
+        require_meta (default true): a ``dataroot`` folder laid out by ``make_sv_testset.py`` (it has
+            ``kernel/``) must hold ``meta.json``, which that tool writes last: without it the set is
+            incomplete (an interrupted run of an older version) and is refused by name. When ``meta.json``
+            lists its images, the gt images must be exactly those.
 
     Samples follow SSRDegradationDataset; ``kernel`` / ``depth`` / ``depth_lq`` are left out when the set
     has none, ``params`` holds the per-image numbers of ``meta.json`` (empty without one).
@@ -46,6 +50,11 @@ class SSRPairedDataset(data.Dataset):
             if parts[part] is None:
                 raise OptionError(f'dataroot_{part}', None, 'missing (give dataroot with gt/ and lq/ inside, or the '
                                   f'dataroot_{part} folder / LMDB)')
+        meta_path = opt.get('meta_file') or (osp.join(root, 'meta.json') if root else None)
+        tool_layout = root is not None and opt.get('dataroot_kernel') is None and osp.isdir(osp.join(root, 'kernel'))
+        if tool_layout and opt.get('require_meta', True) and not osp.isfile(meta_path):
+            raise OptionError('dataroot', root, 'incomplete test set: no meta.json (scripts/make_sv_testset.py writes '
+                              'it last; rebuild the set, or set require_meta: false to use it anyway)')
         self.gt_src = ImageSource(parts['gt'], 'gt', 'dataroot_gt')
         self.lq_src = ImageSource(parts['lq'], 'lq', 'dataroot_lq')
         self.depth_src = ImageSource(parts['depth'], 'depth', 'dataroot_depth') if parts['depth'] else None
@@ -60,13 +69,21 @@ class SSRPairedDataset(data.Dataset):
             if not self.lq_src.has(key):
                 raise FileNotFoundError(f'no LR image for {key!r} in {self.lq_src.root} (dataroot_lq)')
         self.meta = {}
-        meta_path = opt.get('meta_file') or (osp.join(root, 'meta.json') if root else None)
         if meta_path and osp.isfile(meta_path):
             with open(meta_path) as f:
                 self.meta = json.load(f)
             meta_scale = self.meta.get('scale')
             if meta_scale is not None and meta_scale != self.scale:
                 raise OptionError('scale', self.scale, f'{meta_path} says the set is ×{meta_scale}')
+            listed = self.meta.get('images')
+            if isinstance(listed, dict) and listed and opt.get('require_meta', True):
+                missing = sorted(set(listed) - set(self.keys))
+                extra = sorted(set(self.keys) - set(listed))
+                if missing or extra:
+                    what = '; '.join(part for part in (f'missing {missing[:5]}' if missing else '',
+                                                       f'not in meta.json {extra[:5]}' if extra else '') if part)
+                    raise OptionError('dataroot', root or meta_path, f'the gt images do not match {meta_path} '
+                                      f'({what}): an incomplete or modified test set')
         self.phase = opt.get('phase', 'val')
         self.seed = opt.get('seed')
 

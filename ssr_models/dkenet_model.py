@@ -1,14 +1,19 @@
 """DKENetModel: stage 1, kernel estimation trained with L1 on the per-pixel kernel map."""
 from collections import OrderedDict
+from copy import deepcopy
 
+import torch
+
+from basicsr.archs import build_network
 from basicsr.utils.registry import MODEL_REGISTRY
-from ssr_models.svkr_base import KernelSRBaseModel, resize_depth
+from ssr_data.batch_degradation import maybe_degrade_batch
+from ssr_models.ssr_base_model import SSRBaseModel, resize_depth
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
 
 
 @MODEL_REGISTRY.register()
-class DKENetModel(KernelSRBaseModel):
+class DKENetModel(SSRBaseModel):
     """Trains a kernel estimator (``network_g``, e.g. ``type: DKENet``) on (lq, depth_lq, kernel) samples.
 
     Options:
@@ -18,11 +23,15 @@ class DKENetModel(KernelSRBaseModel):
         depth_estimator: arch options of that estimator (default ``{type: MonocularDepth}``).
     """
 
-    def __init__(self, opt):
+    @classmethod
+    def check_options(cls, opt):
+        super().check_options(opt)
         depth_from = opt.get('depth_from', 'data')
         if depth_from not in ('data', 'lq'):
             raise OptionError('depth_from', depth_from, 'expected data or lq')
-        super().__init__(opt)
+
+    def setup_model(self):
+        self._depth_net = None
 
     def setup_losses(self, train_opt):
         self.cri_kernel = self.build_optional_loss(train_opt, 'kernel_opt')
@@ -34,6 +43,7 @@ class DKENetModel(KernelSRBaseModel):
         return getattr(self.get_bare_model(self.net_g), 'use_depth', True)
 
     def feed_data(self, data):
+        data = maybe_degrade_batch(data, self.device)  # degrade_on: model batches are synthesised here
         self.lq = data['lq'].to(self.device)
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         self.kernel_gt = data['kernel'].to(self.device) if 'kernel' in data else None
@@ -43,6 +53,17 @@ class DKENetModel(KernelSRBaseModel):
                 self.depth_lq = resize_depth(data['depth_lq'].to(self.device), self.lq.shape[-2:])
             else:
                 self.depth_lq = self.estimate_depth_lq()
+
+    def estimate_depth_lq(self):
+        """Depth of the LR input from ``depth_estimator`` (default ``{type: MonocularDepth}``), for data
+        without a ``depth_lq`` entry."""
+        if self._depth_net is None:
+            opt = deepcopy(self.opt.get('depth_estimator') or {'type': 'MonocularDepth'})
+            self._depth_net = build_network(opt).to(self.device).eval()
+            for p in self._depth_net.parameters():
+                p.requires_grad_(False)
+        with torch.no_grad():
+            return self._depth_net(self.lq.float()).clamp(0, 1)
 
     def compute_losses(self):
         if self.kernel_gt is None:

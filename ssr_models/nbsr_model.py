@@ -2,13 +2,14 @@
 from collections import OrderedDict
 
 from basicsr.utils.registry import MODEL_REGISTRY
-from ssr_models.svkr_base import KernelSRBaseModel, resize_depth
+from ssr_data.batch_degradation import maybe_degrade_batch
+from ssr_models.ssr_base_model import SSRBaseModel, resize_depth
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
 
 
 @MODEL_REGISTRY.register()
-class NBSRModel(KernelSRBaseModel):
+class NBSRModel(SSRBaseModel):
     """Trains ``network_g`` (``type: NBSR``) on (lq, kernel, gt) samples.
 
     Options:
@@ -24,6 +25,7 @@ class NBSRModel(KernelSRBaseModel):
             raise OptionError('train:pixel_opt', None, 'NBSRModel needs pixel_opt and/or perceptual_opt')
 
     def feed_data(self, data):
+        data = maybe_degrade_batch(data, self.device)  # degrade_on: model batches are synthesised here
         if 'kernel' not in data:
             raise KeyError("NBSRModel: the data has no 'kernel' entry; the non-blind network needs the "
                            'ground-truth kernel map of every sample (use SVKRModel for blind SR)')

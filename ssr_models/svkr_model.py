@@ -2,13 +2,14 @@
 from collections import OrderedDict
 
 from basicsr.utils.registry import MODEL_REGISTRY
-from ssr_models.svkr_base import KernelSRBaseModel
+from ssr_data.batch_degradation import maybe_degrade_batch
+from ssr_models.ssr_base_model import SSRBaseModel
 from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
 
 
 @MODEL_REGISTRY.register()
-class SVKRModel(KernelSRBaseModel):
+class SVKRModel(SSRBaseModel):
     """Trains / validates ``network_g`` (``type: SVKR``) from LR images alone (blind).
 
     Options:
@@ -28,6 +29,7 @@ class SVKRModel(KernelSRBaseModel):
         self.all_iterates = bool(train_opt.get('all_iterates', False))
 
     def feed_data(self, data):
+        data = maybe_degrade_batch(data, self.device)  # degrade_on: model batches are synthesised here
         self.lq = data['lq'].to(self.device)
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         self.kernel_gt = data['kernel'].to(self.device) if 'kernel' in data else None

@@ -1,6 +1,7 @@
 """Files that are either complete or absent: write to a temporary file beside the target, then rename."""
 import os
 import os.path as osp
+import shutil
 import tempfile
 from contextlib import contextmanager
 
@@ -55,3 +56,74 @@ def atomic_torch_save(obj, path):
     import torch
     with atomic_write(path) as f:
         torch.save(obj, f)
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def stale_partial_dirs(path):
+    """Temporary folders of :func:`atomic_directory` runs for ``path`` whose process is gone (killed)."""
+    parent, name = osp.split(osp.abspath(path))
+    prefix = f'.{name}.partial-'
+    found = []
+    if osp.isdir(parent):
+        for entry in os.listdir(parent):
+            if entry.startswith(prefix) and entry[len(prefix):].isdigit() and not _pid_alive(int(entry[len(prefix):])):
+                found.append(osp.join(parent, entry))
+    return sorted(found)
+
+
+@contextmanager
+def atomic_directory(path, overwrite=False, report=None):
+    """Build a folder under a temporary sibling name (``.<name>.partial-<pid>``) and rename it onto
+    ``path`` only when the ``with`` block ends normally: readers never see a half-written ``path``.
+
+    An existing ``path`` raises FileExistsError (before anything is built) unless ``overwrite``; then it is
+    replaced only once the new folder is complete (moved aside, the new one renamed in, the old removed).
+    On an exception the temporary folder is removed. A killed run leaves its temporary folder behind;
+    the next run for the same ``path`` removes those of dead processes (and names them to ``report``).
+    Yields the temporary folder's path.
+    """
+    path = osp.abspath(path)
+    parent, name = osp.split(path)
+    if osp.exists(path) and not overwrite:
+        raise FileExistsError(f'{path} already exists; pass overwrite (--overwrite) to replace it')
+    os.makedirs(parent, exist_ok=True)
+    for stale in stale_partial_dirs(path):
+        if report is not None:
+            report(f'removing {stale}: left by an interrupted run')
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = osp.join(parent, f'.{name}.partial-{os.getpid()}')
+    if osp.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        if osp.exists(path):
+            if not overwrite:
+                raise FileExistsError(f'{path} appeared while it was being built; the new one is discarded')
+            old = osp.join(parent, f'.{name}.old-{os.getpid()}')
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    try:
+        dir_fd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass

@@ -1,8 +1,9 @@
-"""The one compatibility layer between ``basicsr==1.4.2`` and today's stack.
+"""The one compatibility layer between ``basicsr==1.4.2`` (and the other third-party packages) and today's stack.
 
 ``apply()`` must run before ``basicsr`` is imported (the first fix is needed for the import itself);
 it is idempotent and every SSR package calls it on import. Each fix names the quirk it works
-around and the version it is for; drop a fix once BasicSR releases its own.
+around and the version it is for; drop a fix once BasicSR releases its own. Fixes of other packages
+that callers use directly (not patches) are plain functions here too (Fix 7).
 """
 import argparse
 import functools
@@ -180,7 +181,7 @@ def _wrap_jpg_quality(add_jpg_compression):
 # The backend comes from `dist_params.backend` in the option file (default: nccl with GPUs,
 # gloo without). The option file is read here because `parse_options` reads it only after.
 # ----------------------------------------------------------------------------------------------
-def _dist_backend_from_argv(argv):
+def dist_backend_from_argv(argv):
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument('-opt', type=str)
     args, _ = parser.parse_known_args(argv)
@@ -201,7 +202,7 @@ def _init_dist(launcher, backend=None, **kwargs):
     from basicsr.utils import dist_util
     if mp.get_start_method(allow_none=True) is None:
         mp.set_start_method('spawn')
-    backend = _dist_backend_from_argv(sys.argv[1:]) if backend in (None, 'nccl') else backend
+    backend = dist_backend_from_argv(sys.argv[1:]) if backend in (None, 'nccl') else backend
     if launcher == 'pytorch':
         if backend == 'nccl':
             if not torch.cuda.is_available():
@@ -225,6 +226,28 @@ def _model_to_device(self, net):
     elif self.opt['num_gpu'] > 1:
         net = DataParallel(net)
     return net
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 7 (diffusers 0.42 ``ConfigMixin.save_config``): a scheduler's config records which keys were left
+# at their defaults (``_use_default_values``), and ``from_config`` uses that list to give another
+# scheduler class its own defaults for them (e.g. DPM-Solver++'s ``timestep_spacing``), but the saved
+# JSON drops the list. A schedule saved and loaded again then converts to a different sampler (other
+# timesteps, another image). Save the list with the config; ``from_pretrained`` honours it on load.
+# ----------------------------------------------------------------------------------------------
+def save_scheduler(scheduler, folder):
+    """``scheduler.save_pretrained(folder)`` that keeps ``_use_default_values`` in scheduler_config.json."""
+    import json
+    from ssr_utils.atomic_file import atomic_write
+    scheduler.save_pretrained(folder)
+    path = osp.join(folder, scheduler.config_name)
+    with open(path) as f:
+        config = json.load(f)
+    defaults = sorted(scheduler.config.get('_use_default_values') or [])
+    if defaults:
+        config['_use_default_values'] = defaults
+    with atomic_write(path, 'w') as f:
+        json.dump(config, f, indent=2, sort_keys=True)
 
 
 def apply():
@@ -264,3 +287,29 @@ def end_distributed():
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------------------------
+# glibc malloc (all versions; measured with 2.36): memory freed into the heap stays resident, only
+# the top of the heap goes back to the system. Tensors below glibc's mmap threshold (dynamic, up to
+# 32 MB) live in that heap, so a long CPU run of differently shaped windows leaves it fragmented:
+# in tiled SVKR 65-135 MB stayed resident that no tensor used (docs/inference.md, Speed and memory;
+# `bench_inference.py --trace`). malloc_trim(0) hands the free pages back; elsewhere there is no
+# such call and nothing is done.
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    import ctypes
+    try:
+        fn = ctypes.CDLL('libc.so.6').malloc_trim
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def release_free_heap():
+    """Return the C heap's free pages to the system (glibc's ``malloc_trim``). True if memory was released;
+    False where nothing was free or the C library has no such call. Costs about a millisecond."""
+    fn = _malloc_trim()
+    return bool(fn(0)) if fn is not None else False

@@ -9,8 +9,10 @@ separately, so that callers super-resolve the colour with the network and upscal
 Every failure (missing, empty, truncated, corrupt or non-image file) raises an exception whose message
 starts with the file name, so a folder run can report it and go on.
 
-EXIF orientation is not applied (OpenCV's ``IMREAD_UNCHANGED`` ignores it): outputs keep the stored
-pixel layout, like the input file's pixels.
+EXIF orientation is applied: a phone photo stored sideways with an orientation tag (2-8, e.g. 6 for a
+portrait shot) is turned upright on reading, as image viewers show it, for JPEG, PNG (``eXIf`` chunk),
+WebP (``EXIF`` chunk) and TIFF. Outputs are written upright and without an orientation tag, so they
+display the same everywhere. ``LoadedImage.info['exif_orientation']`` keeps the tag that was found.
 """
 import os
 import os.path as osp
@@ -78,6 +80,111 @@ def _check_complete(path, data):
             raise ImageReadError(path, 'truncated PNG (no IEND chunk)')
 
 
+ORIENTATION_TAG = 0x0112
+
+
+def _tiff_orientation(block):
+    """The orientation entry of the first IFD of a TIFF structure (an EXIF block is one); 1 if absent."""
+    if len(block) < 8 or block[:2] not in (b'II', b'MM'):
+        return 1
+    order = 'little' if block[:2] == b'II' else 'big'
+    if int.from_bytes(block[2:4], order) != 42:
+        return 1
+    ifd = int.from_bytes(block[4:8], order)
+    if ifd + 2 > len(block):
+        return 1
+    for i in range(int.from_bytes(block[ifd:ifd + 2], order)):
+        entry = block[ifd + 2 + 12 * i:ifd + 14 + 12 * i]
+        if len(entry) < 12:
+            break
+        if int.from_bytes(entry[:2], order) == ORIENTATION_TAG:
+            kind = int.from_bytes(entry[2:4], order)
+            value = int.from_bytes(entry[8:10], order) if kind == 3 else int.from_bytes(entry[8:12], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def _exif_block(data):
+    """The EXIF (TIFF-structured) block of JPEG / PNG / WebP bytes, or None."""
+    if data[:3] == b'\xff\xd8\xff':  # JPEG: APP1 "Exif\0\0" among the segments before the scan
+        i = 2
+        while i + 4 <= len(data) and data[i] == 0xFF:
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            if marker in (0xDA, 0xD9):
+                return None
+            length = int.from_bytes(data[i + 2:i + 4], 'big')
+            if marker == 0xE1 and data[i + 4:i + 10] == b'Exif\0\0':
+                return data[i + 10:i + 2 + length]
+            i += 2 + length
+        return None
+    if data[:8] == b'\x89PNG\r\n\x1a\n':  # PNG: the eXIf chunk (before or after the image data)
+        i = 8
+        while i + 8 <= len(data):
+            length = int.from_bytes(data[i:i + 4], 'big')
+            kind = data[i + 4:i + 8]
+            if kind == b'eXIf':
+                return data[i + 8:i + 8 + length]
+            if kind == b'IEND':
+                return None
+            i += 12 + length
+        return None
+    if data[:4] == b'RIFF' and data[8:12] == b'WEBP':  # WebP: the EXIF chunk of the extended format
+        i = 12
+        while i + 8 <= len(data):
+            kind, length = data[i:i + 4], int.from_bytes(data[i + 4:i + 8], 'little')
+            if kind == b'EXIF':
+                block = data[i + 8:i + 8 + length]
+                return block[6:] if block[:6] == b'Exif\0\0' else block
+            i += 8 + length + (length & 1)
+        return None
+    return None
+
+
+def exif_orientation(data):
+    """EXIF orientation (1-8) of encoded JPEG / PNG / WebP / TIFF bytes; 1 when there is none."""
+    if data[:4] in (b'II*\0', b'MM\0*'):
+        return _tiff_orientation(data)
+    block = _exif_block(data)
+    return _tiff_orientation(block) if block else 1
+
+
+def apply_orientation(arr, orientation):
+    """Turn an H×W(×C) array stored with EXIF ``orientation`` upright (a view where possible)."""
+    if orientation == 2:
+        return arr[:, ::-1]
+    if orientation == 3:
+        return arr[::-1, ::-1]
+    if orientation == 4:
+        return arr[::-1]
+    if orientation == 5:  # transpose
+        return np.swapaxes(arr, 0, 1)
+    if orientation == 6:  # rotate 90° clockwise
+        return np.swapaxes(arr, 0, 1)[:, ::-1]
+    if orientation == 7:  # transverse
+        return np.swapaxes(arr, 0, 1)[::-1, ::-1]
+    if orientation == 8:  # rotate 90° counter-clockwise
+        return np.swapaxes(arr, 0, 1)[::-1]
+    return arr
+
+
+def imdecode_upright(data):
+    """OpenCV's ``IMREAD_UNCHANGED`` decode (BGR[A] or gray, the file's dtype) turned upright by its EXIF
+    orientation. Returns ``(array or None, orientation)``."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    orientation = exif_orientation(data)
+    # OpenCV's TIFF decoder applies the orientation tag itself (checked with OpenCV 5.0: all eight values,
+    # 8/16-bit and float); for JPEG / PNG / WebP ``IMREAD_UNCHANGED`` leaves it to us
+    if arr is not None and data[:4] not in (b'II*\0', b'MM\0*'):
+        arr = np.ascontiguousarray(apply_orientation(arr, orientation))
+    return arr, orientation
+
+
 def _to_unit_float(arr, path):
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0, 8
@@ -97,7 +204,7 @@ def decode_image(data, path='<bytes>'):
     if len(data) == 0:
         raise ImageReadError(path, 'empty file (0 bytes)')
     _check_complete(path, data)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    arr, orientation = imdecode_upright(data)
     if arr is None or arr.size == 0:
         raise ImageReadError(path, 'not a decodable image (corrupt, truncated or unsupported format)')
     img, bit_depth = _to_unit_float(arr, path)
@@ -121,7 +228,8 @@ def decode_image(data, path='<bytes>'):
     if min(rgb.shape[:2]) < 1:
         raise ImageReadError(path, f'empty image of size {rgb.shape[:2]}')
     return LoadedImage(np.ascontiguousarray(rgb, dtype=np.float32),
-                       None if alpha is None else np.ascontiguousarray(alpha, dtype=np.float32), bit_depth, gray, path)
+                       None if alpha is None else np.ascontiguousarray(alpha, dtype=np.float32), bit_depth, gray, path,
+                       info={'exif_orientation': orientation})
 
 
 def read_image(path):

@@ -1,6 +1,7 @@
-"""Start-up checks of a parsed option file: every ``type`` is registered, every input path exists.
+"""Start-up checks of a parsed option file: every ``type`` is registered, every input path exists, the scales
+agree, and the model type's own ``check_options`` passes.
 
-A failure raises :class:`ssr_utils.compat.OptionError`, which exits with one line naming the
+A failure raises :class:`ssr_utils.errors.OptionError`, which exits with one line naming the
 option key (``a:b:c``) and the value.
 """
 import os
@@ -56,6 +57,38 @@ def _check_paths(node, key_path, root_path):
         node[key] = resolved if isinstance(value, (list, tuple)) else resolved[0]
 
 
+def _scale_keys(node, key_path):
+    for key, value in node.items():
+        full_key = f'{key_path}:{key}'
+        if isinstance(value, dict):
+            yield from _scale_keys(value, full_key)
+        elif key in ('scale', 'upscale') and isinstance(value, int) and not isinstance(value, bool):
+            yield full_key, value
+
+
+def check_scales(opt):
+    """The top-level ``scale`` and every ``scale`` / ``upscale`` inside a ``network_*`` block agree: a network
+    that super-resolves by another factor than the one the data and the outputs are made for would write
+    outputs of the wrong size without a word."""
+    top = opt.get('scale')
+    if top is None:
+        return
+    for key, value in opt.items():
+        if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
+            for scale_key, scale in _scale_keys(value, key):
+                if scale != top:
+                    raise OptionError(scale_key, scale, f'disagrees with the top-level scale = {top!r}; set both '
+                                      'to the factor the network super-resolves')
+
+
+def _model_checks(opt, model_reg):
+    """The model type's own start-up checks (``check_options`` of the SSR models), before any folder is made."""
+    model_cls = model_reg.get(opt.get('model_type', 'SRModel'))
+    check = getattr(model_cls, 'check_options', None)
+    if callable(check):
+        check(opt)
+
+
 def check_options(opt, root_path=None):
     """Validate ``opt`` in place (relative input paths are resolved against the root path)."""
     arch_reg, dataset_reg, loss_reg, metric_reg, model_reg = _registries()
@@ -80,3 +113,5 @@ def check_options(opt, root_path=None):
     for key, value in opt.items():
         if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
             _check_paths(value, key, root_path)
+    check_scales(opt)
+    _model_checks(opt, model_reg)

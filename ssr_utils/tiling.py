@@ -14,10 +14,15 @@ reflection to ``multiple`` and to ``min_size`` before ``fn`` and the padding is 
 output, so odd sizes and inputs smaller than a network's minimum work.
 
 Outputs accumulate on ``out_device`` (e.g. the CPU while tiles run on a GPU), so the accelerator
-holds one window at a time whatever the input size. Windows run row by row and the weighted sums are
-kept only for the rows that windows still reach (one window row and its overlap); finished rows go to
-a canvas, to a caller's tensor (e.g. a view of the output image) or to a callable that streams them on
-(e.g. a colour correction), so the working memory grows with the image width only.
+holds one window at a time whatever the input size. Windows run row by row. When an output goes to a
+float32 tensor on that device (a canvas, or a caller's tensor such as a view of the output image) the
+weighted sums accumulate in that tensor itself and are normalised there as rows finish: blending needs
+no memory besides the result. When it goes to a callable that streams finished rows on (e.g. a colour
+correction), or to a tensor of another dtype or device, the sums are kept in a band of the rows that
+windows still reach (one window row high, the image wide), so the working memory grows with the image
+width only (``TiledRunner.buffer_rows`` reports the band's height after a call). After each window
+that ran on the CPU the C heap's free pages go back to the system (``compat.release_free_heap``): glibc
+keeps them otherwise, and windows of varying shapes leave enough behind to matter.
 """
 import math
 from fractions import Fraction
@@ -25,6 +30,8 @@ from fractions import Fraction
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
+
+from ssr_utils.compat import release_free_heap
 
 
 def tile_starts(length, tile, overlap, multiple=1):
@@ -123,6 +130,8 @@ class TiledRunner:
         # fn(window_input, (y0, y1, x0, x1)) with the context-inclusive window: lets a caller attach
         # per-window state (e.g. diffusion condition features computed once per window)
         self.with_window = with_window
+        # output name -> rows of the blending buffer in the last call (0: blended in the destination)
+        self.buffer_rows = {}
 
     def windows(self, h, w):
         """List of ``(y0, y1, x0, x1)`` windows (before context)."""
@@ -177,7 +186,10 @@ class TiledRunner:
                     oh, ow = _as_int((y1 - y0) * s, 'tile·scale'), _as_int((x1 - x0) * s, 'tile·scale')
                     band = bands.get(k)
                     if band is None:
-                        band = bands[k] = _Band(v.shape[:-2], _as_int(w * s, 'W·scale'), self._device(v))
+                        lead, dev = tuple(v.shape[:-2]), self._device(v)
+                        width, height = _as_int(w * s, 'W·scale'), _as_int(h * s, 'H·scale')
+                        dest = dests[k] = self._destination(into.get(k), lead, height, width, dev)
+                        band = bands[k] = _Band(lead, width, dev, dest.accumulator(lead, dev, x))
                     py0, py1 = _as_int(y0 * s, 'start·scale'), _as_int(y1 * s, 'end·scale')
                     band.extend_to(py1)
                     wy = window_1d(oh, _as_int(top * s, 'overlap·scale'), _as_int(bottom * s, 'overlap·scale'),
@@ -187,15 +199,17 @@ class TiledRunner:
                     px0 = _as_int(x0 * s, 'start·scale')
                     band.add(py0, px0, v[..., oy0:oy0 + oh, ox0:ox0 + ow], wy, wx, first_in_row=xi == 0,
                              first_row=yi == 0)
+                on_cpu = any(v is not None and v.device.type == 'cpu' for v in res_d.values())
                 del res, res_d
+                if on_cpu:  # CPU windows of varying shapes fragment the C heap (compat.release_free_heap)
+                    release_free_heap()
                 bar.update(1)
             # rows above the next window row receive nothing more: hand them on and free them
             for k, band in bands.items():
                 done = _as_int(ys[yi + 1] * scales[k], 'start·scale') if yi + 1 < len(ys) else band.end
-                if k not in dests:
-                    dests[k] = self._destination(k, into.get(k), band, _as_int(h * scales[k], 'H·scale'))
                 band.release(done, dests[k].put)
         bar.close()
+        self.buffer_rows = {k: band.buffer_rows for k, band in bands.items()}
         result = {k: d.canvas for k, d in dests.items()}
         if squeeze:
             result = {k: (None if v is None else v[0]) for k, v in result.items()}
@@ -205,35 +219,55 @@ class TiledRunner:
         return torch.device(self.out_device) if self.out_device is not None else v.device
 
     @staticmethod
-    def _destination(key, target, band, height):
+    def _destination(target, lead, height, width, device):
         if target is None:
-            target = torch.empty((*band.lead, height, band.width), dtype=torch.float32, device=band.device)
-        return _Destination(key, target)
+            target = torch.empty((*lead, height, width), dtype=torch.float32, device=device)
+        return _Destination(target)
 
 
 class _Band:
     """Weighted sums of the output rows that windows still add to (one window row plus the overlap
-    from the row above), so that blending costs a band of the output, not the whole output. The
-    buffers are allocated once (one window's height) and reused: finished rows are handed out and the
-    overlap rows moved to the top. The windows form a full grid and each one's weight is a product
-    ``wy(y)·wx(x)``, so the summed weight is ``(Σ wy)(y)·(Σ wx)(x)``: two vectors, not a plane."""
+    from the row above), so that blending costs at most a band of the output, not the whole output.
+    The windows form a full grid and each one's weight is a product ``wy(y)·wx(x)``, so the summed
+    weight is ``(Σ wy)(y)·(Σ wx)(x)``: two vectors, not a plane.
 
-    def __init__(self, lead, width, device):
+    With ``target`` (the destination tensor, when it is float32 on the band's device: a canvas or a
+    view of the output image) the sums accumulate in the target's own rows, which are zeroed as windows
+    first reach them and normalised in place when finished: no band buffer at all, and the result is
+    the same to the bit (the same float32 operations on the same values in the same order). Rows and
+    columns beyond the target (padding) are dropped as they come. Otherwise (a callable, another dtype
+    or device) the sums live in a buffer of one window's height, allocated once and reused: finished
+    rows are handed out and the overlap rows moved to the top."""
+
+    def __init__(self, lead, width, device, target=None):
         self.lead, self.width, self.device = tuple(lead), int(width), device
+        self.target = target
         self.start = self.end = 0
-        self.acc = torch.zeros((*self.lead, 0, self.width), dtype=torch.float32, device=device)
+        self.acc = None if target is not None else torch.zeros(
+            (*self.lead, 0, self.width), dtype=torch.float32, device=device)
         self.row_weight = torch.zeros(0, dtype=torch.float32, device=device)
         self.col_weight = torch.zeros(self.width, dtype=torch.float32, device=device)
+
+    @property
+    def buffer_rows(self):
+        """Rows of the band's own buffer (0 when the sums accumulate in the target)."""
+        return 0 if self.acc is None else self.acc.shape[-2]
 
     def extend_to(self, end):
         need = end - self.start
         if need > self.row_weight.shape[0]:
-            acc = self.acc.new_zeros((*self.lead, need, self.width))
             row_weight = self.row_weight.new_zeros(need)
             used = self.end - self.start
-            acc[..., :used, :] = self.acc[..., :used, :]
             row_weight[:used] = self.row_weight[:used]
-            self.acc, self.row_weight = acc, row_weight
+            self.row_weight = row_weight
+            if self.acc is not None:
+                acc = self.acc.new_zeros((*self.lead, need, self.width))
+                acc[..., :used, :] = self.acc[..., :used, :]
+                self.acc = acc
+        if self.target is not None and end > self.end:
+            rows, cols = self.target.shape[-2:]
+            if min(end, rows) > self.end:
+                self.target[..., self.end:min(end, rows), :min(self.width, cols)].zero_()
         self.end = max(self.end, end)
 
     def add(self, row0, col0, piece, wy, wx, first_in_row, first_row):
@@ -242,7 +276,14 @@ class _Band:
         if r < 0:
             raise RuntimeError('tiled_apply: a window reached rows that were already finished')
         piece = piece.to(device=self.device, dtype=torch.float32)
-        self.acc[..., r:r + oh, col0:col0 + ow].addcmul_(piece, wy[:, None] * wx[None, :])
+        weight = wy[:, None] * wx[None, :]
+        if self.target is None:
+            self.acc[..., r:r + oh, col0:col0 + ow].addcmul_(piece, weight)
+        else:
+            rows, cols = self.target.shape[-2:]
+            nh, nw = min(oh, rows - row0), min(ow, cols - col0)
+            if nh > 0 and nw > 0:
+                self.target[..., row0:row0 + nh, col0:col0 + nw].addcmul_(piece[..., :nh, :nw], weight[:nh, :nw])
         if first_in_row:
             self.row_weight[r:r + oh] += wy
         if first_row:
@@ -250,18 +291,27 @@ class _Band:
 
     def release(self, row, put):
         """Normalises rows ``[start, row)`` in place and calls ``put(start, row, rows)`` with them (a view
-        into the band, valid during the call only); keeps the rest."""
+        into the band, valid during the call only); keeps the rest. With a target the rows are
+        normalised where they are and ``put`` is not called."""
         n = row - self.start
         if n <= 0:
             return
-        rows = self.acc[..., :n, :]
-        rows.div_(self.row_weight[:n, None]).div_(self.col_weight)
-        put(self.start, row, rows)
+        if self.target is None:
+            rows = self.acc[..., :n, :]
+            rows.div_(self.row_weight[:n, None]).div_(self.col_weight)
+            put(self.start, row, rows)
+        else:
+            last, cols = min(row, self.target.shape[-2]), min(self.width, self.target.shape[-1])
+            if last > self.start:
+                rows = self.target[..., self.start:last, :cols]
+                rows.div_(self.row_weight[:last - self.start, None]).div_(self.col_weight[:cols])
         left = self.end - row
         if left > 0:
-            self.acc[..., :left, :] = self.acc[..., n:n + left, :].clone()
+            if self.acc is not None:
+                self.acc[..., :left, :] = self.acc[..., n:n + left, :].clone()
             self.row_weight[:left] = self.row_weight[n:n + left].clone()
-        self.acc[..., left:, :].zero_()
+        if self.acc is not None:
+            self.acc[..., left:, :].zero_()
         self.row_weight[left:].zero_()
         self.start = row
 
@@ -269,9 +319,20 @@ class _Band:
 class _Destination:
     """Where finished rows of one output go: a tensor (cropped to its size) or a callable."""
 
-    def __init__(self, key, target):
-        self.key, self.target = key, target
+    def __init__(self, target):
+        self.target = target
         self.canvas = None if callable(target) else target
+
+    def accumulator(self, lead, device, source):
+        """The target itself when the blending sums can accumulate in it (see ``_Band``): a float32 tensor
+        on ``device`` with leading dims ``lead`` that shares no memory with the input ``source`` (its rows
+        are zeroed while later windows may still read the input). None otherwise."""
+        t = self.target
+        if callable(t) or t.dtype != torch.float32 or t.device != torch.device(device) or tuple(t.shape[:-2]) != lead:
+            return None
+        if t.untyped_storage().data_ptr() == source.untyped_storage().data_ptr():
+            return None
+        return t
 
     def put(self, r0, r1, rows):
         if callable(self.target):

@@ -3,6 +3,7 @@ import os
 import os.path as osp
 
 import numpy as np
+import pytest
 import torch
 
 
@@ -94,13 +95,13 @@ def test_ddp_wrapper_on_cpu_has_no_device_ids(monkeypatch):
 
 
 def test_dist_backend_is_read_from_the_option_file(tmp_path):
-    from ssr_utils.compat import _dist_backend_from_argv
+    from ssr_utils.compat import dist_backend_from_argv
     opt_file = tmp_path / 'o.yml'
     opt_file.write_text('name: x\ndist_params:\n  backend: gloo\n')
-    assert _dist_backend_from_argv(['-opt', str(opt_file), '--launcher', 'pytorch']) == 'gloo'
+    assert dist_backend_from_argv(['-opt', str(opt_file), '--launcher', 'pytorch']) == 'gloo'
     opt_file.write_text('name: x\n')
     expected = 'nccl' if torch.cuda.is_available() else 'gloo'
-    assert _dist_backend_from_argv(['-opt', str(opt_file)]) == expected
+    assert dist_backend_from_argv(['-opt', str(opt_file)]) == expected
 
 
 def test_apply_is_idempotent():
@@ -115,3 +116,51 @@ def test_apply_is_idempotent():
         compat._APPLIED = True
     # wrapping twice would round twice and hide the original; the wrapper is applied once
     assert degradations.add_jpg_compression is before
+
+
+def test_a_saved_scheduler_converts_to_the_same_sampler(tmp_path):
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+    from ssr_utils.compat import save_scheduler
+    train = DDPMScheduler(num_train_timesteps=1000, beta_schedule='scaled_linear', clip_sample=False)
+    save_scheduler(train, str(tmp_path))
+    loaded = DDPMScheduler.from_pretrained(str(tmp_path))
+    samplers = [DPMSolverMultistepScheduler.from_config(s.config) for s in (train, loaded)]
+    for s in samplers:
+        s.set_timesteps(4)
+    # DPM-Solver++ uses its own timestep spacing for a key the DDPM schedule left at its default
+    assert samplers[0].config.timestep_spacing != train.config.timestep_spacing
+    assert torch.equal(samplers[0].timesteps, samplers[1].timesteps)
+    # what diffusers' own save_pretrained gives (the quirk): another spacing, other timesteps
+    train.save_pretrained(str(tmp_path / 'plain'))
+    plain = DPMSolverMultistepScheduler.from_config(DDPMScheduler.from_pretrained(str(tmp_path / 'plain')).config)
+    plain.set_timesteps(4)
+    assert not torch.equal(plain.timesteps, samplers[0].timesteps)
+
+
+def test_release_free_heap_returns_fragmented_heap_pages():
+    """glibc keeps memory freed inside its heap resident (tensors below the mmap threshold live there);
+    ``release_free_heap`` gives it back. Every other one of 600 tensors of 100 KB freed: the holes cannot
+    be returned by ordinary trimming of the heap top."""
+    import ctypes
+    import gc
+
+    from ssr_utils.compat import release_free_heap
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim
+    except (OSError, AttributeError):
+        pytest.skip('not glibc: no malloc_trim (release_free_heap does nothing there)')
+    if not osp.exists('/proc/self/statm'):
+        pytest.skip('no /proc/self/statm to read the resident size')
+
+    def rss_mb():
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+    release_free_heap()
+    blocks = [torch.ones(25_000) for _ in range(600)]  # 100 KB each, touched
+    del blocks[::2]
+    gc.collect()
+    before = rss_mb()
+    assert release_free_heap() is True
+    assert before - rss_mb() > 0.5 * 300 * 0.1  # at least half of the 30 MB freed went back
+    del blocks

@@ -102,13 +102,17 @@ def tiny_bench(tmp_path_factory):
                 depth_opt=dict(type='MonocularDepth', backend='prior'),
                 kernel_opt=dict(type='DKENet', num_feat=[8, 16], num_depth_feat=[4, 8], reduction=2),
                 sr_opt=dict(type='NBSR', num_feat=8, num_block=1, num_grow_ch=4, num_cond=8, pca_path=pca))
+    from basicsr.archs import build_network
+    torch.manual_seed(0)
+    svkr_ckpt = str(root / 'svkr.pth')
+    torch.save({'params_ema': build_network(dict(svkr)).state_dict()}, svkr_ckpt)
     opt = dict(name='pytest_bench_tiny', model_type='SSRBenchmarkModel', scale=4, num_gpu=0, manual_seed=0,
                datasets=dict(test_1=dict(name='tiny_sv', type='SSRPairedDataset', dataroot=str(root / 'val'), scale=4)),
                network_g=dict(type='SSRUNet', pca_path=pca, **tiny_config()), network_svkr=svkr,
                conditions=dict(source='svkr', val_source='svkr'),
                diffusion=dict(num_train_timesteps=100, sampler='ddim', num_inference_steps=2, val_num_inference_steps=2,
                               seed=0, color_fix='wavelet'),
-               path=dict(results_root=str(root / 'results')),
+               path=dict(results_root=str(root / 'results'), pretrain_network_svkr=svkr_ckpt),
                val=dict(save_img=True, suffix=None, metrics=dict(
                    psnr=dict(type='calculate_psnr', crop_border=4, test_y_channel=True),
                    ssim=dict(type='calculate_ssim', crop_border=4, test_y_channel=True),

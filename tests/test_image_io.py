@@ -146,3 +146,75 @@ def test_shared_odd_inputs(shared_data):
         assert seen['tree_alpha_16bit.png'].bit_depth == 16 and seen['tree_alpha_16bit.png'].alpha is not None
     if 'children-alpha.png' in seen:
         assert seen['children-alpha.png'].alpha is not None and seen['children-alpha.png'].alpha.min() < 1
+
+
+# ------------------------------------------------------------------------------- EXIF orientation
+def _with_orientation(stored_bgr, fmt, orientation):
+    """Encode ``stored_bgr`` (H×W×3 uint8, BGR) with an EXIF orientation tag, written by Pillow."""
+    import io
+    from PIL import Image
+    img = Image.fromarray(np.ascontiguousarray(stored_bgr[..., ::-1]))
+    buf = io.BytesIO()
+    if fmt == 'TIFF':
+        img.save(buf, fmt, tiffinfo={274: orientation})
+    else:
+        exif = Image.Exif()
+        exif[274] = orientation
+        extra = {'lossless': True} if fmt == 'WEBP' else {'quality': 95} if fmt == 'JPEG' else {}
+        img.save(buf, fmt, exif=exif.tobytes(), **extra)
+    return buf.getvalue()
+
+
+_INVERSE = {6: 8, 8: 6}
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG', 'WEBP', 'TIFF'])
+def test_exif_orientation_is_applied(tmp_path, fmt):
+    from ssr_utils.image_io import apply_orientation, exif_orientation
+    # an upright, clearly asymmetric picture: a gradient with one bright corner block
+    yy, xx = np.mgrid[0:24, 0:40]
+    upright = np.stack([xx * 6, yy * 10, (xx + yy) * 3], axis=-1).astype(np.uint8)
+    upright[:6, :8] = 255
+    for orientation in range(1, 9):
+        stored = np.ascontiguousarray(apply_orientation(upright, _INVERSE.get(orientation, orientation)))
+        data = _with_orientation(stored, fmt, orientation)
+        assert exif_orientation(data) == orientation
+        path = tmp_path / f'o{orientation}.{fmt.lower()}'
+        path.write_bytes(data)
+        img = read_image(str(path))
+        assert img.rgb.shape == (24, 40, 3), (fmt, orientation)
+        assert img.info['exif_orientation'] == orientation
+        got = (img.rgb[..., ::-1] * 255).round()
+        if fmt == 'JPEG':
+            assert np.abs(got - upright).mean() < 4, (fmt, orientation)
+            assert got[:6, :8].min() > 200 and got[-6:, -8:].max() < 250  # the bright block is top-left
+        else:
+            np.testing.assert_array_equal(got, upright, err_msg=f'{fmt} orientation {orientation}')
+
+
+def test_portrait_phone_photo_comes_out_portrait(tmp_path):
+    """The issue's case: a portrait JPEG stored landscape with orientation 6 must give a portrait output."""
+    from ssr_utils.image_io import write_loaded_like
+    stored = np.zeros((30, 50, 3), np.uint8)  # landscape pixels as the sensor wrote them
+    stored[:, :10] = 255  # left edge of the stored frame = top edge of the upright picture (rotated 90° cw)
+    path = tmp_path / 'phone.jpg'
+    path.write_bytes(_with_orientation(stored, 'JPEG', 6))
+    img = read_image(str(path))
+    assert img.shape == (50, 30)
+    assert img.rgb[:10].mean() > 0.9 and img.rgb[12:].mean() < 0.1
+    out = write_loaded_like(str(tmp_path / 'out.png'), img.rgb, img)
+    assert cv2.imread(out, cv2.IMREAD_UNCHANGED).shape[:2] == (50, 30)
+
+
+def test_exif_orientation_big_endian_and_damaged_blocks():
+    from ssr_utils.image_io import exif_orientation
+    # a big-endian ("MM") EXIF block in a JPEG APP1 segment, written by hand
+    tiff = b'MM\x00\x2a\x00\x00\x00\x08' + b'\x00\x01' + b'\x01\x12\x00\x03\x00\x00\x00\x01\x00\x08\x00\x00' + b'\0' * 4
+    app1 = b'Exif\x00\x00' + tiff
+    jpeg = b'\xff\xd8' + b'\xff\xe1' + (len(app1) + 2).to_bytes(2, 'big') + app1 + b'\xff\xda\x00\x02' + b'\xff\xd9'
+    assert exif_orientation(jpeg) == 8
+    # out-of-range values and cut-off blocks mean "no orientation", never an exception
+    assert exif_orientation(jpeg.replace(b'\x00\x08\x00\x00\x00\x00\x00\x00', b'\x00\x09\x00\x00\x00\x00\x00\x00', 1)) == 1
+    assert exif_orientation(jpeg[:20]) == 1
+    assert exif_orientation(b'\x89PNG\r\n\x1a\n') == 1
+    assert exif_orientation(b'') == 1

@@ -1,4 +1,4 @@
-"""scripts/inference_ssr.py and ssr_utils/inference.py on tiny random models (CPU, seconds)."""
+"""scripts/inference_ssr.py, ssr_app/inference.py and SSRPipeline sampling on tiny random models (CPU, seconds)."""
 import glob
 import os
 import os.path as osp
@@ -12,51 +12,19 @@ import yaml
 
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
-from ssr_arch.ssr_unet_arch import tiny_config
-from ssr_data.kernels import KernelPCA, random_kernels
+from conftest import tiny_svkr_opt
+from ssr_app.inference import load_pipeline
+from ssr_pipelines.pipeline_ssr import svkr_tiled, upsample_lr, upsample_lr_rows
 from ssr_utils.image_io import read_image
-from ssr_utils.inference import Inferencer, lr_up_rows, svkr_tiled, tiled_ssr_sample
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
 import inference_ssr  # noqa: E402
 
 
-def _svkr_net_opt(use_depth=True, pca_path=None):
-    sr_opt = dict(type='NBSR', num_feat=8, num_block=1, num_grow_ch=4, num_cond=8)
-    if pca_path:
-        sr_opt['pca_path'] = pca_path
-    return dict(type='SVKR', num_iter=2, gamma=0.9, use_depth=use_depth, scale=4, kernel_size=21,
-                depth_opt=dict(type='MonocularDepth', backend='prior'),
-                kernel_opt=dict(type='DKENet', num_feat=[8, 16], num_depth_feat=[4, 8], reduction=2), sr_opt=sr_opt)
-
-
 @pytest.fixture(scope='module')
-def models(tmp_path_factory):
-    """Option files of a tiny SVKR (with a checkpoint) and a tiny SSR model that uses it."""
-    from basicsr.archs import build_network
-    root = tmp_path_factory.mktemp('inference_models')
-    pca_path = str(root / 'pca.pth')
-    KernelPCA.fit(random_kernels(300, kernel_size=21, seed=0).reshape(300, -1), 10).save(pca_path)
-    torch.manual_seed(0)
-    svkr = build_network(_svkr_net_opt(pca_path=pca_path))
-    ckpt = str(root / 'svkr.pth')
-    torch.save({'params': svkr.state_dict(), 'params_ema': svkr.state_dict()}, ckpt)
-    svkr_opt = dict(name='svkr_t', model_type='SVKRModel', scale=4, num_gpu=0, network_g=_svkr_net_opt(),
-                    path=dict(pretrain_network_g=ckpt, param_key_g='params_ema'),
-                    datasets=dict(test_1=dict(name='x', type='SSRPairedDataset', dataroot='/does/not/exist')))
-    net = dict(type='SSRUNet', pca_path=pca_path, **tiny_config())
-    ssr_opt = dict(name='ssr_t', model_type='SSRModel', scale=4, num_gpu=0, manual_seed=0, network_g=net,
-                   network_svkr=_svkr_net_opt(), conditions=dict(source='svkr'),
-                   diffusion=dict(num_train_timesteps=100, sampler='ddim', num_inference_steps=2, seed=0,
-                                  color_fix='wavelet'),
-                   path=dict(pretrain_network_svkr=ckpt, param_key_svkr='params_ema'))
-    paths = {}
-    for name, opt in (('svkr', svkr_opt), ('ssr', ssr_opt)):
-        paths[name] = str(root / f'{name}.yml')
-        with open(paths[name], 'w') as f:
-            yaml.safe_dump(opt, f)
-    return paths
+def models(tiny_models):
+    return tiny_models
 
 
 def _odd_folder(folder):
@@ -120,7 +88,7 @@ def test_svkr_tiled_equals_untiled_without_depth(models):
     the untiled result; with depth (min-max normalised per window) the blend stays close and seamless."""
     from basicsr.archs import build_network
     torch.manual_seed(0)
-    net = build_network(_svkr_net_opt(use_depth=False)).eval()
+    net = build_network(tiny_svkr_opt(use_depth=False)).eval()
     lr = torch.rand(1, 3, 38, 46)
     ref = net(lr)['sr']
     out = svkr_tiled(net, lr, tile=16, overlap=4, context=16)['sr']
@@ -130,7 +98,7 @@ def test_svkr_tiled_equals_untiled_without_depth(models):
     assert (svkr_tiled(net, lr, tile=16, overlap=4, context=0)['sr'] - ref).abs().max().item() > 1e-3
 
     torch.manual_seed(0)
-    dnet = build_network(_svkr_net_opt(use_depth=True)).eval()
+    dnet = build_network(tiny_svkr_opt(use_depth=True)).eval()
     yy = torch.linspace(0, 1, 40)[:, None].expand(40, 40)
     lr = torch.stack([yy, yy.t(), 0.5 * (yy + yy.t())])[None] + 0.03 * torch.rand(1, 3, 40, 40)
     ref = dnet(lr)['sr']
@@ -140,37 +108,57 @@ def test_svkr_tiled_equals_untiled_without_depth(models):
     assert out.shape == ref.shape and (out - ref).abs().max().item() < 1e-2
 
 
+def _reference_whole_image_sr(pipe, lr, steps, seed):
+    """Whole-image SSR written out from the networks' public steps (what SSRModel.sample computed before
+    sampling became the one-window case of tiled sampling): pad, upsample, encode, condition once,
+    denoise, decode, colour-correct, crop."""
+    from ssr_pipelines.pipeline_ssr import pad_lr
+    from ssr_utils.color_fix import color_fix
+    net, s = pipe.unet, pipe.scale
+    out = pipe.svkr(lr)
+    lq, (h, w) = pad_lr(lr, s, net.size_multiple)
+    hp, wp = lq.shape[-2:]
+    depth = torch.nn.functional.pad(out['depth'], (0, wp - w, 0, hp - h), mode='replicate')
+    kernel = torch.nn.functional.pad(out['kernel'], (0, wp - w, 0, hp - h), mode='replicate')
+    up = upsample_lr(lq, (hp * s, wp * s))
+    z_lr = net.encode_image(up)
+    conds = net.encode_conditions(z_lr, depth, net.kernel_code(kernel), size=z_lr.shape[-2:])
+    z = pipe.denoise(z_lr.shape, lambda inp, t: net(inp, t, conditions=conds), steps, seed, init_latent=z_lr)
+    img = color_fix(net.decode_latent(z), up, pipe.color_fix)
+    return img[..., :h * s, :w * s]
+
+
 @torch.no_grad()
-def test_tiled_ssr_single_window_equals_sr_and_tiles_run(models):
-    eng = Inferencer(models['ssr'], device='cpu', steps=2, seed=3, progress=False)
+def test_whole_image_is_the_one_window_case_and_tiles_run(models):
+    pipe = load_pipeline(models['ssr'], device='cpu')
+    lr = torch.rand(1, 3, 16, 20)  # even: the SVKR's one window needs no padding, as in the reference
+    ref = _reference_whole_image_sr(pipe, lr, 2, 3)
+    whole = pipe(lr, num_inference_steps=2, seed=3).images
+    one = pipe(lr, num_inference_steps=2, seed=3, tile=64, tile_overlap=4).images
+    assert whole.shape == ref.shape == (1, 3, 64, 80)
+    assert torch.equal(whole, one)
+    assert (whole - ref).abs().max().item() < 1e-5
     lr = torch.rand(1, 3, 14, 18)
-    ref = eng.model.sr(lr, num_steps=2, seed=3)['sr']
-    one = tiled_ssr_sample(eng.model, lr, tile=64, overlap=4, num_steps=2, seed=3)['sr']
-    assert one.shape == ref.shape == (1, 3, 56, 72)
-    assert (one - ref.cpu()).abs().max().item() < 1e-4
-    tiled = tiled_ssr_sample(eng.model, lr, tile=8, overlap=4, num_steps=2, seed=3, save_maps=True)
-    assert tiled['sr'].shape == ref.shape and torch.isfinite(tiled['sr']).all()
-    assert tiled['depth'].shape == (1, 1, 14, 18) and tiled['kvar'].shape == (1, 1, 14, 18)
+    tiled = pipe(lr, num_inference_steps=2, seed=3, tile=8, tile_overlap=4, return_maps=True)
+    assert tiled.images.shape == (1, 3, 56, 72) and torch.isfinite(tiled.images).all()
+    assert tiled.depth.shape == (1, 1, 14, 18) and tiled.kernel_variance.shape == (1, 1, 14, 18)
     for cache in ('none', 'cpu'):  # where the per-window condition features live does not change the result
-        again = tiled_ssr_sample(eng.model, lr, tile=8, overlap=4, num_steps=2, seed=3, cond_cache=cache)['sr']
-        assert (again - tiled['sr']).abs().max().item() < 1e-5
+        again = pipe(lr, num_inference_steps=2, seed=3, tile=8, tile_overlap=4, cond_cache=cache).images
+        assert (again - tiled.images).abs().max().item() < 1e-5
     # written straight into a view of an H×W×3 image array, as scripts/inference_ssr.py does
     arr = np.full((56, 72, 3), np.nan, dtype=np.float32)
     view = torch.from_numpy(arr).permute(2, 0, 1)[None]
     for fix in ('adain', 'wavelet'):
-        eng.model.diff_opt['color_fix'] = fix
-        whole = tiled_ssr_sample(eng.model, lr, tile=8, overlap=4, num_steps=2, seed=3)['sr']
-        assert tiled_ssr_sample(eng.model, lr, tile=8, overlap=4, num_steps=2, seed=3, out=view)['sr'] is view
+        whole = pipe(lr, num_inference_steps=2, seed=3, tile=8, tile_overlap=4, color_fix=fix).images
+        assert pipe(lr, num_inference_steps=2, seed=3, tile=8, tile_overlap=4, color_fix=fix, out=view).images is view
         assert np.abs(arr - whole[0].permute(1, 2, 0).numpy()).max() < 1e-5
-    eng.model.diff_opt['color_fix'] = 'wavelet'
 
 
-def test_lr_up_rows_equal_rows_of_the_whole_upsampled_image(models):
-    eng = Inferencer(models['ssr'], device='cpu', steps=1, progress=False)
+def test_upsample_lr_rows_equal_rows_of_the_whole_upsampled_image():
     lq = torch.rand(1, 3, 13, 9)
-    whole = eng.model._lr_up(lq, (52, 36))
+    whole = upsample_lr(lq, (52, 36))
     for a, b in ((0, 52), (0, 3), (5, 22), (30, 52), (51, 52)):
-        assert torch.equal(lr_up_rows(eng.model, lq, a, b), whole[..., a:b, :])
+        assert torch.equal(upsample_lr_rows(lq, 4, a, b), whole[..., a:b, :])
 
 
 def test_ssr_cli_with_tiles_gray_input(models, tmp_path, capsys):
@@ -227,7 +215,8 @@ def test_experiment_folder_as_opt(models, tmp_path):
     assert inference_ssr.main(['-opt', str(exp), '-i', img, '-o', str(tmp_path / 'o'), '--svkr-only', '-q',
                                '--device', 'cpu']) == 0
     ref = str(tmp_path / 'ref')
-    assert inference_ssr.main(['-opt', models['svkr'], '-i', img, '-o', ref, '--svkr-only', '-q', '--device', 'cpu']) == 0
+    assert inference_ssr.main(['-opt', models['svkr'], '-i', img, '-o', ref, '--svkr-only', '-q', '--device',
+                               'cpu']) == 0
     assert np.array_equal(cv2.imread(str(tmp_path / 'o' / 'x.png')), cv2.imread(osp.join(ref, 'x.png')))
     (exp / 'models' / 'net_g_latest.pth').unlink()
     assert inference_ssr.main(['-opt', str(exp), '-i', img, '-o', str(tmp_path / 'o'), '--svkr-only']) == 2

@@ -35,6 +35,30 @@ def test_kernels_normalised_and_shaped(k):
     assert K.kernel_map_from_params(smaj[0], smin[0], theta[0], k).shape == (1, k * k, 5, 6)
 
 
+@pytest.mark.parametrize('k,dtype', [(3, torch.float32), (21, torch.float32), (21, torch.float64), (31, torch.float32)])
+def test_mirrored_half_equals_every_tap_evaluated(k, dtype):
+    # only taps 0..centre are evaluated and mirrored; the kernels must be those of evaluating all k² taps
+    # with the same operations, bit for bit (the degrade_on: model path relies on identical kernels)
+    g = torch.Generator().manual_seed(k)
+    smaj = (torch.rand(3, 4, 5, generator=g) * 5 + 0.1).to(dtype)
+    smin = smaj * (torch.rand(3, 4, 5, generator=g) * 0.9 + 0.1).to(dtype)
+    theta = (torch.rand(3, 4, 5, generator=g) * 7 - 3).to(dtype)
+    cos, sin = torch.cos(theta.reshape(-1)), torch.sin(theta.reshape(-1))
+    i1, i2 = 1.0 / (smaj.reshape(-1)**2), 1.0 / (smin.reshape(-1)**2)
+    coef = torch.stack([cos * cos * i1 + sin * sin * i2, cos * sin * (i1 - i2), sin * sin * i1 + cos * cos * i2])
+    ax = torch.arange(-(k // 2), k // 2 + 1, dtype=dtype)
+    yy, xx = [t.reshape(-1) for t in torch.meshgrid(ax, ax, indexing='ij')]
+    basis = torch.stack([xx * xx, 2 * xx * yy, yy * yy], dim=1).mul_(-0.5)
+    q = basis[:, 0:1] * coef[0]
+    q.addcmul_(basis[:, 1:2], coef[1]).addcmul_(basis[:, 2:3], coef[2])
+    ref = q.clamp_min_(-80.0).exp_()
+    ref = ref.div_(ref.sum(dim=0, keepdim=True))
+    taps = K.kernel_taps(smaj, smin, theta, k)
+    assert taps.shape == (k * k, 3, 4, 5) and taps.dtype == dtype
+    assert torch.equal(taps.reshape(k * k, -1), ref)
+    assert torch.equal(K.kernel_map_from_params(smaj, smin, theta, k), taps.transpose(0, 1))
+
+
 def test_isotropic_kernel_is_the_separable_gaussian():
     sigma, k = 1.7, 21
     ax = torch.arange(k, dtype=torch.float64) - k // 2

@@ -1,12 +1,19 @@
 """LMDB tools in BasicSR's format: round trip through BasicSR's own readers."""
+import os
 import os.path as osp
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 
-from conftest import run_python
-from ssr_data.lmdb_util import LmdbExistsError, LmdbWriter, extract_subimages, read_lmdb_image, read_meta_info
+from conftest import ROOT, run_python, subprocess_env
+from ssr_data.lmdb_util import (LmdbExistsError, LmdbWriter, extract_subimages, lmdb_is_complete, read_lmdb_image,
+                                read_meta_info)
 
 
 def _write_images(folder, count=3, size=(40, 52)):
@@ -99,3 +106,76 @@ def test_reads_the_shared_basicsr_lmdb(shared_data):
     # the shape column is wrong for comic (see shared/data/README.md): the decoded image wins
     assert comic.shape == (90, 60, 3)
     assert np.array_equal(comic, cv2.imread(osp.join(shared_data, 'val_pairs', 'lq', 'comic.png')))
+
+
+def test_workers_give_the_same_lmdb_in_the_same_order(tmp_path):
+    sys.path.insert(0, osp.join(ROOT, 'scripts'))
+    from create_lmdb import create_lmdb
+    _write_images(tmp_path / 'imgs' / 'b', count=3, size=(40, 36))
+    _write_images(tmp_path / 'imgs' / 'a', count=4, size=(33, 50))
+    (tmp_path / 'imgs' / 'a' / 'bad.png').write_bytes(b'broken')
+    runs = {}
+    for workers in (1, 3):
+        out = str(tmp_path / f'w{workers}.lmdb')
+        written, skipped = create_lmdb(str(tmp_path / 'imgs'), out, crop_size=24, step=16, show_progress=False,
+                                       workers=workers)
+        assert [osp.basename(p) for p, _ in skipped] == ['bad.png']
+        runs[workers] = (written, open(osp.join(out, 'meta_info.txt')).read(),
+                         {k: read_lmdb_image(out, k).tobytes() for k in written})
+    assert runs[1] == runs[3]
+    keys = runs[1][0]
+    assert keys[0] == 'a_img0_s001' and keys == sorted(keys, key=lambda k: (k.split('_s')[0], k))
+
+
+def test_a_failing_writer_leaves_no_lmdb(tmp_path):
+    path = tmp_path / 'x.lmdb'
+    with pytest.raises(RuntimeError, match='boom'):
+        with LmdbWriter(str(path)) as writer:
+            writer.put('a', np.zeros((4, 4), np.uint8))
+            raise RuntimeError('boom')
+    assert os.listdir(tmp_path) == []
+    # an LMDB folder without meta_info.txt (e.g. left by another tool) is called incomplete, not overwritten
+    path.mkdir()
+    (path / 'data.mdb').write_bytes(b'')
+    with pytest.raises(LmdbExistsError, match='incomplete'):
+        LmdbWriter(str(path))
+    with LmdbWriter(str(path), overwrite=True) as writer:
+        writer.put('a', np.zeros((4, 4), np.uint8))
+    assert lmdb_is_complete(str(path)) and [k for k, _ in read_meta_info(str(path))] == ['a']
+
+
+def test_killed_create_lmdb_leaves_nothing_that_looks_finished(tmp_path):
+    from basicsr.data.data_util import paired_paths_from_lmdb
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(150):  # noise compresses badly: slow enough to be caught half-way
+        cv2.imwrite(str(folder / f'n{i:03d}.png'), rng.integers(0, 256, (192, 192, 3), dtype=np.uint8))
+    out = tmp_path / 'hr.lmdb'
+    cmd = [sys.executable, osp.join(ROOT, 'scripts', 'create_lmdb.py'), '-i', str(folder), '-o', str(out),
+           '--workers', '1', '--compress-level', '9']
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        found = [p for p in tmp_path.iterdir() if p.name.startswith('.hr.lmdb.partial-')]
+        if found and (found[0] / 'data.mdb').is_file() and (found[0] / 'data.mdb').stat().st_size > 0:
+            partial = found[0]
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, 'create_lmdb finished before it could be killed; give it more images'
+    assert partial is not None
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing under the LMDB's name
+    assert not lmdb_is_complete(str(partial))
+    # BasicSR's LMDB datasets refuse the leftover, even under an LMDB name (no meta_info.txt)
+    leftover = tmp_path / 'leftover.lmdb'
+    shutil.copytree(partial, leftover)
+    with pytest.raises(FileNotFoundError, match='meta_info'):
+        paired_paths_from_lmdb([str(leftover), str(leftover)], ['lq', 'gt'])
+    shutil.rmtree(leftover)
+    proc = run_python(['scripts/create_lmdb.py', '-i', str(folder), '-o', str(out), '--workers', '2'])
+    assert proc.returncode == 0, proc.stdout
+    assert 'interrupted' in proc.stdout and not partial.exists()
+    assert len(read_meta_info(str(out))) == 150 and sorted(p.name for p in tmp_path.iterdir()) == ['hr.lmdb', 'imgs']

@@ -176,7 +176,7 @@ def test_sr_inference_shapes_seed_and_padding(tmp_path, pca_path):
     other = model.sr(data['lq'], depth=data['depth_lq'], kernel=data['kernel'], seed=1)['sr']
     assert torch.equal(out['sr'], again) and not torch.equal(out['sr'], other)
     assert model.net_g.training  # sr() restores the training mode
-    model.diff_opt['sampler'] = 'dpmsolver++'
+    model.pipeline.sampler = 'dpmsolver++'
     assert model.sr(data['lq'], depth=data['depth_lq'], kernel=data['kernel'])['sr'].shape == (1, 3, 20, 28)
 
 
@@ -253,9 +253,7 @@ def test_wavelet_color_fix_takes_low_band_from_reference():
 
 
 def test_sr_with_a_frozen_svkr_estimates_the_maps(tmp_path, pca_path):
-    from basicsr.utils.registry import ARCH_REGISTRY
-    if 'SVKR' not in ARCH_REGISTRY or 'MonocularDepth' not in ARCH_REGISTRY:
-        pytest.skip('SVKR / MonocularDepth not available')
+    from basicsr.archs import build_network
     opt = _opt(tmp_path, pca_path)
     opt['network_g'].pop('pca_path')  # the basis then comes from the SVKR's NBSR
     opt['network_svkr'] = dict(
@@ -267,6 +265,10 @@ def test_sr_with_a_frozen_svkr_estimates_the_maps(tmp_path, pca_path):
         depth_opt=dict(type='MonocularDepth', backend='prior'),
         kernel_opt=dict(type='DKENet', num_feat=[8, 16], num_depth_feat=[8, 8], reduction=2),
         sr_opt=dict(type='NBSR', num_feat=8, num_block=1, num_grow_ch=8, num_cond=8, pca_path=pca_path))
+    torch.manual_seed(0)
+    svkr_ckpt = str(tmp_path / 'svkr.pth')
+    torch.save({'params': build_network(copy.deepcopy(opt['network_svkr'])).state_dict()}, svkr_ckpt)
+    opt['path']['pretrain_network_svkr'] = svkr_ckpt
     opt['conditions'] = dict(source='svkr')
     model = _build(opt)
     assert model.bare_g.has_pca
@@ -307,7 +309,7 @@ def test_v_prediction_and_ddim_options(tmp_path, pca_path):
     opt = _opt(tmp_path, pca_path, lambda_depth=0)
     opt['diffusion'].update(prediction_type='v_prediction', sampler='ddim')
     model = _build(opt)
-    assert model.noise_scheduler.config.prediction_type == 'v_prediction'
+    assert model.pipeline.scheduler.config.prediction_type == 'v_prediction'
     assert torch.isfinite(torch.tensor(_step(model, _batch(), 0)))
     assert 'l_c_depth' not in model.log_dict and 'l_c_kernel' in model.log_dict
     from ssr_utils.errors import OptionError

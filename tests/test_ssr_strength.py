@@ -9,6 +9,7 @@ import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from ssr_arch.ssr_unet_arch import tiny_config
 from ssr_data.kernels import random_kernels
+from ssr_pipelines.pipeline_ssr import pad_lr, upsample_lr
 from ssr_utils.errors import OptionError
 
 SCALE = 4
@@ -30,11 +31,16 @@ def _opt(tmp_path, pca_path, svkr=False, **train):
                   visualization=str(tmp_path / 'visualization')),
         train=train_opt)
     if svkr:
+        from basicsr.archs import build_network
         opt['network_svkr'] = dict(
             type='SVKR', num_iter=1, gamma=0.9, scale=SCALE, kernel_size=21,
             depth_opt=dict(type='MonocularDepth', backend='prior'),
             kernel_opt=dict(type='DKENet', num_feat=[8, 16], num_depth_feat=[8, 8], reduction=2),
             sr_opt=dict(type='NBSR', num_feat=8, num_block=1, num_grow_ch=8, num_cond=8, pca_path=pca_path))
+        torch.manual_seed(0)
+        opt['path']['pretrain_network_svkr'] = str(tmp_path / 'svkr.pth')
+        torch.save({'params': build_network(copy.deepcopy(opt['network_svkr'])).state_dict()},
+                   opt['path']['pretrain_network_svkr'])
         opt['conditions'] = dict(source='svkr')
     return opt
 
@@ -52,29 +58,29 @@ def _batch(batch=2, h=4, w=4, seed=0):
 
 
 # ------------------------------------------------------------------------------------------ strength
-def test_strength_one_is_the_pure_noise_start_and_old_calls_work(tmp_path, pca_path):
-    model = _build(_opt(tmp_path, pca_path))
+def test_strength_one_is_the_pure_noise_start(tmp_path, pca_path):
+    pipe = _build(_opt(tmp_path, pca_path)).pipeline
     shape = (1, 4, 4, 4)
     fn = (lambda z, t: 0.1 * z)
-    old = model.denoise(shape, fn, 3, 5, False)  # the positional call of ssr_utils.inference before strength
-    assert torch.equal(old, model.denoise(shape, fn, 3, 5, strength=1.0, init_latent=torch.ones(shape)))
-    model.diff_opt['strength'] = 0.5
+    default = pipe.denoise(shape, fn, 3, 5)  # the options' strength: 1
+    assert torch.equal(default, pipe.denoise(shape, fn, 3, 5, strength=1.0, init_latent=torch.ones(shape)))
+    pipe.strength = 0.5
     with pytest.raises(ValueError, match='init_latent'):
-        model.denoise(shape, fn, 3, 5)
+        pipe.denoise(shape, fn, 3, 5)
     with pytest.raises(ValueError, match='does not match'):
-        model.denoise(shape, fn, 3, 5, init_latent=torch.ones(1, 4, 2, 2))
+        pipe.denoise(shape, fn, 3, 5, init_latent=torch.ones(1, 4, 2, 2))
     for bad in (0, 1.5, -0.1, 'half'):
         with pytest.raises(OptionError, match='strength'):
-            model.denoise(shape, fn, 3, 5, strength=bad, init_latent=torch.ones(shape))
+            pipe.denoise(shape, fn, 3, 5, strength=bad, init_latent=torch.ones(shape))
 
 
 @pytest.mark.parametrize('sampler', ['ddim', 'dpmsolver++'])
 def test_strength_runs_the_last_steps_from_the_noised_init_latent(tmp_path, pca_path, sampler):
-    model = _build(_opt(tmp_path, pca_path))
-    model.diff_opt['sampler'] = sampler
+    pipe = _build(_opt(tmp_path, pca_path)).pipeline
+    pipe.sampler = sampler
     shape = (2, 4, 4, 6)
     init = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    acp = model.noise_scheduler.alphas_cumprod
+    acp = pipe.scheduler.alphas_cumprod
     seen = []
 
     def oracle(z, t):  # the exact noise of z around init: every step must then land on init
@@ -82,17 +88,17 @@ def test_strength_runs_the_last_steps_from_the_noised_init_latent(tmp_path, pca_
         a = acp[int(t)]
         return (z - a.sqrt() * init) / (1 - a).sqrt()
 
-    out = model.denoise(shape, oracle, num_steps=10, seed=7, strength=0.35, init_latent=init)
-    start, run = model.strength_steps(10, 0.35)
+    out = pipe.denoise(shape, oracle, num_inference_steps=10, seed=7, strength=0.35, init_latent=init)
+    start, run = pipe.strength_steps(10, 0.35)
     assert (start, run) == (7, 3)  # diffusers' rule: int(10 * 0.35) steps, the last ones of the schedule
-    sched = model._sampling_scheduler()
+    sched = pipe.sampling_scheduler()
     sched.set_timesteps(10)
     assert [t for t, _ in seen] == [int(t) for t in sched.timesteps[7:]]
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(7))
     t0 = seen[0][0]
     torch.testing.assert_close(seen[0][1], acp[t0].sqrt() * init + (1 - acp[t0]).sqrt() * noise, atol=1e-5, rtol=0)
     torch.testing.assert_close(out, init, atol=1e-4, rtol=0)
-    assert model.strength_steps(4, 0.1) == (3, 1)  # at least one step
+    assert pipe.strength_steps(4, 0.1) == (3, 1)  # at least one step
 
 
 def test_sr_with_strength_keeps_shape_seed_and_stays_closer_to_the_lr(tmp_path, pca_path):
@@ -100,31 +106,27 @@ def test_sr_with_strength_keeps_shape_seed_and_stays_closer_to_the_lr(tmp_path, 
     data = _batch(batch=1, h=5, w=7)  # padded to the size multiple and cropped back
     args = (data['lq'], data['depth_lq'], data['kernel'])
     full = model.sr(*args)['sr']
-    model.diff_opt['strength'] = 0.3
+    model.pipeline.strength = 0.3
     part = model.sr(*args)['sr']
     assert part.shape == full.shape == (1, 3, 20, 28)
     assert torch.equal(part, model.sr(*args)['sr']) and not torch.equal(part, full)
     # a random network: only the last (low-noise) step runs, from the LR latent, so the result stays near the
     # VAE reconstruction of the upsampled LR image
     net = model.bare_g
-    lq, _ = model._pad_lr(data['lq'])
+    lq, _ = pad_lr(data['lq'], SCALE, net.size_multiple)
     with torch.no_grad():
-        up = model._lr_up(lq, (lq.shape[-2] * SCALE, lq.shape[-1] * SCALE))
+        up = upsample_lr(lq, (lq.shape[-2] * SCALE, lq.shape[-1] * SCALE))
         rec = net.decode_latent(net.encode_image(up))[..., :20, :28]
     assert (part - rec).abs().mean() < (full - rec).abs().mean()
 
 
 def test_tiled_sampling_with_strength_equals_sr_for_one_window(tmp_path, pca_path):
-    from basicsr.utils.registry import ARCH_REGISTRY
-    if 'SVKR' not in ARCH_REGISTRY or 'MonocularDepth' not in ARCH_REGISTRY:
-        pytest.skip('SVKR / MonocularDepth not available')
-    from ssr_utils.inference import tiled_ssr_sample
     model = _build(_opt(tmp_path, pca_path, svkr=True))
-    model.diff_opt.update(strength=0.5, color_fix='wavelet')
+    model.pipeline.strength, model.pipeline.color_fix = 0.5, 'wavelet'
     lr = torch.rand(1, 3, 6, 10, generator=torch.Generator().manual_seed(2))
-    ref = model.sr(lr, num_steps=4, seed=3)['sr']
-    one = tiled_ssr_sample(model, lr, tile=64, overlap=4, num_steps=4, seed=3)['sr']
-    assert one.shape == ref.shape and (one - ref).abs().max().item() < 1e-4
+    ref = model.sr(lr, num_steps=4, seed=3)['sr']  # the SVKR on the whole image, maps given to the pipeline
+    one = model.pipeline(lr, num_inference_steps=4, seed=3, tile=64, tile_overlap=4).images
+    assert one.shape == ref.shape and (one - ref).abs().max().item() < 1e-5
 
 
 # ------------------------------------------------------------------------------------------ VAE warm-up
@@ -158,7 +160,7 @@ def test_vae_warmup_trains_the_vae_alone_then_freezes_it(tmp_path, pca_path):
     assert any(not torch.equal(unet0[k], v) for k, v in snap('unet.').items())
     # the EMA holds the frozen VAE itself (the diffusion part learns this VAE's latents)
     assert not any(k.startswith('vae.') for k in model.ema)
-    ema_state = model._net_state(True)
+    ema_state = model.network_g_state(use_ema=True)
     assert all(torch.equal(ema_state[k], v) for k, v in snap('vae.').items())
 
     # a resume after the warm-up freezes the VAE again and continues identically

@@ -1,6 +1,8 @@
 """SSRUNet: AMF at every level, init behaviour, modalities, encoders, configs, local-directory loading."""
 import copy
+import json
 import logging
+import os
 
 import pytest
 import torch
@@ -48,7 +50,7 @@ def test_encoder_levels_match_the_unet_resolutions(net):
     seen = {}
     hooks = [
         m.register_forward_hook(lambda mod, a, out, name=name: seen.__setitem__(name, (out[0] if isinstance(
-            out, tuple) else out).shape[-2:])) for name, m, _, _ in net._points
+            out, tuple) else out).shape[-2:])) for name, m, _, _ in net.injection_points()
     ]
     feats = net.encode_features(x['lr_latent'], x['depth'], x['kernel_code'])
     net(**x)
@@ -109,10 +111,14 @@ def test_modality_subset_and_order_option():
         SSRUNet(**tiny_config(), modalities=['lr', 'text'])
 
 
+def _public(config):
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith('_')}, sort_keys=True))
+
+
 def test_config_round_trip_builds_the_same_network(net):
     cfg = net.config
-    twin = SSRUNet(**cfg).eval()
-    assert twin.config == cfg
+    twin = SSRUNet.from_config(cfg).eval()
+    assert _public(twin.config) == _public(cfg)
     twin.load_state_dict(net.state_dict())
     x = _inputs()
     with torch.no_grad():
@@ -174,10 +180,10 @@ def test_save_pretrained_round_trip(tmp_path):
     net = SSRUNet(**tiny_config()).eval()
     _randomise_amf(net, 2)
     net.save_pretrained(str(tmp_path / 'ssr'))
-    assert (tmp_path / 'ssr' / 'unet' / 'config.json').is_file() and (tmp_path / 'ssr' / 'vae' /
-                                                                      'config.json').is_file()
+    # diffusers' file names: the config and the weights in safetensors
+    assert sorted(os.listdir(tmp_path / 'ssr')) == ['config.json', 'diffusion_pytorch_model.safetensors']
     loaded = SSRUNet.from_pretrained(str(tmp_path / 'ssr')).eval()
-    assert loaded.config == net.config
+    assert _public(loaded.config) == _public(net.config)
     x = _inputs()
     with torch.no_grad():
         assert torch.equal(loaded(**x), net(**x))
@@ -189,7 +195,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     torch.manual_seed(5)
     a = SSRUNet(**tiny_config())
     _randomise_amf(a, 3)
-    b = SSRUNet(**dict(a.config, gradient_checkpointing=True))
+    b = SSRUNet.from_config(a.config, gradient_checkpointing=True)
     b.load_state_dict(a.state_dict())
     x = _inputs()
     grads = []
@@ -198,3 +204,31 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         net(**x).square().mean().backward()
         grads.append(net.amf['down0_lr'].mlp_alpha[-1].weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_a_frozen_pretrained_base_is_referenced_not_copied(tmp_path):
+    root, unet, vae = _save_base(tmp_path)
+    torch.manual_seed(6)
+    net = SSRUNet(pretrained_path=root, null_text_length=4, lr_encoder=dict(block_out_channels=[16, 32]),
+                  map_encoder=dict(block_out_channels=[8, 16]), amf=dict(hidden=16)).eval()
+    _randomise_amf(net, 4)
+    net.save_pretrained(str(tmp_path / 'ssr'))
+    from safetensors.torch import load_file
+    saved = load_file(str(tmp_path / 'ssr' / 'diffusion_pytorch_model.safetensors'))
+    assert saved and not any(k.startswith(('unet.', 'vae.')) for k in saved)
+    with open(tmp_path / 'ssr' / 'config.json') as f:
+        assert json.load(f)['pretrained_path'] == os.path.abspath(root)
+    loaded = SSRUNet.from_pretrained(str(tmp_path / 'ssr')).eval()
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(**x), net(**x))
+    # a trainable base is part of the weights, and the folder then stands alone
+    tuned = SSRUNet(pretrained_path=root, freeze_unet=False, freeze_vae=False, null_text_length=4,
+                    lr_encoder=dict(block_out_channels=[16, 32]), map_encoder=dict(block_out_channels=[8, 16]),
+                    amf=dict(hidden=16)).eval()
+    tuned.save_pretrained(str(tmp_path / 'tuned'))
+    with open(tmp_path / 'tuned' / 'config.json') as f:
+        cfg = json.load(f)
+    assert cfg['pretrained_path'] is None and cfg['unet']['block_out_channels'] == [32, 64]
+    weights = load_file(str(tmp_path / 'tuned' / 'diffusion_pytorch_model.safetensors'))
+    assert any(k.startswith('unet.') for k in weights)

@@ -266,6 +266,31 @@ def test_svkr_gamma_mixing_numerically():
     torch.testing.assert_close(out['kernels'][1], out['kernels'][0])
 
 
+def test_svkr_inference_keeps_one_kernel_map_alive():
+    """Without ``return_all`` the loop holds only the current kernel map while NBSR runs (the k²-channel
+    maps dominate a window's memory in tiled inference): every earlier estimate and mixture is freed,
+    and the result is the one ``return_all`` gives."""
+    import weakref
+    net = _svkr(num_iter=3, gamma=0.9).eval()
+    lr = torch.rand(1, 3, 8, 10)
+    made, alive_at_sr = [], []
+    net.kernel_net.register_forward_hook(lambda m, i, o: made.append(weakref.ref(o)))
+
+    def before_sr(module, inputs):
+        current = inputs[1]
+        alive_at_sr.append(sum(1 for r in made if r() is not None and r() is not current))
+        made.append(weakref.ref(current))
+
+    net.sr_net.register_forward_pre_hook(before_sr)
+    with torch.no_grad():
+        out = net(lr)
+        assert alive_at_sr == [0, 0, 0]  # one NBSR pass per iteration, nothing else alive each time
+        ref = net(lr, return_all=True)
+    assert len(made) > 3 and alive_at_sr[3:] != [0] * len(alive_at_sr[3:])  # return_all keeps them: can fail
+    for key in ('sr', 'kernel', 'depth'):
+        assert torch.equal(out[key], ref[key])
+
+
 def test_svkr_t0_and_no_depth():
     net = _svkr(num_iter=0).eval()
     lr = torch.rand(1, 3, 6, 6)

@@ -105,9 +105,10 @@ def _train_save_resume(opt, dataset, iters=3):
     resumed.resume_training(torch.load(state_path, map_location='cpu', weights_only=False))
     for k, v in model.net_g.state_dict().items():
         torch.testing.assert_close(resumed.net_g.state_dict()[k], v)
-    if hasattr(model, 'net_g_ema'):
-        for k, v in model.net_g_ema.state_dict().items():
-            torch.testing.assert_close(resumed.net_g_ema.state_dict()[k], v)
+    if model.ema is not None:  # the average of the trainable parameters comes back from params_ema
+        assert resumed.ema.keys() == model.ema.keys()
+        for k, v in model.ema.items():
+            assert torch.equal(resumed.ema[k], v)
     s1, s2 = model.optimizer_g.state_dict()['state'], resumed.optimizer_g.state_dict()['state']
     assert s1.keys() == s2.keys() and all(torch.equal(s1[i]['exp_avg'], s2[i]['exp_avg']) for i in s1)
     assert resumed.schedulers[0].last_epoch == model.schedulers[0].last_epoch > 0
@@ -229,11 +230,12 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     assert 0 < step <= lr * clip * (1 + 1e-4)
 
 
-def test_amp_option_is_ignored_on_cpu(tmp_path):
+def test_the_old_amp_key_stops_with_the_new_name(tmp_path):
+    from ssr_utils.errors import OptionError
     opt = _opt(tmp_path, 'NBSRModel', dict(TINY_SR, scale=SCALE), {'pixel_opt': {'type': 'L1Loss'},
                                                                    'use_amp': True}, {})
-    model = build_model(opt)
-    assert not model.use_amp and not model.scaler.is_enabled()
+    with pytest.raises(OptionError, match='train:use_amp.*train:amp'):
+        build_model(opt)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from torch.nn import functional as F
 
 import pytest
 
-from ssr_utils.tiling import pad_to, ramp, tile_starts, tiled_apply, window_1d
+from ssr_utils.tiling import TiledRunner, pad_to, ramp, tile_starts, tiled_apply, window_1d
 
 
 def _conv_sr(scale=4, seed=0, layers=3):
@@ -185,3 +185,56 @@ def test_into_a_view_of_an_image_array_and_a_cropped_target():
         small = torch.zeros(1, 3, 20, 21)  # padding rows / columns are dropped
         tiled_apply(net, x, tile=12, overlap=4, context=2, into={'out': small})
         assert torch.equal(small, ref[..., :20, :21])
+
+
+@pytest.mark.parametrize('h,w,tile,overlap,context,multiple', [(45, 61, 16, 4, 3, 1), (70, 50, 16, 4, 2, 2),
+                                                               (100, 30, 20, 19, 2, 1), (7, 9, 16, 4, 2, 8)])
+def test_blending_in_the_destination_equals_the_band_to_the_bit(h, w, tile, overlap, context, multiple):
+    """A float32 destination (canvas, a view of an HWC image array, a cropped or larger tensor) holds the
+    blending sums itself, without a band buffer; a callable, or a destination of another dtype, gets the
+    band (one window high). Both give the same numbers to the bit."""
+    net = _conv_sr(4)
+    x = torch.rand(2, 3, h, w)
+    kw = dict(tile=tile, overlap=overlap, context=context, multiple=multiple)
+    th = min(tile, h) if h > tile else -(-max(h, 1) // multiple) * multiple  # one window's LR height
+    with torch.no_grad():
+        streamed = []
+        runner = TiledRunner(**kw)
+        assert runner(net, x, into={'out': lambda r0, r1, rows: streamed.append(rows.clone())}) is None
+        ref = torch.cat(streamed, dim=-2)
+        assert 0 < runner.buffer_rows['out'] <= th * 4  # the band: at most one window row
+
+        canvas = runner(net, x)
+        assert torch.equal(canvas, ref) and runner.buffer_rows['out'] == 0
+
+        arr = np.full((2, h * 4, w * 4, 3), np.nan, dtype=np.float32)  # images as H×W×3 arrays
+        view = torch.from_numpy(arr).permute(0, 3, 1, 2)
+        assert runner(net, x, into={'out': view}) is view and runner.buffer_rows['out'] == 0
+        assert np.array_equal(arr, ref.permute(0, 2, 3, 1).numpy())
+
+        for shape, dtype in (((2, 3, h * 4 - 3, w * 4 - 5), torch.float32), ((2, 3, h * 4 + 3, w * 4 + 2), torch.float32),
+                             ((2, 3, h * 4, w * 4), torch.float16)):
+            target = torch.full(shape, 7.0, dtype=dtype)
+            runner(net, x, into={'out': target})
+            rows, cols = min(shape[-2], h * 4), min(shape[-1], w * 4)
+            assert torch.equal(target[..., :rows, :cols], ref[..., :rows, :cols].to(dtype))
+            assert bool((target[..., rows:, :] == 7).all()) and bool((target[..., :, cols:] == 7).all())
+            assert (runner.buffer_rows['out'] == 0) == (dtype == torch.float32)
+
+
+def test_destination_sharing_the_input_falls_back_to_the_band():
+    """In-place use (the destination is the input, ×1 network): zeroing rows in the destination while later
+    windows still read them as context would change the result, so the band is used."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 3, 3, padding=1)
+    x = torch.rand(1, 3, 40, 36)
+    with torch.no_grad():
+        ref = tiled_apply(conv, x, tile=16, overlap=4, context=1)
+        runner = TiledRunner(16, 4, context=1)
+        y = x.clone()
+        runner(conv, y, into={'out': y})
+    assert runner.buffer_rows['out'] > 0
+    # the first window row read the untouched input (the band writes rows only when they are finished);
+    # blending in the destination would have zeroed rows that its second window still reads
+    first_done = tile_starts(40, 16, 4)[1]
+    assert torch.equal(y[..., :first_done, :], ref[..., :first_done, :])

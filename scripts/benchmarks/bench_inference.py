@@ -6,7 +6,7 @@
 
 Each measurement runs in a fresh child process (CPU peak memory is the process's peak RSS, reset through
 /proc/self/clear_refs on Linux before the measured run): it builds the model, warms up on a tiny input,
-then super-resolves one random LR image of the given size with the given tile (0 = untiled) through ``ssr_utils.inference`` (the code behind
+then super-resolves one random LR image of the given size with the given tile (0 = untiled) through ``SSRPipeline`` (the code behind
 scripts/inference_ssr.py), writing into an H×W×3 float32 output image as the CLI does. Reported:
 seconds, working memory (peak RSS minus the RSS after warm-up with the output image already allocated
 and touched, i.e. everything but the result itself; on GPU ``max_memory_allocated``), and both as ratios
@@ -61,6 +61,92 @@ def _rss_kb():
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
 
 
+def _malloc_mb():
+    """glibc heap statistics in MB: ``in_use`` (malloc'ed and not freed, all arenas and mmapped blocks) and
+    ``kept_free`` (freed into the arenas and kept by glibc, resident where it was touched); None off glibc."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+                                                      'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+
+    try:
+        fn = ctypes.CDLL('libc.so.6').mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = MallInfo2
+    m = fn()
+    return dict(in_use=(m.uordblks + m.hblkhd) / 2**20, kept_free=m.fordblks / 2**20)
+
+
+class SVKRTrace:
+    """``--trace``: where the working memory of tiled SVKR goes. Hooks on the SVKR and its depth, kernel and
+    SR networks sample the RSS, the peak RSS since the previous sample (VmHWM, reset at every sample) and
+    glibc's heap statistics, so every peak is attributed to the step that made it: depth estimation,
+    kernel estimation (DKENet), the γ mixing of kernel maps, NBSR, and blending (from the end of one
+    window to the start of the next: adding the SR window to the output, handing rows on). glibc keeps
+    freed heap memory resident until it is trimmed, so the RSS rarely falls within a window: each step's
+    growth (its peak minus the RSS at its start) says what the step itself needs. "held by the glibc heap"
+    counts freed heap memory whether or not it is still resident (trimmed pages are not)."""
+
+    # the step an interval between two samples belongs to, by the sample that ends it
+    STEPS = {'depth<': 'depth estimation', 'depth>': 'depth estimation', 'kernel<': 'kernel estimation',
+             'kernel>': 'kernel estimation', 'sr<': 'kernel mixing', 'sr>': 'NBSR', 'svkr>': 'NBSR',
+             'svkr<': 'blending', 'end': 'blending'}
+
+    def __init__(self, svkr):
+        self.samples = []
+        self.base = None
+        for name, mod in (('svkr', svkr), ('depth', svkr.depth_net), ('kernel', svkr.kernel_net), ('sr', svkr.sr_net)):
+            if mod is not None:
+                mod.register_forward_pre_hook(lambda m, i, name=name: self.sample(name + '<'))
+                mod.register_forward_hook(lambda m, i, o, name=name: self.sample(name + '>'))
+
+    def start(self, base_kb):
+        self.samples.clear()
+        self.base = dict(rss=base_kb / 1024, **(_malloc_mb() or {}))
+
+    def sample(self, point):
+        if self.base is None:
+            return
+        peak, rss = _peak_rss_kb() / 1024, _rss_kb() / 1024
+        _reset_peak_rss()
+        self.samples.append(dict(point=point, rss=rss - self.base['rss'], peak=peak - self.base['rss'],
+                                 **{k: v - self.base.get(k, 0) for k, v in (_malloc_mb() or {}).items()}))
+
+    def report(self):
+        import statistics
+        windows = []  # per window: the sample at its start and (step, RSS at the step's start, peak during it)
+        prev = None
+        for smp in self.samples:
+            step = self.STEPS.get(smp['point'])
+            if windows and prev is not None and step:  # the interval prev -> smp; one ending at a window's
+                windows[-1]['steps'].append((step, prev['rss'], smp['peak']))  # start belongs to the one before
+            if smp['point'] == 'svkr<':
+                windows.append(dict(start=smp, steps=[]))
+            prev = smp
+        inner = windows[1:] or windows  # the first window starts from the warm-up's heap
+
+        def stat(values):
+            return f'{statistics.median(values):7.1f} / {max(values):7.1f}' if values else '      - /       -'
+
+        lines = [f'trace: {len(windows)} windows; MB above the RSS before the call (output image allocated and '
+                 'touched); median / max over windows']
+        lines.append(f'  RSS at a window start            {stat([w["start"]["rss"] for w in inner])}')
+        if 'in_use' in inner[0]['start']:
+            lines.append(f'    malloc in use (live tensors)   {stat([w["start"]["in_use"] for w in inner])}')
+            lines.append(f'    freed, held by the glibc heap  {stat([w["start"]["kept_free"] for w in inner])}')
+        lines.append(f'  {"step":31}{"peak RSS in it":>17}   {"its growth (peak - RSS at its start)":>36}')
+        for step in dict.fromkeys(self.STEPS.values()):
+            peaks = [max(p for s, _, p in w['steps'] if s == step) for w in windows if any(s == step for s, _, _ in w['steps'])]
+            growth = [max(p - r for s, r, p in w['steps'] if s == step) for w in windows
+                      if any(s == step for s, _, _ in w['steps'])]
+            lines.append(f'  {step:31}{stat(peaks)}   {stat(growth):>36}')
+        lines.append(f'  window peak - RSS at its start   '
+                     f'{stat([max(p for _, _, p in w["steps"]) - w["start"]["rss"] for w in inner if w["steps"]])}')
+        return lines
+
+
 def _svkr_opt(size='demo'):
     if size == 'full':  # the architecture of options/train_svkr.yml
         return dict(type='SVKR', num_iter=3, gamma=0.9, use_depth=True, scale=4, kernel_size=21,
@@ -76,9 +162,7 @@ def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
     compat.apply()
     import torch
     import ssr_arch  # noqa: F401
-    import ssr_models  # noqa: F401
     from basicsr.archs import build_network
-    from basicsr.models import build_model
     torch.manual_seed(0)
     if mode == 'svkr':
         return build_network(_svkr_opt('full' if config == 'sd21' else 'demo')).to(device).eval()
@@ -89,28 +173,29 @@ def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
         net_cfg = sd21_config()
     else:
         net_cfg = tiny_config()
-    opt = dict(name='bench', model_type='SSRModel', scale=4, num_gpu=1 if device.type == 'cuda' else 0,
-               is_train=False, dist=False, rank=0, world_size=1, network_g=dict(type='SSRUNet', **net_cfg),
-               network_svkr=_svkr_opt('full' if config == 'sd21' else 'demo'), conditions=dict(source='svkr'),
-               diffusion=dict(sampler=sampler, num_inference_steps=4, seed=0, color_fix='wavelet', amp='none' if precision == 'fp32' else precision),
-               path={})
-    model = build_model(opt)
+    from ssr_pipelines import SSRPipeline
+    from ssr_pipelines.pipeline_ssr import scheduler_from_options
+    unet = build_network(dict(type='SSRUNet', **net_cfg))
+    svkr = build_network(_svkr_opt('full' if config == 'sd21' else 'demo'))
+    pipe = SSRPipeline(unet, scheduler_from_options(), svkr, scale=4, sampler=sampler, num_inference_steps=4, seed=0,
+                       color_fix='wavelet', dtype=precision).to(device)
     with torch.no_grad():  # random, non-zero AMF outputs: a trained model's cost
-        for amf in model.bare_g.amf.values():
+        for amf in pipe.unet.amf.values():
             for mlp in (amf.mlp_alpha, amf.mlp_beta):
                 mlp[-1].weight.normal_(0, 0.01)
-    return model
+    return pipe
 
 
 def child(args):
     import torch
     device = torch.device(args.device)
     obj = build(args.mode, device, args.config, args.precision, args.sampler)
-    from ssr_utils.inference import svkr_tiled, tiled_ssr_sample
+    from ssr_pipelines.pipeline_ssr import svkr_tiled
+    trace = SVKRTrace(obj) if args.trace and args.mode == 'svkr' and device.type == 'cpu' else None
 
     import numpy as np
 
-    def output_view(lr):  # the CLI's output image (ssr_utils.inference.Inferencer.process)
+    def output_view(lr):  # the CLI's output image (ssr_app.inference.Inferencer.process)
         s = 4
         arr = np.zeros((lr.shape[-2] * s, lr.shape[-1] * s, 3), dtype=np.float32)
         arr.fill(0.5)  # touched: resident before the baseline RSS is read
@@ -119,9 +204,8 @@ def child(args):
     def run(lr, out):
         if args.mode == 'svkr':
             return svkr_tiled(obj, lr.to(device), args.tile, args.overlap, out_device='cpu', into={'sr': out})['sr']
-        tile = args.tile if args.tile else max(lr.shape[-2:])
-        return tiled_ssr_sample(obj, lr, tile, args.overlap, num_steps=args.steps, seed=0,
-                                cond_cache=args.cond_cache, out=out)['sr']
+        return obj(lr, num_inference_steps=args.steps, seed=0, tile=args.tile or None, tile_overlap=args.overlap,
+                   cond_cache=args.cond_cache, out=out).images
 
     with torch.no_grad():
         small = torch.rand(1, 3, 16, 16)
@@ -133,14 +217,22 @@ def child(args):
             torch.cuda.reset_peak_memory_stats()
         _reset_peak_rss()
         base = _rss_kb()
+        if trace is not None:
+            trace.start(base)
         start = time.perf_counter()
         out = run(lr, view)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         sec = time.perf_counter() - start
+        if trace is not None:
+            trace.sample('end')
     if out.data_ptr() != view.data_ptr():
         raise RuntimeError('the result was not written into the output image')
     peak_kb = _peak_rss_kb()
+    if trace is not None:  # the trace resets the peak at every sample
+        peak_kb = max(peak_kb, base + 1024 * max(smp['peak'] for smp in trace.samples))
+        for line in trace.report():
+            print('TRACE ' + line, flush=True)
     res = dict(mode=args.mode, size=args.size, tile=args.tile, seconds=sec, work_mb=max(0, peak_kb - base) / 1024,
                canvas_mb=arr.nbytes / 2**20)
     if device.type == 'cuda':
@@ -152,10 +244,12 @@ def measure(args, mode, size, tile, **extra):
     cmd = [sys.executable, osp.abspath(__file__), '--child', '--mode', mode, '--size', str(size), '--tile', str(tile),
            '--overlap', str(args.overlap), '--steps', str(extra.get('steps', args.steps)), '--device', args.device,
            '--config', extra.get('config', 'tiny'), '--precision', extra.get('precision', 'fp32'),
-           '--sampler', extra.get('sampler', 'ddim'), '--cond-cache', args.cond_cache]
+           '--sampler', extra.get('sampler', 'ddim'), '--cond-cache', args.cond_cache] + (['--trace'] if args.trace else [])
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     for line in proc.stdout.splitlines():
+        if line.startswith('TRACE '):
+            print(line[6:], flush=True)
         if line.startswith('RESULT '):
             return json.loads(line[7:])
     raise RuntimeError(f'benchmark child failed ({" ".join(cmd)}):\n{proc.stdout[-2000:]}')
@@ -182,8 +276,10 @@ def main():
     p.add_argument('--gpu', action='store_true', help='run the GPU section (when CUDA is available)')
     p.add_argument('--no-window-baseline', dest='window_baseline', action='store_false',
                    help='do not start with the baseline row: one window (first tile + 2 × context) run untiled')
+    p.add_argument('--trace', action='store_true',
+                   help='SVKR on CPU: where the working memory goes, step by step (bench_inference.SVKRTrace)')
     p.add_argument('--cond-cache', default='auto', choices=['auto', 'device', 'cpu', 'none'],
-                   help='where tiled SSR keeps per-window condition features (ssr_utils.inference.tiled_ssr_sample)')
+                   help='where tiled SSR keeps per-window condition features (SSRPipeline, cond_cache=)')
     # child-process arguments
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--size', type=int, help=argparse.SUPPRESS)
@@ -207,7 +303,7 @@ def main():
             # one tile as it runs inside a large image. SVKR: the tile plus its context margin on every
             # side. SSR: the tile itself (the UNet and decoder windows, which dominate, are exactly the tile;
             # a larger untiled input would pay the UNet's self-attention on a larger latent)
-            from ssr_utils.inference import SVKR_CONTEXT
+            from ssr_pipelines.pipeline_ssr import SVKR_CONTEXT
             size = args.tiles[0] + 2 * SVKR_CONTEXT if mode == 'svkr' else args.tiles[0]
             rows.append(measure(args, mode, size, 0))
             row(rows[-1], rows[0], mem_key)
@@ -233,7 +329,7 @@ def main():
         print('\nTiled SVKR (train_svkr.yml size), tile 256: peak GPU memory vs input size (output canvas on the host)')
         header('gpu_peak_mb')
         rows = []
-        from ssr_utils.inference import SVKR_CONTEXT
+        from ssr_pipelines.pipeline_ssr import SVKR_CONTEXT
         for size, tile in ((256 + 2 * SVKR_CONTEXT, 0), (512, 256), (1024, 256), (2048, 256)):
             rows.append(measure(args, 'svkr', size, tile, config='sd21'))
             row(rows[-1], rows[0], 'gpu_peak_mb')

@@ -13,6 +13,14 @@ same process, interleaved, median of ``--repeats``:
 The VAE decoding is the same for both and is left out. ``--with-svkr`` adds the frozen SVKR
 (default options, T = 3) to the SSR side, i.e. the full SSR inference of a LR image.
 Budget (SPEC): SSR / bare <= 1.15.
+
+DKENet depth branch (``--part dkenet``; ``all``, the default, runs both parts): the paper-width DKENet
+(``type: DKENet`` defaults: num_feat (128, 256), num_depth_feat (32, 64)) with its depth branch vs the
+same network built with ``use_depth: false``, on the same LR batch, interleaved in one process, median of
+``--repeats``. Budget (issue 13): with depth / without <= 1.5. For information also the depth estimator
+in front (``MonocularDepth``, prior backend), as SVKR runs it:
+
+    python scripts/benchmarks/bench_ssr_sampling.py --part dkenet --dkenet-sizes 64 128 --dkenet-batches 1 4
 """
 import argparse
 import os.path as osp
@@ -83,12 +91,76 @@ def main():
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--with-svkr', action='store_true', help='include the frozen SVKR (default options)')
+    parser.add_argument('--part', choices=['all', 'ssr', 'dkenet'], default='all',
+                        help='ssr: SSR vs bare UNet sampling; dkenet: DKENet with vs without its depth branch')
+    parser.add_argument('--dkenet-sizes', type=int, nargs='+', default=[64, 128], help='LR sizes (square)')
+    parser.add_argument('--dkenet-batches', type=int, nargs='+', default=[1, 4])
     args = parser.parse_args()
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         print('CUDA is not available; skipping the GPU benchmark')
         return
     device = torch.device(args.device)
     dtype = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[args.dtype]
+    if args.part in ('all', 'ssr'):
+        ssr_sampling(args, device, dtype)
+    if args.part in ('all', 'dkenet'):
+        dkenet_depth_cost(args, device, dtype)
+
+
+def timed(fn, device):
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def dkenet_depth_cost(args, device, dtype):
+    """DKENet with its depth branch (depth features + one SFT per DABlock) vs without, same input."""
+    from ssr_arch.depth_arch import MonocularDepth
+    from ssr_arch.dkenet_arch import DKENet
+    torch.manual_seed(0)
+    with_depth = DKENet().to(device, dtype).eval()
+    no_depth = DKENet(use_depth=False).to(device, dtype).eval()
+    estimator = MonocularDepth(backend='prior').to(device).eval()
+    n_with = sum(p.numel() for p in with_depth.parameters())
+    n_without = sum(p.numel() for p in no_depth.parameters())
+    dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
+    print(f'\nDKENet (paper widths, k = 21) with vs without the depth branch: device={dev_name} dtype={args.dtype} '
+          f'repeats={args.repeats} (median; interleaved); params {n_with / 1e6:.2f}M vs {n_without / 1e6:.2f}M')
+    from torch.utils.flop_counter import FlopCounterMode
+    print(f'{"LR":>9} {"batch":>5} {"no depth s":>11} {"depth s":>9} {"ratio":>6} {"DE+depth s":>11} {"ratio":>6} '
+          f'{"GFLOP ratio":>12}')
+    for size in args.dkenet_sizes:
+        for batch in args.dkenet_batches:
+            lr = torch.rand(batch, 3, size, size, device=device).to(dtype)
+            depth = estimator(lr)
+            runs = {
+                'no depth': lambda: no_depth(lr),
+                'depth': lambda: with_depth(lr, depth),
+                'DE + depth': lambda: with_depth(lr, estimator(lr)),  # as SVKR's first pass runs it
+            }
+            flops = {}
+            for k in ('no depth', 'depth'):  # convolutions and matmuls; independent of the machine's load
+                with FlopCounterMode(display=False) as counter:
+                    runs[k]()
+                flops[k] = counter.get_total_flops()
+            for fn in runs.values():  # warm-up (kernel selection, allocator)
+                fn()
+            times = {k: [] for k in runs}
+            for _ in range(args.repeats):  # interleaved, so that load on a shared machine hits all alike
+                for k, fn in runs.items():
+                    times[k].append(timed(fn, device))
+            t = {k: statistics.median(v) for k, v in times.items()}
+            print(f'{size:>4}x{size:<4} {batch:>5} {t["no depth"]:11.4f} {t["depth"]:9.4f} '
+                  f'{t["depth"] / t["no depth"]:6.3f} {t["DE + depth"]:11.4f} {t["DE + depth"] / t["no depth"]:6.3f} '
+                  f'{flops["depth"] / flops["no depth"]:12.3f}', flush=True)
+    print('ratio = with depth / without (budget <= 1.5); DE = MonocularDepth(prior) on the LR input; GFLOP ratio: '
+          'convolutions and matmuls counted by torch.utils.flop_counter (elementwise work not included)')
+
+
+def ssr_sampling(args, device, dtype):
     size = args.size or (64 if args.config == 'tiny' else 768)
     torch.manual_seed(0)
     cfg = tiny_config() if args.config == 'tiny' else sd21_config()
@@ -142,19 +214,12 @@ def main():
         conds = conditions()
         return loop(lambda z, t: net(z, t, conditions=conds))
 
-    def timed(fn):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - start
-
     run_bare(), run_ssr()  # warm-up (kernel selection, allocator)
     bare_t, ssr_t, cond_t = [], [], []
     for _ in range(args.repeats):
-        bare_t.append(timed(run_bare))
-        ssr_t.append(timed(run_ssr))
-        cond_t.append(timed(conditions))
+        bare_t.append(timed(run_bare, device))
+        ssr_t.append(timed(run_ssr, device))
+        cond_t.append(timed(conditions, device))
     b, s, c = statistics.median(bare_t), statistics.median(ssr_t), statistics.median(cond_t)
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     n_unet = sum(p.numel() for p in net.unet.parameters())

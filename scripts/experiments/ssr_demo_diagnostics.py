@@ -40,7 +40,8 @@ from torch.nn import functional as F  # noqa: E402
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 from ssr_utils.color_fix import color_fix  # noqa: E402
-from ssr_utils.inference import build_ssr, load_options, prepare_options  # noqa: E402
+from ssr_app.inference import load_options, prepare_options  # noqa: E402
+from ssr_pipelines import SSRPipeline  # noqa: E402
 
 
 def load_val(root):
@@ -112,20 +113,26 @@ def main(argv=None):
         opt['path'].pop('pretrain_network_svkr', None)
         opt['conditions'] = {'source': 'gt', 'val_source': 'gt'}
     os.chdir(ROOT)
-    opt = prepare_options(opt, torch.device('cpu'))
+    opt = prepare_options(opt)
     torch.set_grad_enabled(False)
-    model = build_ssr(opt)
-    net = model.bare_g
+    pipe = SSRPipeline.from_options(opt)
+    net = pipe.unet
     items = load_val(osp.join(ROOT, args.data))
-    print(f'{args.ckpt} [{args.key}], prediction {model.noise_scheduler.config.prediction_type}, '
-          f'sampler {model.diff_opt.get("sampler", "dpmsolver++")}, maps: {args.maps}, {len(items)} images')
+    print(f'{args.ckpt} [{args.key}], prediction {pipe.scheduler.config.prediction_type}, '
+          f'sampler {pipe.sampler}, maps: {args.maps}, {len(items)} images')
+
+    def condition_maps(lq, depth, kernel):
+        if args.maps == 'gt':
+            return depth, kernel
+        out = pipe.svkr(lq)
+        return out.get('depth'), out['kernel']
 
     bic, svkr, vae_gt, vae_gt_fix, vae_bic = [], [], [], [], []
     for _, gt, lq, _, _ in items:
-        up = F.interpolate(lq, scale_factor=model.scale, mode='bicubic', align_corners=False).clamp(0, 1)
+        up = F.interpolate(lq, scale_factor=pipe.scale, mode='bicubic', align_corners=False).clamp(0, 1)
         bic.append(score(up, gt))
-        if model.net_svkr is not None:
-            svkr.append(score(model.net_svkr(lq)['sr'].clamp(0, 1), gt))
+        if pipe.svkr is not None:
+            svkr.append(score(pipe.svkr(lq)['sr'].clamp(0, 1), gt))
         rec = net.decode_latent(net.encode_image(gt))
         vae_gt.append(score(rec, gt))
         vae_gt_fix.append(score(color_fix(rec, up, 'wavelet'), gt))
@@ -138,12 +145,12 @@ def main(argv=None):
     report('VAE(bicubic)', vae_bic)
 
     if args.conditions:
-        sched = model.noise_scheduler
+        sched = pipe.scheduler
         errs = {t: [[], [], []] for t in (50, 250, 500, 750, 999)}
         for i, (_, gt, lq, depth, kernel) in enumerate(items):
-            up = F.interpolate(lq, scale_factor=model.scale, mode='bicubic', align_corners=False).clamp(0, 1)
+            up = F.interpolate(lq, scale_factor=pipe.scale, mode='bicubic', align_corners=False).clamp(0, 1)
             z_lr, z0 = net.encode_image(up), net.encode_image(gt)
-            depth, kernel = model.condition_maps(lq, args.maps, depth, kernel)
+            depth, kernel = condition_maps(lq, depth, kernel)
             code = net.kernel_code(kernel) if kernel is not None else None
             conds = net.encode_conditions(z_lr, depth, code, size=z_lr.shape[-2:])
             if i == 0:
@@ -165,15 +172,12 @@ def main(argv=None):
 
     for steps in [int(s) for s in args.steps.split(',')]:
         for strength in [float(s) for s in args.strength.split(',')]:
-            model.diff_opt['strength'] = strength
             res = []
             for _, gt, lq, depth, kernel in items:
-                if args.maps == 'gt':
-                    out = model.sr(lq, depth=depth, kernel=kernel, num_steps=steps)['sr']
-                else:
-                    out = model.sr(lq, num_steps=steps)['sr']
+                depth, kernel = condition_maps(lq, depth, kernel)
+                out = pipe(lq, num_inference_steps=steps, strength=strength, depth=depth, kernel=kernel).images
                 res.append(score(out, gt))
-            run = model.strength_steps(steps, strength)[1] if strength < 1 else steps
+            run = pipe.strength_steps(steps, strength)[1] if strength < 1 else steps
             report(f'SSR {steps:2d} steps, strength {strength:.2f} ({run} run)', res)
     return 0
 

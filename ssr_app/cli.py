@@ -1,0 +1,65 @@
+"""Command-line parsers of the applications (``scripts/inference_ssr.py``, ``scripts/export_model.py``)."""
+import argparse
+
+INFERENCE_USAGE = """Super-resolve an image or a folder with SSR (or only its SVKR stage).
+
+    python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i photos/ -o results/photos_sr
+    python scripts/inference_ssr.py -opt options/test_ssr_demo.yml -i photos/ -o results/photos_sr
+    python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i photo.jpg -o out --svkr-only --save-maps
+    python scripts/inference_ssr.py -opt experiments/train_SSR_x4 -i big.png -o out --tile 128 --tile-overlap 16
+
+``--model_path`` is a model folder (``scripts/export_model.py`` makes one; ``SSRPipeline.save_pretrained``);
+``-opt`` an option file or an experiment folder. Outputs ``<out>/<input stem>.png`` (16-bit when the input is
+16-bit, gray when it is gray, alpha carried through and upscaled separately). Files that cannot be read or
+processed are reported and skipped; the exit status is 1 when anything was skipped, 2 for bad arguments.
+See docs/inference.md.
+"""
+
+EXPORT_USAGE = """Write a self-contained SSR model folder (SSRPipeline.save_pretrained) from training results.
+
+    python scripts/export_model.py -i experiments/ssr_demo --svkr experiments/train_SVKR_x4_demo -o models/ssr_demo_x4
+    python scripts/export_model.py -i options/test_ssr_demo.yml -o models/ssr_demo_x4
+    python scripts/export_model.py -i experiments/train_SVKR_x4_demo -o models/svkr_demo_x4   # SVKR only
+
+``-i`` is an experiment folder (its option file and models/net_g_latest.pth, EMA weights when saved) or an
+option file naming its checkpoints (path:pretrain_network_g, path:pretrain_network_svkr). ``--svkr`` adds
+the SVKR of another experiment folder or option file (an SSR stage trained on ground-truth maps has none).
+Then: python scripts/inference_ssr.py --model_path <folder> -i <images> -o <out>.
+"""
+
+
+def build_inference_parser():
+    p = argparse.ArgumentParser(description=INFERENCE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument('--model_path', '--model-path', dest='model_path',
+                        help='a model folder (scripts/export_model.py, SSRPipeline.save_pretrained)')
+    source.add_argument('-opt', '--opt', help='option file (SSRModel; or an SVKR one with --svkr-only) or an '
+                        'experiment folder')
+    p.add_argument('-i', '--input', required=True, help='an image or a folder of images')
+    p.add_argument('-o', '--output', required=True, help='output folder')
+    p.add_argument('--scale', type=float, default=None,
+                   help='output scale; default: the network scale (other values resize its result)')
+    p.add_argument('--steps', type=int, default=None, help='sampling steps (default: the model\'s)')
+    p.add_argument('--seed', type=int, default=None, help='sampling seed (default: the model\'s)')
+    p.add_argument('--tile', type=int, default=0, help='tile size in LR pixels; 0 = no tiling')
+    p.add_argument('--tile-overlap', type=int, default=16, help='overlap of neighbouring tiles in LR pixels')
+    half = p.add_mutually_exclusive_group()
+    half.add_argument('--fp16', action='store_true', help='float16 autocast (GPU only)')
+    half.add_argument('--bf16', action='store_true', help='bfloat16 autocast (GPU only)')
+    p.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    p.add_argument('--color-fix', choices=('none', 'adain', 'wavelet'), default=None,
+                   help='colour correction against the LR input (default: the model\'s)')
+    p.add_argument('--svkr-only', action='store_true', help='the SVKR result I^T only (no diffusion; fast)')
+    p.add_argument('--save-maps', action='store_true',
+                   help='also write <stem>_depth.png and <stem>_kernel_var.png (kernel-variance heat map)')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+    return p
+
+
+def build_export_parser():
+    p = argparse.ArgumentParser(description=EXPORT_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('-i', '--input', required=True, help='experiment folder or option file (SSR or SVKR)')
+    p.add_argument('--svkr', default=None, help='experiment folder or option file of the SVKR to include')
+    p.add_argument('-o', '--output', required=True, help='the model folder to write')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing model folder')
+    return p

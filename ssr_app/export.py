@@ -1,0 +1,92 @@
+"""The engine behind ``scripts/export_model.py``: training results -> one self-contained model folder.
+
+The networks are built from the option file the experiment saved (or the one given), with their trained
+weights (the EMA ones when saved), exactly as ``scripts/inference_ssr.py -opt`` builds them, and written
+with ``SSRPipeline.save_pretrained``; so ``--model_path <folder>`` gives the same images as ``-opt``.
+"""
+import os
+import os.path as osp
+import shutil
+import tempfile
+from copy import deepcopy
+
+from ssr_app.inference import load_options, prepare_options
+from ssr_pipelines import SSRPipeline
+from ssr_utils.errors import OptionError
+
+_SUBNETWORK_CHECKPOINTS = ('pretrain_network_kernel', 'pretrain_network_sr')
+
+
+def _svkr_part(source):
+    """``(network options, checkpoint, param key)`` of the SVKR of an experiment folder or option file."""
+    opt = load_options(source)
+    path = opt.get('path') or {}
+    if (opt.get('network_g') or {}).get('type') == 'SVKR':
+        return opt['network_g'], path.get('pretrain_network_g'), path.get('param_key_g', 'params_ema')
+    if opt.get('network_svkr') is not None:
+        return opt['network_svkr'], path.get('pretrain_network_svkr'), path.get('param_key_svkr', 'params_ema')
+    raise OptionError('--svkr', source, 'holds no SVKR (network_g of type SVKR, or network_svkr)')
+
+
+def export_options(source, svkr_source=None):
+    """The option dict of ``source`` (an SSR or SVKR experiment folder / option file), with the SVKR of
+    ``svkr_source`` added. A whole-SVKR checkpoint makes its sub-network checkpoints unnecessary."""
+    opt = deepcopy(load_options(source))
+    path = opt.setdefault('path', {})
+    if svkr_source is not None:
+        if (opt.get('network_g') or {}).get('type') != 'SSRUNet':
+            raise OptionError('--svkr', svkr_source, f'{source} is not an SSR model (network_g: SSRUNet) to add it to')
+        net, ckpt, key = _svkr_part(svkr_source)
+        opt['network_svkr'] = deepcopy(net)
+        path['pretrain_network_svkr'], path['param_key_svkr'] = ckpt, key
+    for net_key, path_key in (('network_g', 'pretrain_network_g'), ('network_svkr', 'pretrain_network_svkr')):
+        net = opt.get(net_key)
+        if isinstance(net, dict) and net.get('type') == 'SVKR' and path.get(path_key):
+            for sub in _SUBNETWORK_CHECKPOINTS:
+                net.pop(sub, None)
+    return opt
+
+
+def export_model(source, output, svkr_source=None, overwrite=False):
+    """Write the model folder ``output``; returns the pipeline. The folder appears complete or not at all."""
+    output = osp.abspath(output)
+    if osp.exists(output) and not overwrite:
+        raise FileExistsError(f'{output} exists (give --overwrite to replace it)')
+    pipe = SSRPipeline.from_options(prepare_options(export_options(source, svkr_source)))
+    parent = osp.dirname(output)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(output)}.', dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model folder gets a plain folder's mode
+    try:
+        pipe.save_pretrained(tmp)
+        if osp.exists(output):
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return pipe
+
+
+def run(args):
+    """Run the CLI; returns the exit status (0: written, 2: bad arguments)."""
+    try:
+        pipe = export_model(args.input, args.output, args.svkr, args.overwrite)
+    except (OptionError, FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
+        msg = err.code if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
+        print(f'export_model: {msg}', flush=True)
+        return 2
+    parts = []
+    if pipe.unet is not None:
+        base = pipe.unet.config['pretrained_path'] if pipe.unet.referenced_parts else None
+        parts.append(f'SSR (×{pipe.scale}, {pipe.num_inference_steps} {pipe.sampler} step(s), strength '
+                     f'{pipe.strength:g}, colour fix {pipe.color_fix})'
+                     + (f', base referenced: {base}' if base else ''))
+    if pipe.svkr is not None:
+        parts.append(f'SVKR (T = {pipe.svkr.num_iter})')
+    print(f'Exported {osp.abspath(args.output)}: {"; ".join(parts)}\n'
+          f'  python scripts/inference_ssr.py --model_path {args.output} -i <image or folder> -o <output folder>',
+          flush=True)
+    return 0

@@ -1,0 +1,255 @@
+"""The engine behind ``scripts/inference_ssr.py``: load an ``SSRPipeline`` from a model folder
+(``--model_path``), an option file or an experiment folder (``-opt``), super-resolve images one by one
+(tiled when asked), write ``<out>/<stem>.png``, report a summary.
+
+Two paths, both ``SSRPipeline`` calls: ``svkr_only`` (the SVKR's non-blind result Iᵀ, fast and
+deterministic) and SSR diffusion (``pipe(image, ...)``, tiled with ``--tile``; a whole image is its
+one-window case).
+"""
+import os
+import os.path as osp
+import time
+from collections import OrderedDict
+from copy import deepcopy
+
+import numpy as np
+import torch
+import yaml
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from ssr_utils import compat
+
+compat.apply()
+
+from basicsr.utils import get_root_logger  # noqa: E402
+from basicsr.utils.options import ordered_yaml  # noqa: E402
+
+from ssr_pipelines import SSRPipeline  # noqa: E402
+from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.image_io import (image_to_tensor, list_images, read_image, tensor_to_image,  # noqa: E402
+                                upscale_alpha, write_image)
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+
+
+# ------------------------------------------------------------------------------------------ options
+def load_options(source):
+    """``source``: a YAML option file, or an experiment folder (``experiments/<name>``) that holds the
+    copy BasicSR saved of its option file and ``models/net_g_latest.pth``. Returns the option dict."""
+    if osp.isdir(source):
+        ymls = sorted(f for f in os.listdir(source) if f.endswith(('.yml', '.yaml')))
+        if not ymls:
+            raise FileNotFoundError(f'{source}: an experiment folder must hold its option file (*.yml)')
+        opt = load_options(osp.join(source, ymls[-1]))
+        ckpt = osp.join(source, 'models', 'net_g_latest.pth')
+        if not osp.isfile(ckpt):
+            raise FileNotFoundError(f'{source}: no models/net_g_latest.pth in the experiment folder')
+        opt.setdefault('path', {})
+        opt['path']['pretrain_network_g'] = ckpt
+        opt['path']['param_key_g'] = 'params_ema'  # the EMA weights when saved (else 'params' is used)
+        opt['path'].pop('resume_state', None)
+        return opt
+    if not osp.isfile(source):
+        raise FileNotFoundError(f'{source}: option file does not exist')
+    with open(source, 'r') as f:
+        try:
+            opt = yaml.load(f, Loader=ordered_yaml()[0])
+        except yaml.YAMLError as err:
+            raise ValueError(f'{source}: not a valid YAML option file ({err})') from None
+    if not isinstance(opt, dict):
+        raise ValueError(f'{source}: not a YAML option file (top level is not a mapping)')
+    return opt
+
+
+def resolve_device(name):
+    """``auto`` -> cuda when available else cpu; ``cuda:N`` selects GPU N."""
+    if name in (None, 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise OptionError('--device', name, 'expected auto, cpu, cuda or cuda:N') from None
+    if device.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise OptionError('--device', name, 'CUDA is not available on this machine')
+        if device.index is not None:
+            torch.cuda.set_device(device.index)
+    elif device.type != 'cpu':
+        raise OptionError('--device', name, 'expected auto, cpu, cuda or cuda:N')
+    return device
+
+
+def prepare_options(opt):
+    """Fill the keys a network built outside BasicSR's launcher needs, and check types and paths (relative
+    paths are taken from the current directory, else from the repository root)."""
+    from ssr_utils.option_check import check_options
+    import ssr_models  # noqa: F401  (registers the model types option files name)
+    opt = deepcopy(opt)
+    opt.pop('datasets', None)  # inference reads its own images; test sets need not exist
+    opt['is_train'] = False
+    opt['dist'] = False
+    opt['rank'], opt['world_size'] = 0, 1
+    opt.setdefault('path', {})
+    opt.setdefault('model_type', 'SRModel')
+    check_options(opt, ROOT)
+    return opt
+
+
+def load_pipeline(opt_source=None, model_path=None, device=None, dtype=None):
+    """The ``SSRPipeline`` of a model folder (``model_path``) or of an option file / experiment folder."""
+    if (opt_source is None) == (model_path is None):
+        raise ValueError('load_pipeline: give exactly one of opt_source and model_path')
+    if model_path is not None:
+        return SSRPipeline.from_pretrained(model_path, device=device, dtype=dtype)
+    return SSRPipeline.from_options(prepare_options(load_options(opt_source)), device=device, dtype=dtype)
+
+
+# ------------------------------------------------------------------------------------------ engine
+class Inferencer:
+    """One loaded pipeline; ``process(path, out_dir)`` super-resolves one file and writes the outputs."""
+
+    def __init__(self, pipeline, svkr_only=False, precision='fp32', tile=0, tile_overlap=16, steps=None, seed=None,
+                 color_fix_method=None, scale=None, save_maps=False, progress=True):
+        if tile and tile_overlap >= tile:
+            raise OptionError('--tile-overlap', tile_overlap, f'must be smaller than --tile {tile}')
+        if tile_overlap < 0:
+            raise OptionError('--tile-overlap', tile_overlap, 'must be >= 0')
+        if steps is not None and steps < 1:
+            raise OptionError('--steps', steps, 'must be >= 1')
+        if scale is not None and scale <= 0:
+            raise OptionError('--scale', scale, 'must be > 0')
+        self.pipeline = pipeline
+        self.svkr_only, self.dtype = svkr_only, None if precision == 'fp32' else precision
+        self.tile, self.tile_overlap = int(tile or 0), int(tile_overlap)
+        self.steps, self.seed, self.color_fix, self.save_maps, self.progress = \
+            steps, seed, color_fix_method, save_maps, progress
+        if svkr_only and pipeline.svkr is None:
+            raise OptionError('network_svkr', None, '--svkr-only needs a model with an SVKR (an SSR option file with '
+                              'network_svkr, an SVKR option file, or a model folder with svkr/)')
+        if not svkr_only:
+            if pipeline.unet is None:
+                raise OptionError('network_g:type', 'SVKR', 'the diffusion path needs an SSR model (network_g: '
+                                  'SSRUNet); use --svkr-only for an SVKR model')
+            if pipeline.svkr is None and pipeline.needs_maps():
+                raise OptionError('network_svkr', None, 'blind inference needs an SVKR for the depth / kernel maps; '
+                                  'this model has none (e.g. a training file with conditions: source: gt; add one '
+                                  'with scripts/export_model.py --svkr)')
+        self.net_scale = pipeline.scale
+        self.out_scale = float(scale) if scale is not None else float(self.net_scale)
+        if self.out_scale != self.net_scale:
+            get_root_logger().info(f'inference: the network is ×{self.net_scale}; outputs are resized to '
+                                   f'×{self.out_scale:g} (--scale)')
+
+    @torch.no_grad()
+    def super_resolve(self, lr, out=None):
+        """1×3×h×w RGB [0, 1] (CPU) -> ``SSRPipelineOutput`` with the result on the CPU. ``out``: optional CPU
+        float32 tensor 1×3×(h·s)×(w·s) (e.g. a view of the output image) the result is written into."""
+        if self.svkr_only:
+            return self.pipeline.svkr_only(lr, tile=self.tile, tile_overlap=self.tile_overlap, dtype=self.dtype,
+                                           return_maps=self.save_maps, progress=self.progress, out=out,
+                                           out_device='cpu')
+        return self.pipeline(lr, num_inference_steps=self.steps, seed=self.seed, tile=self.tile,
+                             tile_overlap=self.tile_overlap, color_fix=self.color_fix, dtype=self.dtype,
+                             return_maps=self.save_maps, progress=self.progress, out=out, out_device='cpu')
+
+    def process(self, path, out_dir):
+        """Returns the list of written files; raises on any problem (the caller reports and goes on)."""
+        import cv2
+        from ssr_utils.visualize import colorize, depth_image
+        img = read_image(path)
+        lr = image_to_tensor(img.rgb)
+        h, w = img.shape
+        # tiled runs write their rows straight into the output image (H×W×3), so no second HR-size copy
+        sr = np.empty((h * self.net_scale, w * self.net_scale, 3), dtype=np.float32)
+        sr_view = torch.from_numpy(sr).permute(2, 0, 1)[None]
+        out = self.super_resolve(lr, out=sr_view)
+        if out.images.data_ptr() != sr_view.data_ptr():
+            sr = tensor_to_image(out.images)
+        depth, kvar = out.depth, out.kernel_variance
+        del out, sr_view
+        for r in range(0, sr.shape[0], 512):
+            rows = sr[r:r + 512]
+            if not np.isfinite(rows).all():
+                raise RuntimeError('the network produced non-finite values')
+            np.clip(rows, 0, 1, out=rows)
+        size = (int(round(h * self.out_scale)), int(round(w * self.out_scale)))
+        if tuple(sr.shape[:2]) != size:
+            interp = cv2.INTER_AREA if size[0] < sr.shape[0] else cv2.INTER_CUBIC
+            sr = np.clip(cv2.resize(sr, (size[1], size[0]), interpolation=interp), 0, 1)
+        alpha = upscale_alpha(img.alpha, size) if img.alpha is not None else None
+        stem = osp.splitext(osp.basename(path))[0]
+        written = [write_image(osp.join(out_dir, f'{stem}.png'), sr, alpha, img.bit_depth, img.gray)]
+        if self.save_maps:
+            if depth is not None:
+                dimg = depth_image(depth.cpu(), size=size)
+                written.append(write_image(osp.join(out_dir, f'{stem}_depth.png'), dimg[..., ::-1] / 255.0))
+            if kvar is not None:
+                kv = F.interpolate(kvar.float().cpu(), size=size, mode='nearest')[0, 0]
+                kimg = colorize(kv)
+                written.append(write_image(osp.join(out_dir, f'{stem}_kernel_var.png'), kimg[..., ::-1] / 255.0))
+        return written
+
+
+def run(args):
+    """Run the CLI; returns the exit status (0: all done, 1: something skipped, 2: bad arguments)."""
+    logger = get_root_logger()
+    precision = 'fp16' if args.fp16 else 'bf16' if args.bf16 else 'fp32'
+    try:
+        files = list_images(args.input)
+        device = resolve_device(args.device)
+        if precision != 'fp32' and device.type != 'cuda':
+            raise OptionError(f'--{precision}', True, f'half precision needs a CUDA device (device is {device})')
+        pipeline = load_pipeline(args.opt, args.model_path, device)
+        engine = Inferencer(pipeline, args.svkr_only, precision, args.tile, args.tile_overlap, args.steps, args.seed,
+                            args.color_fix, args.scale, args.save_maps, progress=not args.quiet)
+    except (OptionError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
+        msg = err.code if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
+        print(f'inference_ssr: {msg}', flush=True)
+        return 2
+    os.makedirs(args.output, exist_ok=True)
+    done, skipped, seen = OrderedDict(), OrderedDict(), {}
+    interrupted = False
+    for path in tqdm(files, desc='images', unit='img', disable=args.quiet):
+        stem = osp.splitext(osp.basename(path))[0]
+        target = osp.abspath(osp.join(args.output, f'{stem}.png'))
+        if stem in seen:
+            skipped[path] = f'output name {stem}.png is already taken by {seen[stem]}'
+            continue
+        if osp.exists(target) and osp.samefile(target, path):
+            skipped[path] = f'output {target} would overwrite the input; choose another -o folder'
+            continue
+        seen[stem] = path
+        start = time.perf_counter()
+        try:
+            engine.process(path, args.output)
+            done[path] = time.perf_counter() - start
+        except KeyboardInterrupt:
+            interrupted = True
+            skipped[path] = 'interrupted'
+            break
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            skipped[path] = 'out of GPU memory (try a smaller --tile)'
+        except Exception as err:  # one bad file never stops the run
+            reason = str(err) if str(err).startswith(path) else f'{type(err).__name__}: {err}'
+            skipped[path] = reason
+            logger.debug('inference: %s failed', path, exc_info=True)
+    print_summary(done, skipped, args.output)
+    if interrupted:
+        return 130
+    return 1 if skipped else 0
+
+
+def print_summary(done, skipped, out_dir):
+    lines = [f'Done: {len(done)} image(s) -> {out_dir}']
+    for path, sec in done.items():
+        lines.append(f'  ok       {osp.basename(path)}  {sec:.2f} s')
+    if done:
+        lines.append(f'  mean time per image: {sum(done.values()) / len(done):.2f} s')
+    if skipped:
+        lines.append(f'Skipped: {len(skipped)} file(s)')
+        for path, reason in skipped.items():
+            reason = reason[len(path) + 2:] if reason.startswith(path + ': ') else reason
+            lines.append(f'  skipped  {path}: {reason}')
+    print('\n'.join(lines), flush=True)
