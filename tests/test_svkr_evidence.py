@@ -54,19 +54,49 @@ def test_quick_mode_prints_row1_and_last_line(tmp_path):
     assert all(re.search(r'\| -?\d+\.\d\d \([+-]\d+\.\d\d\) \|', row) for row in rows)  # value (gain)
     assert not any(line.startswith(('| 2 ', '| 3 ', '| 4 ', '| 5 ')) for line in lines)
     assert 'weight-free PRIOR' in '\n'.join(lines)  # no --depth-model: the estimated rows say what they used
-    assert re.search(r'receptive field .*: context \d+', '\n'.join(lines))
+    assert re.search(r'receptive field .*paper \d+.*context \d+', '\n'.join(lines))
     with open(out / 'svkr_evidence_quick.json') as f:
         res = json.load(f)
     assert res['headline_arch'] == 'context' and len(res['runs']) == 1
     row1 = res['runs'][0]['row1']
     assert set(row1['context']) == set(ROW1_KEYS)
     assert all(np.isfinite(v) and v > 0 for v in row1['context'].values())
+    # the scores of the with-depth network move when its depth map is flattened or taken from another scene
+    assert row1['context']['exact depth'] != row1['context']['flat depth (0.5)']
+    assert row1['context']['exact depth'] != row1['context']['shuffled depth (another test scene)']
     _check_gains(match, res, 'context')
+    _check_saved_network_reads_depth(out / 'dkenet_context_depth_seed0.pth')
+
+
+def _check_saved_network_reads_depth(path):
+    """The saved (scored) with-depth DKENet: a flat depth map changes its kernels, beyond float noise."""
+    import torch
+    evidence = _import_script()
+    net = evidence.build_dkenet('context', True, 0)
+    net.load_state_dict(torch.load(str(path), map_location='cpu'))
+    net.eval()
+    torch.manual_seed(0)
+    lr, other_lr = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    ramp = torch.linspace(0, 1, 16).view(1, 1, 16, 1).expand(1, 1, 16, 16)
+    with torch.no_grad():
+        k_ramp, k_flat, k_other = net(lr, ramp), net(lr, torch.full_like(ramp, 0.5)), net(other_lr, ramp)
+    # after two iterations the depth path is still near its initialisation, where it moves the kernels about
+    # 1/700 as much as another image does (measured); float32 rounding of the kernels is ~1e-10
+    assert (k_ramp - k_flat).abs().max() > 1e-4 * (k_ramp - k_other).abs().max()
+
+
+def _import_script():
+    import importlib.util
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location('svkr_evidence', f'{ROOT}/{SCRIPT}')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):
     dpt = _tiny_dpt(tmp_path / 'dpt')
-    lines, out = _run(tmp_path, '--seeds', '0,1', '--depth-model', dpt, '--depth-input-size', '32')
+    lines, out = _run(tmp_path, '--seeds', '0,1', '--jobs', '2', '--depth-model', dpt, '--depth-input-size', '32')
     match = LAST.match(lines[-1])
     assert match, lines[-1]
     text = '\n'.join(lines)
@@ -84,6 +114,8 @@ def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):
     assert [r['seed'] for r in res['runs']] == [0, 1]
     _check_gains(match, res, 'context')
     for run in res['runs']:
+        for arch in ('paper', 'context'):
+            assert abs(run['row1'][arch]['exact depth'] - run['row1'][arch]['flat depth (0.5)']) > 1e-6
         assert len(run['row2']['kernel_psnr']) == len(run['row2']['sr_psnr']) == 4
         # K¹ = K⁰ by Algorithm 1 (I⁰ = LR): T = 0 and T = 1 score the same kernels (up to float32 rounding)
         assert abs(run['row2']['kernel_psnr'][0] - run['row2']['kernel_psnr'][1]) < 1e-4

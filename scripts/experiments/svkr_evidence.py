@@ -72,7 +72,7 @@ from ssr_data.degradations import SVDegradation  # noqa: E402
 from ssr_data.kernels import (KernelPCA, default_sigma_range, depth_defocus_sigma, kernel_map_from_params,  # noqa: E402
                               random_kernels, sample_depth_kernel_params)
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
-from ssr_utils.atomic_file import atomic_write  # noqa: E402
+from ssr_utils.atomic_file import atomic_torch_save, atomic_write  # noqa: E402
 from ssr_utils.kernel_metrics import calculate_kernel_psnr  # noqa: E402
 
 SCALE, KSIZE = 4, 21
@@ -81,10 +81,10 @@ TEST_SEED = 1000  # test scenes (held-out photographs) and their degradations; t
 # Both modes use the same data and training settings for row 1, so the full run contains the quick run's
 # networks (seed 0, headline structure).
 SETTINGS = {
-    'quick': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=250, sr_iters=0, sr_crop=96,
+    'quick': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=200, sr_iters=0, sr_crop=96,
                   sr_batch=4, num_test=10, test_size=256, seeds=(0, ), archs=('context', )),
-    'full': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=250, sr_iters=400, sr_crop=96,
-                 sr_batch=4, num_test=10, test_size=256, seeds=(0, 1, 2), archs=('paper', 'context')),
+    'full': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=200, sr_iters=300, sr_crop=96,
+                 sr_batch=4, num_test=10, photo_rows=True, test_size=256, seeds=(0, 1, 2), archs=('paper', 'context')),
 }
 # --tiny: the same code on toy sizes, for the tests (its numbers are not evidence)
 TINY = dict(train_scenes=3, scene_size=64, crop=48, batch=2, ke_iters=2, sr_iters=2, sr_crop=32, sr_batch=2,
@@ -125,6 +125,32 @@ def make_scenes(num, size, seed, split, with_meta=False):
         scene = (to_tensor(rgb), torch.from_numpy(depth)[None])
         scenes.append(scene + (meta['inv_depth_range'], ) if with_meta else scene)
     return scenes
+
+
+def make_photo_data(cfg, deg):
+    """The old setting (issue 4), kept for comparison: photographs (no scenes) whose depth is the weight-free
+    prior of the HR image. Training: the training photographs; test: centre crops of the held-out
+    photographs, degraded with fixed seeds. Returns (training pairs, test set)."""
+    prior = MonocularDepth()  # backend: prior
+
+    def pair(photo, size=None):
+        rgb = to_tensor(photo.rgb)
+        if size is not None:
+            hh, ww = rgb.shape[-2:]
+            s = min(size, hh, ww) // SCALE * SCALE
+            y, x = (hh - s) // 2, (ww - s) // 2
+            rgb = rgb[:, y:y + s, x:x + s]
+        with torch.no_grad():
+            return rgb, prior(rgb[None])[0]
+
+    train_pairs = [pair(p) for p in default_texture_photos('train')]
+    tests = []
+    for j, photo in enumerate(default_texture_photos('test')[:cfg['num_test']]):
+        gt, depth = pair(photo, cfg['test_size'])
+        out = deg(gt, depth, np.random.default_rng([TEST_SEED, 2 * 10**6 + j]))
+        tests.append({'name': photo.name, 'lq': out['lq'][None], 'gt': gt[None], 'kernel': out['kernel'][None],
+                      'depth': depth[None], 'depth_lq': out['depth_lq'][None], 'params': out['params']})
+    return train_pairs, tests
 
 
 def make_test_set(cfg, deg):
@@ -316,7 +342,7 @@ def depth_errors(pred, exact):
 
 @torch.no_grad()
 def reference_rows(tests, deg, draws=32):
-    """Kernel PSNR of two conditional means (no network), as references for what depth can be worth:
+    """Kernel PSNR of conditional means (no network), as references for what depth can be worth:
     E[k given the depth map] (focus plane d_f, anisotropy rho and angle theta averaged out) and
     E[k given sigma_major] (depth AND the focus plane known, so sigma_major is exact; rho and theta
     averaged out). ``draws`` Monte-Carlo draws of the unknown per-image quantities (fixed seed)."""
@@ -335,6 +361,10 @@ def reference_rows(tests, deg, draws=32):
             acc_s = acc_s + kernel_map_from_params(sigma, sigma * rho, torch.full_like(sigma, theta0), KSIZE)
         out['mean kernel given the depth map (d_f, rho, theta averaged out)'].append(calculate_kernel_psnr(acc_d / draws, t['kernel']))
         out['mean kernel given sigma_major (depth and d_f known; rho, theta averaged out)'].append(calculate_kernel_psnr(acc_s / draws, t['kernel']))
+    # what an estimator that sees no spatial structure could reach at best: the image's own mean kernel
+    out['best single kernel per image (its own mean kernel; no depth, one kernel everywhere)'] = [
+        calculate_kernel_psnr(t['kernel'].mean(dim=(2, 3), keepdim=True).expand_as(t['kernel']), t['kernel'])
+        for t in tests]
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
@@ -509,11 +539,16 @@ def table(runs, depth_desc, references):
             cells = ', '.join(f'{name}={x:g}: {stat([r["row4"]["curves"][key][i] for r in runs])[0]:.2f}'
                               for i, x in enumerate(xs))
             lines.append(f'| 4 | SR with deviated {key} | | {cells} |')
-        for key in runs[0]['row5']:
+        for key in runs[0].get('row5', {}):
             mae = [r['row5'][key]['mae'] for r in runs]
             r2 = [r['row5'][key]['r2'] for r in runs]
             lines.append(f'| 5 | depth network on {key}: MAE / r² against exact depth | | '
                          f'{stat(mae)[0]:.3f} / {stat(r2)[0]:.3f} |')
+    if 'row6' in runs[0]:
+        base6 = [r['row6']['mean kernel'] for r in runs]
+        for key in runs[0]['row6']:
+            lines.append(f'| 6 | photographs, weight-free PRIOR depth: DKENet {HEADLINE_ARCH}, {key} | '
+                         f'{fmt([r["row6"][key] for r in runs], None if key == "mean kernel" else base6)} | |')
     return lines
 
 
@@ -527,7 +562,7 @@ def depth_options(args):
     return {'type': 'MonocularDepth'}, 'weight-free PRIOR (no --depth-model given)'
 
 
-def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path):
+def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, out_dir):
     t0 = time.time()
     scenes = make_scenes(cfg['train_scenes'], cfg['scene_size'], seed, 'train')
     ke_sampler = SceneSampler(scenes, deg, cfg['crop'], cfg['batch'], seed)
@@ -541,6 +576,9 @@ def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path):
             net = train_dkenet(arch, use_depth, ke_sampler, cfg, seed, tests, curve)
             net.arch = arch
             nets.append(net)
+            # the scored (EMA) weights, loadable into build_dkenet(arch, use_depth, .)
+            atomic_torch_save(net.state_dict(), osp.join(out_dir, f'dkenet_{arch}_{"depth" if use_depth else "nodepth"}'
+                                                                  f'_seed{seed}.pth'))
         ke_nets[arch] = tuple(nets)
     mean_kernel = torch.stack([ke_sampler()['kernel'].mean(dim=(0, 2, 3)) for _ in range(8)]).mean(0).view(1, -1, 1, 1)
     res = {'seed': seed, 'row1': row1(ke_nets, tests, mean_kernel, depth_net, est_depths), 'learning_curves': curves}
@@ -551,7 +589,43 @@ def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path):
         res['svkr_arch'] = arch
         res['row2'], res['row3'], res['row5'], finals, svkr = loop_rows(ke_nets[arch][1], sr_net, depth_opt, tests, pca_path)
         res['row4'] = row4(svkr, tests, finals)
+    if cfg.get('photo_rows'):
+        res['row6'] = photo_rows(cfg, deg, seed)
     res['seconds'] = time.time() - t0
+    return res
+
+
+@torch.no_grad()
+def _photo_scores(plain, with_depth, tests, mean_kernel):
+    prior = MonocularDepth()
+    return {'mean kernel': float(np.mean([calculate_kernel_psnr(mean_kernel.expand_as(t['kernel']), t['kernel'])
+                                          for t in tests])),
+            'without depth': mean_kernel_psnr(plain, tests, [None] * len(tests)),
+            'prior depth of the HR image (as trained)': mean_kernel_psnr(with_depth, tests, [t['depth_lq'] for t in tests]),
+            'prior depth of the LR image': mean_kernel_psnr(with_depth, tests, [prior(t['lq']) for t in tests]),
+            'flat depth (0.5)': mean_kernel_psnr(with_depth, tests, [torch.full_like(t['depth_lq'], 0.5) for t in tests])}
+
+
+def photo_rows(cfg, deg, seed):
+    """Row 6: row 1 in the old setting (photographs, the prior's depth), headline structure, same budget."""
+    train_pairs, tests = make_photo_data(cfg, deg)
+    sampler = SceneSampler(train_pairs, deg, cfg['crop'], cfg['batch'], seed + 200)
+    nets = []
+    for use_depth in (False, True):
+        sampler.rng = np.random.default_rng([seed + 200, 7])
+        nets.append(train_dkenet(HEADLINE_ARCH, use_depth, sampler, cfg, seed))
+    mean_kernel = torch.stack([sampler()['kernel'].mean(dim=(0, 2, 3)) for _ in range(8)]).mean(0).view(1, -1, 1, 1)
+    return _photo_scores(nets[0], nets[1], tests, mean_kernel)
+
+
+def run_seed_job(seed, job):
+    cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, threads, out_dir = job
+    torch.set_num_threads(threads)
+    res = run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, out_dir)
+    r1 = res['row1']
+    log(f'seed {seed} done ({res["seconds"]:.0f} s): mean kernel {r1["mean kernel"]:.2f} dB; '
+        + '; '.join(f'{a}: ' + ', '.join(f'{k} {v:.2f}' for k, v in s.items())
+                    for a, s in r1.items() if a != 'mean kernel'))
     return res
 
 
@@ -563,7 +637,10 @@ def main():
     parser.add_argument('--depth-model', default=None, help='save_pretrained folder of the depth network')
     parser.add_argument('--depth-backend', default='dpt', choices=('dpt', 'depth_anything'))
     parser.add_argument('--depth-input-size', type=int, default=None)
-    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads per process (default 1: on the shared 2-core machine a DKENet step took '
+                             '0.5 s with one thread and 10 s with two, every fork/join waiting for a busy core)')
+    parser.add_argument('--jobs', type=int, default=1, help='seeds trained in parallel processes (full run)')
     parser.add_argument('--noise', action='store_true', help='add the training noise and JPEG to the blur')
     parser.add_argument('--iters', type=int, default=None, help='override the DKENet iteration budget')
     parser.add_argument('--sr-iters', type=int, default=None, help='override the NBSR iteration budget')
@@ -610,13 +687,14 @@ def main():
     in_view = focus_in_view(tests, rf['paper'] | 1)
     log(f'test pixels whose {rf["paper"]}x{rf["paper"]} receptive field holds an in-focus pixel (|depth - focus| <= 0.05): '
         f'{in_view[0]:.0%}; test images holding one anywhere: {in_view[1]:.0%}')
-    runs = []
-    for seed in cfg['seeds']:
-        runs.append(run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path))
-        r1 = runs[-1]['row1']
-        log(f'seed {seed} done ({runs[-1]["seconds"]:.0f} s): mean kernel {r1["mean kernel"]:.2f} dB; '
-            + '; '.join(f'{a}: ' + ', '.join(f'{k} {v:.2f}' for k, v in s.items())
-                        for a, s in r1.items() if a != 'mean kernel'))
+    job = (cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, args.threads, args.out)
+    if args.jobs > 1 and len(cfg['seeds']) > 1:
+        # fork: the children inherit the test set and the depth network; one process per seed
+        import multiprocessing
+        with multiprocessing.get_context('fork').Pool(min(args.jobs, len(cfg['seeds']))) as pool:
+            runs = pool.starmap(run_seed_job, [(seed, job) for seed in cfg['seeds']])
+    else:
+        runs = [run_seed_job(seed, job) for seed in cfg['seeds']]
 
     arch = HEADLINE_ARCH if HEADLINE_ARCH in cfg['archs'] else cfg['archs'][0]
     gains = {key: [r['row1'][arch][key] - r['row1'][arch]['without depth'] for r in runs]
