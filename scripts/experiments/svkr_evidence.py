@@ -27,17 +27,28 @@ Rows (kernel PSNR over every pixel's 21x21 kernel, ``ssr_utils/kernel_metrics.py
    the map keeps the min-max convention), plotted to ``row4_deviation.png``.
 5. Depth accuracy (issue 10 item 2): the depth network's error against the exact depth on the HR image,
    on the LR image, on its bicubic upsampling and on SVKR's SR images per T.
+6. (``--photo-rows``) the old setting of issue 4, kept for comparison: row 1 on photographs whose depth is
+   the weight-free prior of the HR image (no scenes), headline structure.
 
-``--quick`` (< 10 min on the shared 2-core machine) runs row 1 for the headline structure, one seed.
-Its last line is ``depth gain in kernel PSNR: exact +X dB, estimated +Y dB`` (each against the same
-structure without depth). The full run (rows 0-5, both structures, three seeds) ends with the same line
-(mean over the seeds).
+Before training it prints what bounds the result (measured, not assumed): reference kernel PSNRs without a
+network (the mean kernel given the depth map alone, given sigma_major, i.e. depth AND the focus plane, and
+the best single kernel per image), each structure's receptive field against the share of test pixels that
+see an in-focus pixel, and the gradient scale of the stage 1 loss per part of the network at
+initialisation.
 
-    python scripts/experiments/svkr_evidence.py --quick --depth-model <folder>
-    nohup python scripts/experiments/svkr_evidence.py --depth-model <folder> > evidence.log &
+``--quick`` runs row 1 for the headline structure, one seed (wall times measured in the README;
+every process uses one thread, see ``--threads``). Its last line is
+``depth gain in kernel PSNR: exact +X dB, estimated +Y dB`` (each against the same structure without
+depth). The full run (rows 0-5, both structures, two seeds, ``--jobs 2`` trains them in parallel
+processes) ends with the same line (mean over the seeds). Both modes use the same row 1 settings, so the
+full run's seed 0 contains the quick run's networks.
+
+    python scripts/experiments/svkr_evidence.py --quick [--depth-model <folder>]
+    nohup python scripts/experiments/svkr_evidence.py --jobs 2 [--photo-rows] [--depth-model <folder>] > evidence.log &
 
 ``--depth-model`` is a ``save_pretrained`` folder loaded by ``MonocularDepth(backend=--depth-backend)``;
-without it the "estimated depth" rows use the weight-free prior and say so.
+without it the "estimated depth" rows use the weight-free prior and say so. ``--iters`` / ``--sr-iters``
+change the training budgets (the learning curves are in the JSON).
 """
 import argparse
 import copy
@@ -81,10 +92,10 @@ TEST_SEED = 1000  # test scenes (held-out photographs) and their degradations; t
 # Both modes use the same data and training settings for row 1, so the full run contains the quick run's
 # networks (seed 0, headline structure).
 SETTINGS = {
-    'quick': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=200, sr_iters=0, sr_crop=96,
+    'quick': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=150, sr_iters=0, sr_crop=96,
                   sr_batch=4, num_test=10, test_size=256, seeds=(0, ), archs=('context', )),
-    'full': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=200, sr_iters=300, sr_crop=96,
-                 sr_batch=4, num_test=10, photo_rows=True, test_size=256, seeds=(0, 1, 2), archs=('paper', 'context')),
+    'full': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=150, sr_iters=150, sr_crop=96,
+                 sr_batch=4, num_test=10, test_size=256, seeds=(0, 1), archs=('paper', 'context')),
 }
 # --tiny: the same code on toy sizes, for the tests (its numbers are not evidence)
 TINY = dict(train_scenes=3, scene_size=64, crop=48, batch=2, ke_iters=2, sr_iters=2, sr_crop=32, sr_batch=2,
@@ -97,6 +108,7 @@ KE_LR, SR_LR, EMA_DECAY = 2e-3, 1e-3, 0.98
 NUM_ITER, GAMMA = 3, 0.9
 KERNEL_WIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0)  # row 4, K1 (< 1, narrower) and K2 (> 1, wider)
 DEPTH_GAMMAS = (0.4, 0.63, 1.0, 1.6, 2.5)  # row 4, D1 (< 1, nearer) and D2 (> 1, farther)
+ROW4_TESTS = 5  # row 4 scores the first test scenes only (it is the costliest row on CPU)
 
 
 def log(msg=''):
@@ -287,6 +299,32 @@ def train_nbsr(sampler, cfg, seed, pca_path):
     return train(net, loss_fn, sampler, cfg['sr_iters'], SR_LR, seed, f'NBSR (GT kernels), seed {seed}')
 
 
+def initial_gradients(tests):
+    """Why a few hundred iterations teach the depth path little: per part of a freshly built context DKENet
+    with depth, the mean |gradient| of the L1 kernel loss on two test images (compare with Adam's eps,
+    below which Adam's steps shrink), and how much a flat depth map moves its kernels relative to another
+    image (the depth path's initial influence)."""
+    net = build_dkenet('context', True, 0)
+    lq = torch.cat([t['lq'] for t in tests[:2]])
+    depth = torch.cat([t['depth_lq'] for t in tests[:2]])
+    kernel = torch.cat([t['kernel'] for t in tests[:2]])
+    F.l1_loss(net(lq, depth), kernel).backward()
+    parts = {'depth branch': 'depth_branch.', 'SFT layers': '.sft.', 'LR branch': ('conv_first', 'block', 'down', 'up'),
+             'output conv': 'conv_last'}
+    out = {}
+    for name, keys in parts.items():
+        keys = keys if isinstance(keys, tuple) else (keys, )
+        grads = [p.grad.abs().mean().item() for n, p in net.named_parameters()
+                 if p.grad is not None and any(k in n for k in keys) and not (name == 'LR branch' and '.sft.' in n)]
+        out[name] = float(np.mean(grads))
+    with torch.no_grad():
+        k = net(lq[:1], depth[:1])
+        flat = net(lq[:1], torch.full_like(depth[:1], 0.5))
+        other = net(lq[1:2], depth[:1])
+    out['depth effect / image effect'] = float((k - flat).abs().mean() / (k - other).abs().mean())
+    return out
+
+
 @torch.no_grad()
 def receptive_field(net, size):
     """Side of the square of LR pixels that can change the kernel at the centre pixel (gradient support)."""
@@ -430,8 +468,10 @@ def loop_rows(ke, sr_net, depth_opt, tests, pca_path):
 
 @torch.no_grad()
 def row4(svkr, tests, finals):
-    """SR PSNR against kernel-width factors (estimated K^T and GT kernels) and depth gammas (D^T and exact)."""
+    """SR PSNR against kernel-width factors (estimated K^T and GT kernels) and depth gammas (D^T and exact),
+    on the first ``ROW4_TESTS`` test scenes (20 SR runs per scene and point)."""
     ke, sr_net = svkr.kernel_net, svkr.sr_net
+    tests, finals = tests[:ROW4_TESTS], finals[:ROW4_TESTS]
     curves = {'K: estimated K^T': [], 'K: ground truth': [], 'D: estimated D^T': [], 'D: exact': []}
     for a in KERNEL_WIDTH_FACTORS:
         curves['K: estimated K^T'].append(float(np.mean([sr_psnr(sr_net(t['lq'], widen(f['kernel'], a)), t['gt'])
@@ -644,6 +684,8 @@ def main():
     parser.add_argument('--noise', action='store_true', help='add the training noise and JPEG to the blur')
     parser.add_argument('--iters', type=int, default=None, help='override the DKENet iteration budget')
     parser.add_argument('--sr-iters', type=int, default=None, help='override the NBSR iteration budget')
+    parser.add_argument('--photo-rows', action='store_true',
+                        help='full run: add row 6 (the old setting: photographs with the prior depth)')
     parser.add_argument('--tiny', action='store_true', help='toy sizes to test the script (numbers mean nothing)')
     parser.add_argument('--out', default=osp.join(ROOT, 'results', 'svkr_evidence'))
     args = parser.parse_args()
@@ -656,6 +698,7 @@ def main():
         cfg['ke_iters'] = args.iters
     if args.sr_iters is not None and not args.quick:
         cfg['sr_iters'] = args.sr_iters
+    cfg['photo_rows'] = args.photo_rows and not args.quick
     if args.seeds:
         cfg['seeds'] = tuple(int(s) for s in args.seeds.split(','))
     if args.archs:
@@ -687,6 +730,11 @@ def main():
     in_view = focus_in_view(tests, rf['paper'] | 1)
     log(f'test pixels whose {rf["paper"]}x{rf["paper"]} receptive field holds an in-focus pixel (|depth - focus| <= 0.05): '
         f'{in_view[0]:.0%}; test images holding one anywhere: {in_view[1]:.0%}')
+    grads = initial_gradients(tests)
+    log('at initialisation, mean |gradient| of the stage 1 loss (L1, mean over taps) per part of the context '
+        'DKENet: ' + ', '.join(f'{k} {v:.1e}' for k, v in grads.items() if k != 'depth effect / image effect')
+        + " (Adam's eps: 1e-8); a flat instead of the exact depth moves the kernels "
+        f'{grads["depth effect / image effect"]:.1e} as much as another test image does')
     job = (cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, args.threads, args.out)
     if args.jobs > 1 and len(cfg['seeds']) > 1:
         # fork: the children inherit the test set and the depth network; one process per seed
@@ -710,7 +758,8 @@ def main():
             mean_r4['curves'][key] = [stat([r['row4']['curves'][key][i] for r in runs])[0]
                                       for i in range(len(mean_r4['curves'][key]))]
         plot_row4(mean_r4, osp.join(args.out, 'row4_deviation.png'),
-                  f'SR PSNR with deviated kernels / depth (mean of {len(runs)} seed(s), {len(tests)} test scenes)')
+                  f'SR PSNR with deviated kernels / depth (mean of {len(runs)} seed(s), '
+                  f'{min(len(tests), ROW4_TESTS)} test scenes)')
     path = osp.join(args.out, f'svkr_evidence_{mode}.json')
     with atomic_write(path, 'w') as f:
         json.dump(results, f, indent=2)
