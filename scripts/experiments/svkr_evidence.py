@@ -658,6 +658,13 @@ def photo_rows(cfg, deg, seed):
     return _photo_scores(nets[0], nets[1], tests, mean_kernel)
 
 
+FORKED_JOB = {}  # what --jobs children inherit through fork (set by main just before the pool starts)
+
+
+def run_forked_seed(seed):
+    return run_seed_job(seed, FORKED_JOB['job'])
+
+
 def run_seed_job(seed, job):
     cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, threads, out_dir = job
     torch.set_num_threads(threads)
@@ -737,10 +744,12 @@ def main():
         f'{grads["depth effect / image effect"]:.1e} as much as another test image does')
     job = (cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, args.threads, args.out)
     if args.jobs > 1 and len(cfg['seeds']) > 1:
-        # fork: the children inherit the test set and the depth network; one process per seed
+        # fork: the children inherit the job (test set, depth network) from memory, since a depth network may
+        # hold unpicklable hooks; only the seeds travel to them
         import multiprocessing
+        FORKED_JOB['job'] = job
         with multiprocessing.get_context('fork').Pool(min(args.jobs, len(cfg['seeds']))) as pool:
-            runs = pool.starmap(run_seed_job, [(seed, job) for seed in cfg['seeds']])
+            runs = pool.map(run_forked_seed, cfg['seeds'])
     else:
         runs = [run_seed_job(seed, job) for seed in cfg['seeds']]
 
