@@ -40,8 +40,8 @@ class DepthBinContext(nn.Module):
     """Image-wide context read back by depth (the ``global_context`` option of DKENet).
 
     The kernel at a pixel is a function of its depth and of a few per-image quantities (the focus plane,
-    the anisotropy and its angle), but DKENet's receptive field is local (23 LR pixels). This path gives
-    each pixel what the whole image says about blur at its depth:
+    the anisotropy and its angle), but DKENet's receptive field is local (22×22 LR pixels at the evidence
+    widths). This path gives each pixel what the whole image says about blur at its depth:
 
     - features ``v = act(proj(f))`` are averaged over the whole image per depth bin (``num_bins`` hat
       functions over [0, 1]: each pixel belongs to at most two neighbouring bins, weights summing to 1);

@@ -385,7 +385,9 @@ def reference_rows(tests, deg, draws=32):
     E[k given sigma_major] (depth AND the focus plane known, so sigma_major is exact; rho and theta
     averaged out). ``draws`` Monte-Carlo draws of the unknown per-image quantities (fixed seed)."""
     sig_lo, sig_hi = default_sigma_range(SCALE)
-    out = {'mean kernel given the depth map (d_f, rho, theta averaged out)': [], 'mean kernel given sigma_major (depth and d_f known; rho, theta averaged out)': []}
+    by_depth = 'mean kernel given the depth map (d_f, rho, theta averaged out)'
+    by_sigma = 'mean kernel given sigma_major (depth and d_f known; rho, theta averaged out)'
+    out = {by_depth: [], by_sigma: []}
     for i, t in enumerate(tests):
         rng = np.random.default_rng([TEST_SEED, 77, i])
         d = t['depth_lq'][0, 0]
@@ -397,8 +399,8 @@ def reference_rows(tests, deg, draws=32):
             acc_d = acc_d + kernel_map_from_params(smaj, smin, theta, KSIZE)
             rho, theta0 = rng.uniform(deg.rho_min, 1.0), rng.uniform(0, math.pi)
             acc_s = acc_s + kernel_map_from_params(sigma, sigma * rho, torch.full_like(sigma, theta0), KSIZE)
-        out['mean kernel given the depth map (d_f, rho, theta averaged out)'].append(calculate_kernel_psnr(acc_d / draws, t['kernel']))
-        out['mean kernel given sigma_major (depth and d_f known; rho, theta averaged out)'].append(calculate_kernel_psnr(acc_s / draws, t['kernel']))
+        out[by_depth].append(calculate_kernel_psnr(acc_d / draws, t['kernel']))
+        out[by_sigma].append(calculate_kernel_psnr(acc_s / draws, t['kernel']))
     # what an estimator that sees no spatial structure could reach at best: the image's own mean kernel
     out['best single kernel per image (its own mean kernel; no depth, one kernel everywhere)'] = [
         calculate_kernel_psnr(t['kernel'].mean(dim=(2, 3), keepdim=True).expand_as(t['kernel']), t['kernel'])
@@ -757,7 +759,8 @@ def main():
     gains = {key: [r['row1'][arch][key] - r['row1'][arch]['without depth'] for r in runs]
              for key in ('exact depth', 'estimated depth')}
     results = {'mode': mode, 'settings': {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-               'noise': args.noise, 'estimated_depth': depth_desc, 'receptive_field': rf, 'focus_in_view': in_view, 'references': references, 'headline_arch': arch,
+               'noise': args.noise, 'estimated_depth': depth_desc, 'receptive_field': rf, 'focus_in_view': in_view,
+               'initial_gradients': grads, 'references': references, 'headline_arch': arch,
                'runs': runs, 'depth_gain_db': {k: stat(v)[0] for k, v in gains.items()},
                'seconds': time.time() - t_start}
     os.makedirs(args.out, exist_ok=True)
