@@ -36,6 +36,61 @@ class _DepthBranch(nn.Module):
         return f0, f1, f2
 
 
+class DepthBinContext(nn.Module):
+    """Image-wide context read back by depth (the ``global_context`` option of DKENet).
+
+    The kernel at a pixel is a function of its depth and of a few per-image quantities (the focus plane,
+    the anisotropy and its angle), but DKENet's receptive field is local (22×22 LR pixels at the evidence
+    widths). This path gives each pixel what the whole image says about blur at its depth:
+
+    - features ``v = act(proj(f))`` are averaged over the whole image per depth bin (``num_bins`` hat
+      functions over [0, 1]: each pixel belongs to at most two neighbouring bins, weights summing to 1);
+    - an MLP maps the whole profile (every bin's average and share of the image) to one vector per bin,
+      e.g. the blur expected at that depth given where the image is sharpest (the focus plane);
+    - each pixel reads back its own bins' averages and MLP vectors, interpolated by its depth, and
+      ``f + fuse([averages, vectors])`` is returned, ``fuse`` zero-initialised so the path starts as an
+      identity (the paper's network).
+
+    Without depth (``depth=None``) every pixel is in the first bin: a squeeze-excitation-style global
+    average, so a network without depth gets the same image-wide view (a fair ablation).
+    """
+
+    def __init__(self, num_feat, num_bins=8, num_ctx=None):
+        super().__init__()
+        if num_bins < 2:
+            raise ValueError(f'DepthBinContext: num_bins must be >= 2, got {num_bins}')
+        c = num_ctx or max(num_feat // 2, 1)
+        self.num_bins = num_bins
+        self.num_ctx = c
+        act = nn.LeakyReLU(0.1, inplace=True)
+        self.proj = nn.Sequential(nn.Conv2d(num_feat, c, 1), act)
+        self.profile = nn.Sequential(nn.Linear(num_bins * (c + 1), 2 * c), act, nn.Linear(2 * c, num_bins * c))
+        self.fuse = nn.Conv2d(2 * c, num_feat, 1)
+        nn.init.zeros_(self.fuse.weight)
+        nn.init.zeros_(self.fuse.bias)
+
+    def bin_weights(self, depth):
+        """B x num_bins x h x w hat-function weights of each pixel's depth (they sum to 1 per pixel)."""
+        centres = torch.linspace(0, 1, self.num_bins, device=depth.device, dtype=depth.dtype).view(1, -1, 1, 1)
+        return (1 - (depth.clamp(0, 1) - centres).abs() * (self.num_bins - 1)).clamp_min(0)
+
+    def forward(self, feat, depth=None):
+        b, _, h, w = feat.shape
+        v = self.proj(feat)
+        if depth is None:
+            weights = feat.new_zeros(b, self.num_bins, h, w)
+            weights[:, 0] = 1
+        else:
+            if depth.shape[-2:] != (h, w):
+                depth = F.adaptive_avg_pool2d(depth, (h, w))
+            weights = self.bin_weights(depth.to(feat.dtype))
+        mass = weights.sum(dim=(2, 3))  # B x N
+        means = torch.einsum('bnhw,bchw->bnc', weights, v) / mass.clamp_min(1e-6).unsqueeze(-1)
+        per_bin = self.profile(torch.cat([means.flatten(1), mass / (h * w)], dim=1)).view(b, self.num_bins, -1)
+        read = torch.einsum('bnhw,bnc->bchw', weights, torch.cat([means, per_bin], dim=2))
+        return feat + self.fuse(read)
+
+
 @ARCH_REGISTRY.register()
 class DKENet(nn.Module):
     """Depth-informed kernel estimation network.
@@ -56,10 +111,15 @@ class DKENet(nn.Module):
         split (int), reduction (int): of the MAConvs.
         use_depth (bool): False builds no depth branch (the MANet-like ablation); ``forward`` then
             ignores the depth argument.
+        global_context (bool): not in the paper. Adds a :class:`DepthBinContext` after the half-resolution
+            DABlock: image features averaged over the whole image per depth bin, read back by each
+            pixel's depth, plus an image-wide vector (without depth: a global average). Off by default
+            (the paper's structure); see ``docs/svkr.md`` for what it changes.
+        context_bins (int): depth bins of the context path.
     """
 
     def __init__(self, in_nc=3, depth_nc=1, kernel_size=21, scale=4, num_feat=(128, 256), num_depth_feat=(32, 64),
-                 split=2, reduction=4, use_depth=True):
+                 split=2, reduction=4, use_depth=True, global_context=False, context_bins=8):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'DKENet: kernel_size must be odd and positive, got {kernel_size}')
@@ -78,6 +138,7 @@ class DKENet(nn.Module):
         self.block0 = DABlock(c0, d0, split, reduction)
         self.down = nn.Conv2d(c0, c1, 2, 2, 0)
         self.block1 = DABlock(c1, d1, split, reduction)
+        self.context = DepthBinContext(c1, context_bins) if global_context else None
         self.up = nn.ConvTranspose2d(c1, c0, 2, 2, 0)
         self.block2 = DABlock(c0, d0, split, reduction)
         self.conv_last = nn.Conv2d(c0, kernel_size * kernel_size, 3, 1, 1)
@@ -89,6 +150,7 @@ class DKENet(nn.Module):
             raise ValueError(f'DKENet: lr must be B x C x h x w, got shape {tuple(lr.shape)}')
         x, (h, w) = pad_to_multiple(lr, 2)
         feats = (None, None, None)
+        depth_half = None
         if self.use_depth:
             if depth is None:
                 raise ValueError('DKENet: built with use_depth=True, so forward needs a depth map')
@@ -96,8 +158,11 @@ class DKENet(nn.Module):
                 depth = F.interpolate(depth, size=(h, w), mode='bilinear', align_corners=False)
             depth, _ = pad_to_multiple(depth.to(lr.dtype), 2)
             feats = self.depth_branch(depth)
+            depth_half = F.avg_pool2d(depth, 2)
         f0 = self.block0(self.conv_first(x), feats[0])
         f1 = self.block1(self.down(f0), feats[1])
+        if self.context is not None:
+            f1 = self.context(f1, depth_half)
         f2 = self.block2(self.up(f1) + f0, feats[2])
         logits = self.conv_last(f2)[..., :h, :w]
         # softmax in float32: under autocast the k*k-way normalisation loses too much in half precision

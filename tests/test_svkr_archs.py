@@ -119,6 +119,66 @@ def test_dkenet_default_is_paper_setting_and_depth_matters():
     assert torch.equal(blind(lr, None), blind(lr, torch.rand(1, 1, 8, 8)))
 
 
+def _perturbed_context(net, seed=0):
+    """Give the zero-initialised fuse layer of the context path random weights (as training would)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        net.context.fuse.weight.copy_(torch.randn(net.context.fuse.weight.shape, generator=g) * 0.5)
+    return net
+
+
+def test_dkenet_global_context_off_by_default_and_starts_as_identity():
+    plain = DKENet(**{k: v for k, v in TINY_KE.items() if k != 'type'})
+    assert plain.context is None and not any('context' in n for n, _ in plain.named_parameters())
+    torch.manual_seed(0)
+    ctx = DKENet(global_context=True, **{k: v for k, v in TINY_KE.items() if k != 'type'})
+    missing, unexpected = ctx.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(n.startswith('context.') for n in missing)
+    lr, depth = torch.rand(2, 3, 10, 12), torch.rand(2, 1, 10, 12)
+    # the fuse layer starts at zero: the paper's network, whatever the context path computes
+    torch.testing.assert_close(ctx(lr, depth), plain(lr, depth))
+    assert build_network({'type': 'DKENet'}).context is None
+
+
+@pytest.mark.parametrize('use_depth', [True, False])
+def test_dkenet_global_context_sees_beyond_the_receptive_field(use_depth):
+    torch.manual_seed(0)
+    kw = {k: v for k, v in TINY_KE.items() if k != 'type'}
+    lr = torch.rand(1, 3, 40, 40)
+    depth = torch.linspace(0, 1, 40).view(1, 1, 40, 1).expand(1, 1, 40, 40).contiguous()
+    lr2 = lr.clone()
+    lr2[..., 30:, 30:] = torch.rand(1, 3, 10, 10)  # far (> 23 px) from pixel (2, 2)
+    for context, changes in ((False, False), (True, True)):
+        net = DKENet(use_depth=use_depth, global_context=context, **kw)
+        if context:
+            _perturbed_context(net)
+        k1, k2 = net(lr, depth if use_depth else None), net(lr2, depth if use_depth else None)
+        assert ((k1[..., 2, 2] - k2[..., 2, 2]).abs().max() > 1e-7) == changes
+
+
+def test_depth_bin_context_reads_back_by_depth():
+    from ssr_arch.dkenet_arch import DepthBinContext
+    torch.manual_seed(0)
+    ctx = DepthBinContext(6, num_bins=5)
+    depth = torch.rand(2, 1, 7, 9)
+    w = ctx.bin_weights(depth)
+    assert w.shape == (2, 5, 7, 9) and (w >= 0).all() and ((w > 0).sum(1) <= 2).all()
+    torch.testing.assert_close(w.sum(1), torch.ones(2, 7, 9))
+    with torch.no_grad():
+        ctx.fuse.weight.normal_()
+    feat = torch.rand(2, 6, 7, 9)
+    # the context a pixel reads back depends on its depth only, not on its own features
+    depth[0, 0, 1, 1] = depth[0, 0, 5, 7] = 0.3
+    out = ctx(feat, depth) - feat
+    torch.testing.assert_close(out[0, :, 1, 1], out[0, :, 5, 7])
+    assert (out[0, :, 1, 1] - out[0, :, 2, 2]).abs().max() > 1e-6 or depth[0, 0, 2, 2] == 0.3
+    # without depth: one global average, the same for every pixel
+    flat = ctx(feat) - feat
+    torch.testing.assert_close(flat, flat[..., :1, :1].expand_as(flat))
+    with pytest.raises(ValueError, match='num_bins'):
+        DepthBinContext(6, num_bins=1)
+
+
 @pytest.mark.parametrize('scale', [2, 3, 4])
 def test_nbsr_scales_and_kernel_conditioning(scale, tmp_path):
     torch.manual_seed(0)
