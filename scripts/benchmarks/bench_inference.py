@@ -25,7 +25,7 @@ import argparse
 import json
 import os
 import os.path as osp
-import resource
+from process_memory import peak_rss_kb, reset_peak_rss, rss_kb
 import subprocess
 import sys
 import time
@@ -35,30 +35,6 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 
-def _reset_peak_rss():
-    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS."""
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_kb():
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _rss_kb():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
 
 
 def _malloc_mb():
@@ -109,8 +85,8 @@ class SVKRTrace:
     def sample(self, point):
         if self.base is None:
             return
-        peak, rss = _peak_rss_kb() / 1024, _rss_kb() / 1024
-        _reset_peak_rss()
+        peak, rss = peak_rss_kb() / 1024, rss_kb() / 1024
+        reset_peak_rss()
         self.samples.append(dict(point=point, rss=rss - self.base['rss'], peak=peak - self.base['rss'],
                                  **{k: v - self.base.get(k, 0) for k, v in (_malloc_mb() or {}).items()}))
 
@@ -215,8 +191,8 @@ def child(args):
         if device.type == 'cuda':
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        _reset_peak_rss()
-        base = _rss_kb()
+        reset_peak_rss()
+        base = rss_kb()
         if trace is not None:
             trace.start(base)
         start = time.perf_counter()
@@ -228,7 +204,7 @@ def child(args):
             trace.sample('end')
     if out.data_ptr() != view.data_ptr():
         raise RuntimeError('the result was not written into the output image')
-    peak_kb = _peak_rss_kb()
+    peak_kb = peak_rss_kb()
     if trace is not None:  # the trace resets the peak at every sample
         peak_kb = max(peak_kb, base + 1024 * max(smp['peak'] for smp in trace.samples))
         for line in trace.report():

@@ -30,7 +30,7 @@ import json
 import math
 import os
 import os.path as osp
-import resource
+from process_memory import peak_rss_kb, reset_peak_rss, rss_kb
 import subprocess
 import sys
 import time
@@ -45,29 +45,6 @@ TINY_VAE = dict(block_out_channels=(32, 64, 64), down_block_types=('DownEncoderB
                 up_block_types=('UpDecoderBlock2D', ) * 3, layers_per_block=1, norm_num_groups=8, latent_channels=4)
 
 
-def _reset_peak_rss():
-    try:
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_kb():
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def _rss_kb():
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
 
 
 def build_vae(config, device, dtype):
@@ -182,8 +159,8 @@ def child(args):
         if device.type == 'cuda':
             torch.cuda.reset_peak_memory_stats()
             base_gpu = torch.cuda.memory_allocated()
-        _reset_peak_rss()
-        base = _rss_kb()
+        reset_peak_rss()
+        base = rss_kb()
         t0 = time.perf_counter()
         if args.store == 'untiled':
             out.copy_(vae.decode(z).sample)
@@ -191,7 +168,7 @@ def child(args):
             tiled_decode(vae, z, tile_size=args.tile, out=out, store=args.store)
         _sync(device)
         sec = time.perf_counter() - t0
-    res = dict(store=args.store, size=args.size, seconds=sec, work_mb=max(0, _peak_rss_kb() - base) / 1024,
+    res = dict(store=args.store, size=args.size, seconds=sec, work_mb=max(0, peak_rss_kb() - base) / 1024,
                output_mb=out.numel() * 4 / 2**20)
     if device.type == 'cuda':
         res['gpu_mb'] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20

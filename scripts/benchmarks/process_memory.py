@@ -1,0 +1,30 @@
+"""Resident memory of this process, for the CPU memory columns of the benchmarks (Linux /proc; elsewhere the
+peak falls back to ``getrusage``, which cannot be reset)."""
+import os
+import resource
+
+
+def reset_peak_rss():
+    """Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM) to its current RSS."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_kb():
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def rss_kb():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
