@@ -420,7 +420,8 @@ class SSRUNet(ModelMixin, ConfigMixin):
                 raise ValueError(f'SSRUNet: modality "{m}" is enabled but its input is missing')
             if m != 'lr' and size is not None and tuple(x.shape[-2:]) != tuple(size):
                 # in float32: antialiased bilinear has no half-precision kernel everywhere (bf16 on CPU, torch 2.14)
-                x = F.interpolate(x.float(), size=tuple(size), mode='bilinear', align_corners=False, antialias=True)
+                x = F.interpolate(x.float(), size=tuple(size), mode='bilinear', align_corners=False,
+                                  antialias=True).to(x.dtype)
             feats[m] = self.encoders[m](x)
         return feats
 

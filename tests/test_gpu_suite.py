@@ -5,14 +5,26 @@ import os.path as osp
 import subprocess
 import sys
 
+from conftest import subprocess_env
+
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 SECTIONS = ('sampling', 'overhead', 'tiled memory', 'training', 'degradation')
 
 
+def test_a_partial_table_names_the_sections_it_did_not_reach():
+    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
+    import gpu_suite
+    suite = gpu_suite.Suite(gpu_suite.torch.device('cpu'), tiny=True)
+    suite.add('sampling', 'SSR', 'tiny', '1.00 s/image')
+    partial = gpu_suite.table(suite, 'CPU', 1.0, [], pending=['training', 'degradation'])
+    assert "PARTIAL: the run stopped before the sections training, degradation." in partial
+    assert "| sampling | SSR | tiny | 1.00 s/image |" in partial
+    assert 'PARTIAL' not in gpu_suite.table(suite, 'CPU', 1.0, [])
+
+
 def test_gpu_suite_tiny_on_cpu_prints_and_writes_the_table(tmp_path):
     out = tmp_path / 'suite.md'
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT, PATH=osp.dirname(sys.executable) + os.pathsep +
-               os.environ.get('PATH', ''))
+    env = subprocess_env(OMP_NUM_THREADS='1', PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
     proc = subprocess.run(['bash', osp.join(ROOT, 'scripts', 'benchmarks', 'gpu_suite.sh'), '--device', 'cpu', '--tiny',
                            '--out', str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=900)

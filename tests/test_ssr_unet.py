@@ -232,3 +232,16 @@ def test_a_frozen_pretrained_base_is_referenced_not_copied(tmp_path):
     assert cfg['pretrained_path'] is None and cfg['unet']['block_out_channels'] == [32, 64]
     weights = load_file(str(tmp_path / 'tuned' / 'diffusion_pytorch_model.safetensors'))
     assert any(k.startswith('unet.') for k in weights)
+
+
+def test_a_bf16_network_takes_bf16_maps_of_another_size_without_autocast():
+    # the maps are resized in float32 (no bf16 antialiased kernel everywhere); the encoders must get bf16 back
+    torch.manual_seed(0)
+    net = SSRUNet(**tiny_config()).eval().to(torch.bfloat16)
+    _randomise_amf(net)
+    x = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in _inputs(1).items()}
+    with torch.no_grad():
+        conds = net.encode_conditions(x['lr_latent'], x['depth'], x['kernel_code'])
+        out = net(x['sample'], x['timestep'], conditions=conds)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    assert all(a.dtype == torch.bfloat16 for mods in conds.values() for _, a, _ in mods)

@@ -25,7 +25,7 @@ import argparse
 import json
 import os
 import os.path as osp
-from process_memory import peak_rss_kb, reset_peak_rss, rss_kb
+from process_memory import child_env, peak_rss_kb, reset_peak_rss, rss_kb
 import subprocess
 import sys
 import time
@@ -224,7 +224,7 @@ def measure(args, mode, size, tile, **extra):
            '--sampler', extra.get('sampler', getattr(args, 'sampler', 'ddim')), '--cond-cache', args.cond_cache,
            '--vae-tiling', extra.get('vae_tiling', getattr(args, 'vae_tiling', 'windows'))] + (['--trace'] if args.trace else [])
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+                          env=child_env(ROOT))
     for line in proc.stdout.splitlines():
         if line.startswith('TRACE '):
             print(line[6:], flush=True)

@@ -216,7 +216,7 @@ def ssr_sampling(args, device, dtype):
         z_lr = net.encode_image(lr_up.to(dtype))
         code = net.kernel_code(kernel.to(dtype)) if kernel is not None else \
             torch.randn(1, net.pca.dim, *lr.shape[-2:], device=device, dtype=dtype)
-        return net.encode_conditions(z_lr, depth.to(dtype), code)
+        return net.encode_conditions(z_lr.to(dtype), depth.to(dtype), code.to(dtype))
 
     @torch.no_grad()
     def run_ssr(steps=None):

@@ -30,7 +30,7 @@ import json
 import math
 import os
 import os.path as osp
-from process_memory import peak_rss_kb, reset_peak_rss, rss_kb
+from process_memory import child_env, peak_rss_kb, reset_peak_rss, rss_kb
 import subprocess
 import sys
 import time
@@ -179,7 +179,7 @@ def measure(args, store, size):
     cmd = [sys.executable, osp.abspath(__file__), '--child', '--store', store, '--size', str(size), '--tile',
            str(args.tile), '--device', args.device, '--config', args.config]
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+                          env=child_env(ROOT))
     for line in proc.stdout.splitlines():
         if line.startswith('RESULT '):
             return json.loads(line[7:])

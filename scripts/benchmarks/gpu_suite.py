@@ -49,6 +49,7 @@ for path in (ROOT, HERE):
     if path not in sys.path:
         sys.path.insert(0, path)
 
+from process_memory import child_env  # noqa: E402
 from ssr_utils import compat  # noqa: E402
 
 compat.apply()
@@ -283,7 +284,7 @@ def degradation(suite):
     else:
         cmd += ['--sizes', '192', '--num-batches', '12']
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+                          env=child_env(ROOT))
     if proc.returncode:
         raise RuntimeError(f'bench_batch_degradation.py failed:\n{proc.stdout[-1500:]}')
     found = False
@@ -309,13 +310,15 @@ SECTIONS = dict(sampling=sampling, overhead=overhead, tiled_memory=tiled_memory,
                 degradation=degradation)
 
 
-def table(suite, device_name, seconds, argv):
+def table(suite, device_name, seconds, argv, pending=()):
     lines = [f'# GPU suite: {device_name}', '',
              f'`bash scripts/benchmarks/gpu_suite.sh {" ".join(argv)}`'.replace(' `', '`'), '',
              f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, '
              f'{platform.platform()}, {"TINY configs (code paths only, not measurements)" if suite.tiny else "full sizes"}'
              f', random weights, {seconds:.0f} s in all.', '',
              '| section | measurement | setting | value | target / note |', '| --- | --- | --- | --- | --- |']
+    if pending:
+        lines[5:5] = [f'PARTIAL: the run stopped before the sections {", ".join(pending)}.', '']
     for row in suite.rows:
         lines.append('| ' + ' | '.join(str(c).replace('|', '/') for c in row) + ' |')
     return '\n'.join(lines) + '\n'
@@ -339,18 +342,25 @@ def main(argv=None):
         name = f'CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
     suite = Suite(device, args.tiny)
     print(f'gpu_suite: {name}, torch {torch.__version__}, {"tiny" if args.tiny else "full"} sizes', flush=True)
-    start = time.perf_counter()
-    for key in args.only:
-        suite.run(key, lambda: SECTIONS[key](suite))
-    text = table(suite, name, time.perf_counter() - start, sys.argv[1:] if argv is None else list(argv))
-    print('\n' + text)
     out = args.out if args.out is not None else (None if args.tiny else osp.join(ROOT, DEFAULT_OUT))
+    shown_argv = sys.argv[1:] if argv is None else list(argv)
+    start = time.perf_counter()
+    for done, key in enumerate(args.only, 1):
+        suite.run(key, lambda: SECTIONS[key](suite))
+        if out:  # after every section, so that a run stopped at a time limit keeps what it measured
+            pending = args.only[done:]
+            write_table(out, table(suite, name, time.perf_counter() - start, shown_argv, pending))
+    text = table(suite, name, time.perf_counter() - start, shown_argv)
+    print('\n' + text)
     if out:
-        from ssr_utils.atomic_file import atomic_write
-        with atomic_write(out, 'w') as f:
-            f.write(text)
         print(f'table written to {out}')
     return 1 if suite.failed else 0
+
+
+def write_table(out, text):
+    from ssr_utils.atomic_file import atomic_write
+    with atomic_write(out, 'w') as f:
+        f.write(text)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,6 @@
-"""Resident memory of this process, for the CPU memory columns of the benchmarks (Linux /proc; elsewhere the
-peak falls back to ``getrusage``, which cannot be reset)."""
+"""The benchmarks' measuring processes: resident memory of this process for the CPU memory columns (Linux /proc;
+elsewhere the peak falls back to ``getrusage``, which cannot be reset), and the environment of a child that
+measures in a fresh process."""
 import os
 import resource
 
@@ -28,3 +29,9 @@ def peak_rss_kb():
 def rss_kb():
     with open('/proc/self/statm') as f:
         return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
+
+
+def child_env(root):
+    """This environment with the project root first on PYTHONPATH; packages found through the caller's own
+    PYTHONPATH (a ``--target`` install, say) stay importable in the child."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get('PYTHONPATH')) if p))

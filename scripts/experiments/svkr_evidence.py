@@ -672,16 +672,16 @@ def photo_rows(cfg, deg, seed):
     return _photo_scores(nets[0], nets[1], tests, mean_kernel)
 
 
-FORKED_JOB = {}  # what --jobs children inherit through fork (set by main just before the pool starts)
-
-
-def run_forked_seed(seed):
-    return run_seed_job(seed, FORKED_JOB['job'])
+def build_depth_net(depth_opt):
+    return MonocularDepth(**{k: v for k, v in depth_opt.items() if k != 'type'})
 
 
 def run_seed_job(seed, job):
-    cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, threads, out_dir = job
+    """One seed's rows. ``job`` holds only picklable data (the degradation and the depth network are rebuilt
+    from their options), so that --jobs can run it in a spawned process."""
+    cfg, tests, noise, depth_opt, est_depths, pca_path, threads, out_dir = job
     torch.set_num_threads(threads)
+    deg, depth_net = degradation(noise), build_depth_net(depth_opt)
     res = run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, out_dir)
     r1 = res['row1']
     log(f'seed {seed} done ({res["seconds"]:.0f} s): mean kernel {r1["mean kernel"]:.2f} dB; '
@@ -737,7 +737,7 @@ def main():
     t_start = time.time()
     deg = degradation(args.noise)
     depth_opt, depth_desc = depth_options(args)
-    depth_net = MonocularDepth(**{k: v for k, v in depth_opt.items() if k != 'type'})
+    depth_net = build_depth_net(depth_opt)
     tests = make_test_set(cfg, deg)
     with torch.no_grad():
         est_depths = [resize_depth(depth_net(t['lq']), t['lq'].shape[-2:]) for t in tests]
@@ -749,12 +749,21 @@ def main():
         f'{cfg["kernel_loss_weight"]:g}){sr_budget}; '
         f'test: {len(tests)} scenes of {cfg["test_size"]} px (held-out photographs); seeds {list(cfg["seeds"])}; '
         f'structures {list(cfg["archs"])}')
+    os.makedirs(args.out, exist_ok=True)
+    pca_path = fit_kernel_pca(osp.join(args.out, 'kernel_pca_k21.pth')) if cfg['sr_iters'] > 0 else None
+    job = (cfg, tests, args.noise, depth_opt, est_depths, pca_path, args.threads, args.out)
+    pool = None
+    if args.jobs > 1 and len(cfg['seeds']) > 1:
+        # spawn, not fork: on a CUDA machine (an H200, torch 2.11) forked children failed at their first
+        # backward pass, with "Unable to handle autograd's threading in combination with fork-based
+        # multiprocessing" or, forked before any backward here, "CUDA error: initialization error"
+        import multiprocessing
+        pool = multiprocessing.get_context('spawn').Pool(min(args.jobs, len(cfg['seeds'])))
+        pending = pool.starmap_async(run_seed_job, [(seed, job) for seed in cfg['seeds']])
     probe = cfg['test_size'] // SCALE
     rf = {arch: receptive_field(build_dkenet(arch, True, 0), probe) for arch in ARCHS}
     log(f'receptive field of one LR pixel\'s kernel, in a {probe}x{probe} LR image (LR pixels): '
         + ', '.join(f'{a} {v}' + (' (the whole image)' if v >= probe else '') for a, v in rf.items()))
-    os.makedirs(args.out, exist_ok=True)
-    pca_path = fit_kernel_pca(osp.join(args.out, 'kernel_pca_k21.pth')) if cfg['sr_iters'] > 0 else None
     references = reference_rows(tests, deg)
     in_view = focus_in_view(tests, rf['paper'] | 1)
     log(f'test pixels whose {rf["paper"]}x{rf["paper"]} receptive field holds an in-focus pixel (|depth - focus| <= 0.05): '
@@ -766,14 +775,12 @@ def main():
         + ', '.join(f'{k[:-6]} {v:.1e}' for k, v in grads.items() if k.endswith(' x k^2'))
         + " (Adam's eps: 1e-8); a flat instead of the exact depth moves the kernels "
         f'{grads["depth effect / image effect"]:.1e} as much as another test image does')
-    job = (cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, args.threads, args.out)
-    if args.jobs > 1 and len(cfg['seeds']) > 1:
-        # fork: the children inherit the job (test set, depth network) from memory, since a depth network may
-        # hold unpicklable hooks; only the seeds travel to them
-        import multiprocessing
-        FORKED_JOB['job'] = job
-        with multiprocessing.get_context('fork').Pool(min(args.jobs, len(cfg['seeds']))) as pool:
-            runs = pool.map(run_forked_seed, cfg['seeds'])
+    if pool is not None:
+        try:
+            runs = pending.get()
+        finally:
+            pool.close()
+            pool.join()
     else:
         runs = [run_seed_job(seed, job) for seed in cfg['seeds']]
 
