@@ -91,6 +91,41 @@ class DepthBinContext(nn.Module):
         return feat + self.fuse(read)
 
 
+class GaussianKernelHead(nn.Module):
+    """Kernels as anisotropic Gaussians (the ``kernel_head: gaussian`` option of DKENet; not in the paper).
+
+    The paper's head predicts k*k logits per pixel and normalises them with a softmax: every tap is free,
+    so early in training the network sits at the mean training kernel for a long time (README, SVKR
+    evidence). This head predicts three numbers per pixel instead, the Cholesky factor ``L`` of the
+    inverse covariance (``l11``, ``l22`` > 0 and ``l21``), and builds the kernel
+    ``k(u, v) ∝ exp(-|L^T (u, v)|^2 / 2)`` on the k x k grid (normalised by a softmax over the taps, in
+    float32). Every anisotropic Gaussian with principal widths inside ``sigma_range`` (HR pixels) is
+    reachable, with any angle; the output is the same B x k*k x h x w kernel map as the paper's head.
+    """
+
+    def __init__(self, num_feat, kernel_size, sigma_range=(0.2, 10.0)):
+        super().__init__()
+        lo, hi = (float(v) for v in sigma_range)
+        if not 0 < lo < hi:
+            raise ValueError(f'DKENet: sigma_range must be two increasing positive widths, got {sigma_range}')
+        self.sigma_range = (lo, hi)
+        self.conv = nn.Conv2d(num_feat, 3, 3, 1, 1)
+        r = kernel_size // 2
+        v, u = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing='ij')
+        self.register_buffer('grid', torch.stack([u.flatten(), v.flatten()]).view(1, 2, -1, 1, 1), persistent=False)
+
+    def forward(self, feat):
+        raw = self.conv(feat).float()
+        lo, hi = self.sigma_range
+        # log of the diagonal of L between log(1 / sigma_max) and log(1 / sigma_min)
+        diag = torch.exp(-torch.log(torch.tensor(hi)) + torch.sigmoid(raw[:, :2]) * torch.log(torch.tensor(hi / lo)))
+        l11, l22 = diag[:, 0:1].unsqueeze(1), diag[:, 1:2].unsqueeze(1)
+        l21 = raw[:, 2:3].unsqueeze(1) / hi
+        u, v = self.grid[:, 0:1], self.grid[:, 1:2]
+        energy = (l11 * u + l21 * v).square() + (l22 * v).square()  # B x 1 x k*k x h x w
+        return torch.softmax(-0.5 * energy.squeeze(1), dim=1)
+
+
 @ARCH_REGISTRY.register()
 class DKENet(nn.Module):
     """Depth-informed kernel estimation network.
@@ -116,10 +151,14 @@ class DKENet(nn.Module):
             pixel's depth, plus an image-wide vector (without depth: a global average). Off by default
             (the paper's structure); see ``docs/svkr.md`` for what it changes.
         context_bins (int): depth bins of the context path.
+        kernel_head (str): ``'softmax'`` (the paper: k*k logits, softmax) or ``'gaussian'`` (not in the
+            paper: three numbers per pixel give an anisotropic Gaussian, :class:`GaussianKernelHead`).
+        sigma_range ([float, float]): the Gaussian head's principal widths, HR pixels.
     """
 
     def __init__(self, in_nc=3, depth_nc=1, kernel_size=21, scale=4, num_feat=(128, 256), num_depth_feat=(32, 64),
-                 split=2, reduction=4, use_depth=True, global_context=False, context_bins=8):
+                 split=2, reduction=4, use_depth=True, global_context=False, context_bins=8,
+                 kernel_head='softmax', sigma_range=(0.2, 10.0)):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'DKENet: kernel_size must be odd and positive, got {kernel_size}')
@@ -141,7 +180,13 @@ class DKENet(nn.Module):
         self.context = DepthBinContext(c1, context_bins) if global_context else None
         self.up = nn.ConvTranspose2d(c1, c0, 2, 2, 0)
         self.block2 = DABlock(c0, d0, split, reduction)
-        self.conv_last = nn.Conv2d(c0, kernel_size * kernel_size, 3, 1, 1)
+        if kernel_head not in ('softmax', 'gaussian'):
+            raise ValueError(f"DKENet: kernel_head must be 'softmax' or 'gaussian', got {kernel_head!r}")
+        self.kernel_head = kernel_head
+        if kernel_head == 'gaussian':
+            self.gaussian = GaussianKernelHead(c0, kernel_size, sigma_range)
+        else:
+            self.conv_last = nn.Conv2d(c0, kernel_size * kernel_size, 3, 1, 1)
 
     def forward(self, lr, depth=None, upscale=False):
         """``lr`` B x 3 x h x w, ``depth`` B x 1 x h' x w' (resized to h x w when it differs) ->
@@ -164,9 +209,12 @@ class DKENet(nn.Module):
         if self.context is not None:
             f1 = self.context(f1, depth_half)
         f2 = self.block2(self.up(f1) + f0, feats[2])
-        logits = self.conv_last(f2)[..., :h, :w]
-        # softmax in float32: under autocast the k*k-way normalisation loses too much in half precision
-        kernel = torch.softmax(logits.float(), dim=1)
+        if self.kernel_head == 'gaussian':
+            kernel = self.gaussian(f2[..., :h, :w])
+        else:
+            logits = self.conv_last(f2)[..., :h, :w]
+            # softmax in float32: under autocast the k*k-way normalisation loses too much in half precision
+            kernel = torch.softmax(logits.float(), dim=1)
         if upscale:
             kernel = self.upscale(kernel)
         return kernel

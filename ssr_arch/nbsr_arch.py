@@ -61,6 +61,13 @@ class NBSR(nn.Module):
             either way, because the basis is part of the state dict.
         global_residual (bool): add the bicubic upsampled LR to the output (the network learns the
             difference, which trains much faster at small budgets).
+
+    The PCA codes are divided by ``code_scale`` before the condition convs: the spread of each code
+    component over reference kernels of the default distribution for ``scale`` (2000, seed 0), saved in
+    the state dict. Raw codes are small (spread 0.01-0.17 for k = 21 at x4), and with them a demo NBSR
+    (300 iterations) ignored its kernels: ground-truth, estimated and mean kernels gave the same PSNR to
+    0.02 dB (scripts/experiments/demo_conditions.py). A checkpoint saved without ``code_scale`` loads
+    with a scale of one, the codes it was trained on.
     """
 
     def __init__(self, in_nc=3, out_nc=3, num_feat=64, num_block=6, num_grow_ch=32, num_cond=64, scale=4,
@@ -81,6 +88,10 @@ class NBSR(nn.Module):
             pca = KernelPCA.fit(random_kernels(4000, kernel_size, default_sigma_range(scale), seed=0), pca_dim)
         self.pca = pca
         self.kernel_size = kernel_size
+        reference = torch.as_tensor(random_kernels(2000, kernel_size, default_sigma_range(scale), seed=0)).float()
+        spread = pca.encode(reference.t().reshape(1, kernel_size**2, 40, 50)).std(dim=(0, 2, 3))
+        self.register_buffer('code_scale', spread.clamp_min(1e-6) if pca.components.abs().sum() > 0
+                             else torch.ones(pca.dim))
         act = nn.LeakyReLU(0.2, inplace=True)
         self.cond = nn.Sequential(
             nn.Conv2d(pca.dim, num_cond, 1), act, nn.Conv2d(num_cond, num_cond, 1), act,
@@ -96,6 +107,12 @@ class NBSR(nn.Module):
         self.conv_last = nn.Conv2d(num_feat, out_nc, 3, 1, 1)
         self.act = act
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + 'code_scale'
+        if key not in state_dict and prefix + 'pca.components' in state_dict:
+            state_dict[key] = torch.ones_like(self.code_scale)  # saved before code_scale: raw codes
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def kernel_code(self, kernel_map):
         return self.pca.encode(kernel_map)
 
@@ -105,7 +122,8 @@ class NBSR(nn.Module):
         if kernel_map.shape[-2:] != lr.shape[-2:]:
             raise ValueError(f'NBSR: kernel map size {tuple(kernel_map.shape[-2:])} differs from the LR size '
                              f'{tuple(lr.shape[-2:])}; pass the LR-resolution kernel map')
-        cond = self.cond(self.kernel_code(kernel_map.to(lr.dtype)))
+        code = self.kernel_code(kernel_map.to(lr.dtype)) / self.code_scale.to(lr.dtype).view(1, -1, 1, 1)
+        cond = self.cond(code)
         feat = self.conv_first(lr)
         body = feat
         for block in self.body:

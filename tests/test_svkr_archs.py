@@ -156,6 +156,42 @@ def test_dkenet_global_context_sees_beyond_the_receptive_field(use_depth):
         assert ((k1[..., 2, 2] - k2[..., 2, 2]).abs().max() > 1e-7) == changes
 
 
+def test_dkenet_gaussian_head_gives_normalised_gaussian_kernels_any_ground_truth_can_be_fitted():
+    from ssr_arch.dkenet_arch import GaussianKernelHead
+    from ssr_utils.kernel_metrics import calculate_kernel_psnr
+    kw = {k: v for k, v in TINY_KE.items() if k != 'type'}
+    net = build_network(dict(TINY_KE, kernel_head='gaussian', global_context=True))
+    assert net.kernel_head == 'gaussian' and not hasattr(net, 'conv_last')
+    kernel = net(torch.rand(2, 3, 9, 11), torch.rand(2, 1, 9, 11))
+    assert kernel.shape == (2, K * K, 9, 11) and kernel.dtype == torch.float32
+    torch.testing.assert_close(kernel.sum(1), torch.ones(2, 9, 11))
+    # a Gaussian's taps: symmetric about the centre (k(u, v) = k(-u, -v)), peak at the centre
+    grid = kernel.reshape(2, K, K, 9, 11)
+    torch.testing.assert_close(grid, grid.flip(1, 2))
+    assert (grid.flatten(1, 2).argmax(1) == (K * K) // 2).all()
+    # the three numbers per pixel reach the degradation's anisotropic kernels (rotated, jittered)
+    target = torch.as_tensor(random_kernels(16, kernel_size=21, seed=5)).float().view(16, 441, 1, 1)
+    head = GaussianKernelHead(3, 21)
+    head.conv = nn.Identity()
+    raw = torch.zeros(16, 3, 1, 1, requires_grad=True)
+    opt = torch.optim.Adam([raw], lr=0.05)
+    for _ in range(300):
+        loss = (head(raw) - target).abs().sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    def as_map(kernels):  # 16 kernels -> one 4 x 4 kernel map
+        return kernels.reshape(16, 441).t().reshape(1, 441, 4, 4)
+
+    fitted = calculate_kernel_psnr(as_map(head(raw).detach()), as_map(target))
+    mean = calculate_kernel_psnr(as_map(target.mean(0, keepdim=True).expand_as(target)), as_map(target))
+    assert fitted > mean + 15, (fitted, mean)
+    with pytest.raises(ValueError, match='kernel_head'):
+        DKENet(kernel_head='logits', **kw)
+    with pytest.raises(ValueError, match='sigma_range'):
+        DKENet(kernel_head='gaussian', sigma_range=(2.0, 1.0), **kw)
+
+
 def test_depth_bin_context_reads_back_by_depth():
     from ssr_arch.dkenet_arch import DepthBinContext
     torch.manual_seed(0)
@@ -347,3 +383,20 @@ def test_svkr_gradients_reach_kernel_and_sr_nets():
     assert net.kernel_net.conv_last.weight.grad.abs().sum() > 0
     assert net.sr_net.conv_last.weight.grad.abs().sum() > 0
     assert not net.depth_net.training
+
+
+def test_nbsr_scales_its_kernel_codes_and_loads_checkpoints_saved_before():
+    torch.manual_seed(0)
+    net = build_network(dict(TINY_SR))
+    reference = torch.as_tensor(random_kernels(500, K, seed=9)).float().t().reshape(1, K * K, 20, 25)
+    scaled = net.kernel_code(reference) / net.code_scale.view(1, -1, 1, 1)
+    spread = scaled.std(dim=(0, 2, 3))
+    assert ((spread > 0.5) & (spread < 2)).all(), spread  # about unit spread per component, not 0.01-0.2
+    # a state dict from before code_scale: the codes it was trained on (scale one), strict loading works
+    old = {k: v for k, v in net.state_dict().items() if k != 'code_scale'}
+    fresh = build_network(dict(TINY_SR))
+    fresh.load_state_dict(old, strict=True)
+    assert torch.equal(fresh.code_scale, torch.ones(net.pca.dim))
+    # a new state dict carries its scale
+    fresh.load_state_dict(net.state_dict(), strict=True)
+    assert torch.equal(fresh.code_scale, net.code_scale)

@@ -58,6 +58,9 @@ from ssr_utils.kernel_metrics import calculate_kernel_psnr  # noqa: E402
 FLAT_DEPTH = 0.5
 # two rows whose kernel PSNR differs by less than this are "equal": the network ignores what they change
 EQUAL_DB = 0.01
+# NBSR given ground-truth kernels and given the mean kernel everywhere: closer than this in SR PSNR, and
+# NBSR ignores its kernels (the demo NBSR did, 0.02 dB apart, until its PCA codes were scaled: NBSR docstring)
+NBSR_EQUAL_DB = 0.05
 
 
 def _abs(path):
@@ -171,6 +174,12 @@ def ignored_conditions(rows):
         if diff < EQUAL_DB:
             notes.append(f'DEFECT: "{row}" and "DKENet + flat depth" differ by {diff:.3f} dB kernel PSNR: the '
                          'trained DKENet ignores its depth input.')
+    gt, mean = rows.get('ground-truth kernels'), rows.get('mean training kernel everywhere')
+    if gt and mean and gt.get('psnr') and mean.get('psnr'):
+        diff = abs(np.mean(gt['psnr']) - np.mean(mean['psnr']))
+        if diff < NBSR_EQUAL_DB:
+            notes.append(f'DEFECT: NBSR with ground-truth kernels and with the mean kernel everywhere differ by '
+                         f'{diff:.3f} dB SR PSNR: the trained NBSR ignores its kernel input.')
     return notes
 
 

@@ -105,7 +105,8 @@ TINY = dict(train_scenes=3, scene_size=64, crop=48, batch=2, ke_iters=2, sr_iter
 HEADLINE_ARCH = 'context'
 KE_WIDTHS = dict(num_feat=[32, 64], num_depth_feat=[16, 32], reduction=2)
 SR_WIDTHS = dict(num_feat=32, num_block=3, num_grow_ch=16, num_cond=32)
-ARCHS = {'paper': dict(global_context=False), 'context': dict(global_context=True)}
+ARCHS = {'paper': dict(global_context=False), 'context': dict(global_context=True),
+         'gaussian': dict(global_context=True, kernel_head='gaussian')}
 KE_LR, SR_LR, EMA_DECAY = 2e-3, 1e-3, 0.98
 # The stage 1 loss is the option files' L1 over the kernel map (mean over taps and pixels, loss_weight 1).
 # Kernel taps are ~1e-3, so it gives the depth path initial gradients of ~1e-8, Adam's eps; weighting it by
@@ -207,11 +208,13 @@ class SceneSampler:
         return {k: torch.stack(v) for k, v in out.items()}
 
 
-def crop_depth_stats(scenes, crop, num=200, seed=0):
-    """How much depth a training crop holds: mean depth range (max - min) and the fraction of crops whose
-    range exceeds 0.25 of the scene's (normalised) depth range."""
+def crop_depth_stats(scenes, crop, num=400, seed=0, tol=0.05):
+    """What a training crop holds: its mean depth range (max - min of the normalised scene depth) and the
+    share of crops that hold an in-focus pixel (|depth - d_f| <= ``tol``) for a focus plane d_f ~ U(0, 1)
+    drawn as the degradation draws it. A crop without one shows how blurred its depths are, not where the
+    focus plane is."""
     rng = np.random.default_rng([seed, 11])
-    ranges = []
+    ranges, in_focus = [], []
     for _ in range(num):
         _, depth = scenes[int(rng.integers(len(scenes)))]
         hh, ww = depth.shape[-2:]
@@ -219,8 +222,8 @@ def crop_depth_stats(scenes, crop, num=200, seed=0):
         y, x = int(rng.integers(0, hh - c + 1)), int(rng.integers(0, ww - c + 1))
         d = depth[:, y:y + c, x:x + c]
         ranges.append(float(d.max() - d.min()))
-    ranges = np.array(ranges)
-    return {'crop': crop, 'mean_depth_range': float(ranges.mean()), 'frac_range_over_0.25': float((ranges > 0.25).mean())}
+        in_focus.append(float(((d - float(rng.uniform())).abs() <= tol).any()))
+    return {'crop': crop, 'mean_depth_range': float(np.mean(ranges)), 'in_focus_share': float(np.mean(in_focus))}
 
 
 def focus_in_view(tests, window, tol=0.05):
@@ -281,7 +284,8 @@ def train_dkenet(arch, use_depth, sampler, cfg, seed, tests=None, curve=None):
     weight = cfg.get('kernel_loss_weight', 1.0)
 
     def loss_fn(net, b):  # L1 on the kernel map, the stage 1 loss
-        return weight * F.l1_loss(net(b['lq'], b['depth_lq'] if use_depth else None), b['kernel'])
+        loss = F.mse_loss if cfg.get('kernel_loss', 'l1') == 'mse' else F.l1_loss
+        return weight * loss(net(b['lq'], b['depth_lq'] if use_depth else None), b['kernel'])
 
     def probe(ema):  # exact depth for the with-depth network
         return mean_kernel_psnr(ema, tests, [t['depth_lq'] if use_depth else None for t in tests])
@@ -694,7 +698,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='row 1, headline structure, one seed (< 10 min)')
     parser.add_argument('--seeds', default=None, help='comma-separated seeds (default: 0 quick, 0,1,2 full)')
-    parser.add_argument('--archs', default=None, help='DKENet structures: paper,context (default: per mode)')
+    parser.add_argument('--archs', default=None, help='DKENet structures: paper,context,gaussian (default: per mode; gaussian = context + kernel_head gaussian)')
     parser.add_argument('--depth-model', default=None, help='save_pretrained folder of the depth network')
     parser.add_argument('--depth-backend', default='dpt', choices=('dpt', 'depth_anything'))
     parser.add_argument('--depth-input-size', type=int, default=None)
@@ -705,10 +709,15 @@ def main():
     parser.add_argument('--noise', action='store_true', help='add the training noise and JPEG to the blur')
     parser.add_argument('--iters', type=int, default=None, help='override the DKENet iteration budget')
     parser.add_argument('--sr-iters', type=int, default=None, help='override the NBSR iteration budget')
+    parser.add_argument('--kernel-loss', default='l1', choices=('l1', 'mse'),
+                        help="DKENet's loss on the kernel map: l1 (the option files') or mse (what kernel PSNR scores)")
     parser.add_argument('--kernel-loss-weight', type=float, default=1.0,
                         help='weight of DKENet\'s L1 kernel-map loss (default 1, as the option files; '
                              f'{KERNEL_TAPS} = k^2 makes it the L1 distance summed over a kernel\'s taps)')
     parser.add_argument('--ke-lr', type=float, default=None, help=f'override the DKENet learning rate ({KE_LR})')
+    parser.add_argument('--crop', type=int, default=None,
+                        help='HR training crop in px (default 128; the scenes are 256 px, 256 trains on whole scenes)')
+    parser.add_argument('--batch', type=int, default=None, help='DKENet training batch (default 4)')
     parser.add_argument('--photo-rows', action='store_true',
                         help='full run: add row 6 (the old setting: photographs with the prior depth)')
     parser.add_argument('--tiny', action='store_true', help='toy sizes to test the script (numbers mean nothing)')
@@ -723,7 +732,12 @@ def main():
         cfg['ke_iters'] = args.iters
     if args.ke_lr:
         cfg['ke_lr'] = args.ke_lr
+    if args.crop:
+        cfg['crop'] = args.crop
+    if args.batch:
+        cfg['batch'] = args.batch
     cfg['kernel_loss_weight'] = args.kernel_loss_weight
+    cfg['kernel_loss'] = args.kernel_loss
     if args.sr_iters is not None and not args.quick:
         cfg['sr_iters'] = args.sr_iters
     cfg['photo_rows'] = args.photo_rows and not args.quick
@@ -745,8 +759,8 @@ def main():
         f'depth-driven SV blur{" + noise + JPEG" if args.noise else " (blur only)"}; estimated depth: {depth_desc}')
     sr_budget = f', {cfg["sr_iters"]} per NBSR' if cfg['sr_iters'] else ''
     log(f'train: {cfg["train_scenes"]} scenes of {cfg["scene_size"]} px per seed (training photographs), crops of '
-        f'{cfg["crop"]} px HR, batch {cfg["batch"]}, {cfg["ke_iters"]} iterations per DKENet (lr {cfg.get("ke_lr", KE_LR):g}, kernel loss weight '
-        f'{cfg["kernel_loss_weight"]:g}){sr_budget}; '
+        f'{cfg["crop"]} px HR, batch {cfg["batch"]}, {cfg["ke_iters"]} iterations per DKENet (lr {cfg.get("ke_lr", KE_LR):g}, kernel loss '
+        f'{cfg["kernel_loss"]} x {cfg["kernel_loss_weight"]:g}){sr_budget}; '
         f'test: {len(tests)} scenes of {cfg["test_size"]} px (held-out photographs); seeds {list(cfg["seeds"])}; '
         f'structures {list(cfg["archs"])}')
     os.makedirs(args.out, exist_ok=True)
@@ -768,6 +782,11 @@ def main():
     in_view = focus_in_view(tests, rf['paper'] | 1)
     log(f'test pixels whose {rf["paper"]}x{rf["paper"]} receptive field holds an in-focus pixel (|depth - focus| <= 0.05): '
         f'{in_view[0]:.0%}; test images holding one anywhere: {in_view[1]:.0%}')
+    probe_scenes = make_scenes(24, cfg['scene_size'], 0, 'train')
+    stats = [crop_depth_stats(probe_scenes, c) for c in sorted({cfg['crop'], cfg['scene_size']})]
+    log('training crops (24 training scenes, 400 crops, d_f ~ U(0, 1)): ' + '; '.join(
+        f"{st['crop']} px: mean depth range {st['mean_depth_range']:.2f}, in-focus pixel in {st['in_focus_share']:.0%}"
+        for st in stats))
     grads = initial_gradients(tests)
     log('at initialisation, mean |gradient| of the L1 kernel loss per part of the context DKENet, mean over taps: '
         + ', '.join(f'{k} {v:.1e}' for k, v in grads.items() if k != 'depth effect / image effect' and 'x k^2' not in k)
@@ -789,7 +808,7 @@ def main():
              for key in ('exact depth', 'estimated depth')}
     results = {'mode': mode, 'settings': {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                'noise': args.noise, 'estimated_depth': depth_desc, 'receptive_field': rf, 'focus_in_view': in_view,
-               'initial_gradients': grads, 'references': references, 'headline_arch': arch,
+               'initial_gradients': grads, 'crop_depth_stats': stats, 'references': references, 'headline_arch': arch,
                'runs': runs, 'depth_gain_db': {k: stat(v)[0] for k, v in gains.items()},
                'seconds': time.time() - t_start}
     os.makedirs(args.out, exist_ok=True)
