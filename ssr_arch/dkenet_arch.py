@@ -154,11 +154,13 @@ class DKENet(nn.Module):
         kernel_head (str): ``'softmax'`` (the paper: k*k logits, softmax) or ``'gaussian'`` (not in the
             paper: three numbers per pixel give an anisotropic Gaussian, :class:`GaussianKernelHead`).
         sigma_range ([float, float]): the Gaussian head's principal widths, HR pixels.
+        depth_zero_init (bool): the DABlocks' SFT layers start as identities (``DABlock(sft_zero_init)``):
+            the network starts as its no-depth twin.
     """
 
     def __init__(self, in_nc=3, depth_nc=1, kernel_size=21, scale=4, num_feat=(128, 256), num_depth_feat=(32, 64),
                  split=2, reduction=4, use_depth=True, global_context=False, context_bins=8,
-                 kernel_head='softmax', sigma_range=(0.2, 10.0)):
+                 kernel_head='softmax', sigma_range=(0.2, 10.0), depth_zero_init=False):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'DKENet: kernel_size must be odd and positive, got {kernel_size}')
@@ -174,12 +176,12 @@ class DKENet(nn.Module):
         else:
             d0 = d1 = 0
         self.conv_first = nn.Conv2d(in_nc, c0, 3, 1, 1)
-        self.block0 = DABlock(c0, d0, split, reduction)
+        self.block0 = DABlock(c0, d0, split, reduction, sft_zero_init=depth_zero_init)
         self.down = nn.Conv2d(c0, c1, 2, 2, 0)
-        self.block1 = DABlock(c1, d1, split, reduction)
+        self.block1 = DABlock(c1, d1, split, reduction, sft_zero_init=depth_zero_init)
         self.context = DepthBinContext(c1, context_bins) if global_context else None
         self.up = nn.ConvTranspose2d(c1, c0, 2, 2, 0)
-        self.block2 = DABlock(c0, d0, split, reduction)
+        self.block2 = DABlock(c0, d0, split, reduction, sft_zero_init=depth_zero_init)
         if kernel_head not in ('softmax', 'gaussian'):
             raise ValueError(f"DKENet: kernel_head must be 'softmax' or 'gaussian', got {kernel_head!r}")
         self.kernel_head = kernel_head

@@ -106,14 +106,16 @@ class DABlock(nn.Module):
         num_depth_feat (int): depth feature channels; 0 builds the block without SFT (no depth),
             and ``forward`` then ignores ``depth_feat``.
         split (int), reduction (int): of the MAConvs.
+        sft_zero_init (bool): start the SFT as an identity (its output layers zero), so the block starts
+            as its no-depth twin and depth enters only as training finds it useful.
     """
 
-    def __init__(self, num_feat=64, num_depth_feat=32, split=2, reduction=2):
+    def __init__(self, num_feat=64, num_depth_feat=32, split=2, reduction=2, sft_zero_init=False):
         super().__init__()
         if num_feat < 2 * split:
             raise ValueError(f'DABlock: num_feat={num_feat} must be >= 2 * split ({2 * split})')
         self.use_depth = num_depth_feat > 0
-        self.sft = SFTLayer(num_feat, num_depth_feat) if self.use_depth else None
+        self.sft = SFTLayer(num_feat, num_depth_feat, zero_init=sft_zero_init) if self.use_depth else None
         self.halves = split_sizes(num_feat, 2)
         self.branches = nn.ModuleList([
             nn.Sequential(

@@ -400,3 +400,19 @@ def test_nbsr_scales_its_kernel_codes_and_loads_checkpoints_saved_before():
     # a new state dict carries its scale
     fresh.load_state_dict(net.state_dict(), strict=True)
     assert torch.equal(fresh.code_scale, net.code_scale)
+
+
+def test_dkenet_depth_zero_init_starts_independent_of_depth_and_learns_to_use_it():
+    kw = {k: v for k, v in TINY_KE.items() if k != 'type'}
+    torch.manual_seed(0)
+    net = DKENet(depth_zero_init=True, **kw)
+    lr, depth = torch.rand(2, 3, 10, 12), torch.rand(2, 1, 10, 12)
+    torch.testing.assert_close(net(lr, depth), net(lr, torch.full_like(depth, 0.5)))
+    assert not torch.equal(DKENet(**kw)(lr, depth), DKENet(**kw)(lr, torch.full_like(depth, 0.5)))
+    # one step: the SFT output layers get gradients, and depth moves the kernels from then on
+    net(lr, depth).square().sum().backward()
+    assert all(b.sft.scale[-1].weight.grad.abs().sum() > 0 for b in (net.block0, net.block1, net.block2))
+    with torch.no_grad():
+        for b in (net.block0, net.block1, net.block2):
+            b.sft.scale[-1].weight.sub_(b.sft.scale[-1].weight.grad * 10)
+    assert not torch.allclose(net(lr, depth), net(lr, torch.full_like(depth, 0.5)))

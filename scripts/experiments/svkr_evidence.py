@@ -106,7 +106,8 @@ HEADLINE_ARCH = 'context'
 KE_WIDTHS = dict(num_feat=[32, 64], num_depth_feat=[16, 32], reduction=2)
 SR_WIDTHS = dict(num_feat=32, num_block=3, num_grow_ch=16, num_cond=32)
 ARCHS = {'paper': dict(global_context=False), 'context': dict(global_context=True),
-         'gaussian': dict(global_context=True, kernel_head='gaussian')}
+         'gaussian': dict(global_context=True, kernel_head='gaussian'),
+         'context_zi': dict(global_context=True, depth_zero_init=True)}
 KE_LR, SR_LR, EMA_DECAY = 2e-3, 1e-3, 0.98
 # The stage 1 loss is the option files' L1 over the kernel map (mean over taps and pixels, loss_weight 1).
 # Kernel taps are ~1e-3, so it gives the depth path initial gradients of ~1e-8, Adam's eps; weighting it by
