@@ -50,7 +50,10 @@ full run's seed 0 contains the quick run's networks.
 
 ``--depth-model`` is a ``save_pretrained`` folder loaded by ``MonocularDepth(backend=--depth-backend)``;
 without it the "estimated depth" rows use the weight-free prior and say so. ``--iters`` / ``--sr-iters``
-change the training budgets, ``--ke-lr`` DKENet's learning rate (the learning curves are in the JSON).
+change the training budgets, ``--ke-lr`` DKENet's learning rate (the learning curves are in the JSON),
+``--kernel-loss mse`` the stage 1 loss, ``--crop`` / ``--batch`` the training crops (``--crop 256``: whole
+scenes). ``--archs`` also takes ``gaussian`` (context + ``kernel_head: gaussian``) and ``context_zi``
+(context + ``depth_zero_init``), the options tried for item 5 of issue 10 (README).
 """
 import argparse
 import copy
