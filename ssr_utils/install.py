@@ -31,28 +31,28 @@ def project_root():
     return checkout_root() or os.getcwd()
 
 
-def options_dir():
-    """The folder of the shipped option files: ``options/`` of the checkout, or the installed
-    ``ssr_options`` package (``setup.py`` ships ``options/*.yml`` as it). None when neither exists."""
+def _shipped_dir(folder, package):
+    """``folder`` of the checkout, or the installed ``package`` that ``setup.py`` ships it as; None when
+    neither exists."""
     root = checkout_root()
     if root is not None:
-        return osp.join(root, 'options')
-    spec = importlib.util.find_spec('ssr_options')
+        return osp.join(root, folder)
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
     return list(spec.submodule_search_locations)[0]
+
+
+def options_dir():
+    """The folder of the shipped option files: ``options/`` of the checkout, or the installed
+    ``ssr_options`` package (``setup.py`` ships ``options/*.yml`` as it). None when neither exists."""
+    return _shipped_dir('options', 'ssr_options')
 
 
 def scripts_dir():
     """The folder of the command-line scripts: ``scripts/`` of the checkout, or the installed ``ssr_scripts``
     package (``setup.py`` ships ``scripts/*.py`` as it, for the console commands)."""
-    root = checkout_root()
-    if root is not None:
-        return osp.join(root, 'scripts')
-    spec = importlib.util.find_spec('ssr_scripts')
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return list(spec.submodule_search_locations)[0]
+    return _shipped_dir('scripts', 'ssr_scripts')
 
 
 def find_option_file(path):
