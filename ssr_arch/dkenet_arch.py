@@ -1,4 +1,6 @@
 """DKENet: depth-informed spatially variant kernel estimation (SSR section 3.2, SPEC step 2)."""
+import math
+
 import torch
 from torch import nn as nn
 from torch.nn import functional as F
@@ -109,6 +111,8 @@ class GaussianKernelHead(nn.Module):
         if not 0 < lo < hi:
             raise ValueError(f'DKENet: sigma_range must be two increasing positive widths, got {sigma_range}')
         self.sigma_range = (lo, hi)
+        # log of the diagonal of L lies between log(1 / sigma_max) and log(1 / sigma_min)
+        self._log_min, self._log_span = -math.log(hi), math.log(hi / lo)
         self.conv = nn.Conv2d(num_feat, 3, 3, 1, 1)
         r = kernel_size // 2
         v, u = torch.meshgrid(torch.arange(-r, r + 1.0), torch.arange(-r, r + 1.0), indexing='ij')
@@ -116,11 +120,9 @@ class GaussianKernelHead(nn.Module):
 
     def forward(self, feat):
         raw = self.conv(feat).float()
-        lo, hi = self.sigma_range
-        # log of the diagonal of L between log(1 / sigma_max) and log(1 / sigma_min)
-        diag = torch.exp(-torch.log(torch.tensor(hi)) + torch.sigmoid(raw[:, :2]) * torch.log(torch.tensor(hi / lo)))
+        diag = torch.exp(self._log_min + torch.sigmoid(raw[:, :2]) * self._log_span)
         l11, l22 = diag[:, 0:1].unsqueeze(1), diag[:, 1:2].unsqueeze(1)
-        l21 = raw[:, 2:3].unsqueeze(1) / hi
+        l21 = raw[:, 2:3].unsqueeze(1) / self.sigma_range[1]
         u, v = self.grid[:, 0:1], self.grid[:, 1:2]
         energy = (l11 * u + l21 * v).square() + (l22 * v).square()  # B x 1 x k*k x h x w
         return torch.softmax(-0.5 * energy.squeeze(1), dim=1)
