@@ -1,3 +1,5 @@
+import contextlib
+import logging
 import os
 import os.path as osp
 import subprocess
@@ -98,3 +100,28 @@ def run_python(args, cwd=None, timeout=300, **popen_kwargs):
     """Run ``python <args>`` and return the CompletedProcess (stdout and stderr merged)."""
     return subprocess.run([sys.executable] + list(args), cwd=cwd or ROOT, env=subprocess_env(), timeout=timeout,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen_kwargs)
+
+
+@contextlib.contextmanager
+def basicsr_messages(level=None, handler_level=logging.NOTSET):
+    """The messages BasicSR's logger handles inside the block (it does not propagate to the root logger, so
+    pytest's caplog misses them). ``level`` sets the logger's own level for the block; ``handler_level``
+    keeps only records at or above it."""
+    messages = []
+
+    class Collect(logging.Handler):
+
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    logger = logging.getLogger('basicsr')
+    old_level = logger.level
+    handler = Collect(level=handler_level)
+    logger.addHandler(handler)
+    if level is not None:
+        logger.setLevel(level)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)

@@ -4,6 +4,7 @@ import logging
 import pytest
 import torch
 
+from conftest import basicsr_messages
 from ssr_arch import depth_arch
 from ssr_arch.depth_arch import MonocularDepth
 from ssr_utils.errors import OptionError
@@ -18,24 +19,13 @@ def _check_depth(depth, shape):
 
 
 def test_prior_is_deterministic_normalised_and_logged_once(monkeypatch):
-    records = []
-
-    class Catch(logging.Handler):
-
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Catch()
-    logging.getLogger('basicsr').addHandler(handler)
     monkeypatch.setattr(depth_arch, '_PRIOR_LOGGED', False)
-    try:
+    with basicsr_messages() as records:
         net = MonocularDepth()  # the default backend is the prior
         img = torch.rand(2, 3, 40, 56, generator=torch.Generator().manual_seed(0))
         a = net(img)
         b = net(img)
         net(torch.rand(1, 3, 300, 20))  # larger than the working size: resized back to the input's H×W
-    finally:
-        logging.getLogger('basicsr').removeHandler(handler)
     _check_depth(a, (2, 1, 40, 56))
     assert torch.equal(a, b)
     assert sum('PRIOR' in m for m in records) == 1

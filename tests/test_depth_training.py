@@ -1,5 +1,6 @@
 """The depth stage: SSI loss, depth metrics, SceneDepthDataset, TransformersDepthNet folders, DepthModel through
 basicsr/train.py, and the option check for depth networks."""
+import logging
 import os
 import os.path as osp
 import shutil
@@ -10,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_python
+from conftest import ROOT, basicsr_messages, run_python
 import ssr_arch  # noqa: F401,E402  (registers the archs, datasets and models the option check looks up)
 import ssr_data  # noqa: F401,E402
 import ssr_models  # noqa: F401,E402
@@ -358,25 +359,9 @@ def test_result_table_names_the_depth_source(tmp_path):
 
 
 def _logged(fn):
-    """Run ``fn()`` and return what it logged to BasicSR's logger (which does not propagate to the root)."""
-    import logging
-    records = []
-
-    class Catch(logging.Handler):
-
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Catch()
-    logger = logging.getLogger('basicsr')
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    """Run ``fn()`` and return what it logged to BasicSR's logger at INFO and above."""
+    with basicsr_messages(level=logging.INFO) as records:
         fn()
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     return '\n'.join(records)
 
 

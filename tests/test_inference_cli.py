@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import basicsr_messages
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from ssr_app import inference
@@ -254,20 +255,9 @@ def test_device_auto_order(monkeypatch):
 
 def test_explicit_mps_falls_back_with_a_warning(monkeypatch):
     monkeypatch.setattr(inference, '_mps_available', lambda: False)
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record)
-
-    handler = Keep(level=logging.WARNING)
-    logger = inference.get_root_logger()
-    logger.addHandler(handler)
-    try:
+    with basicsr_messages(handler_level=logging.WARNING) as records:
         assert inference.resolve_device('mps').type == 'cpu'
-    finally:
-        logger.removeHandler(handler)
-    assert any('--device mps' in r.getMessage() and 'CPU' in r.getMessage() for r in records)
+    assert any('--device mps' in m and 'CPU' in m for m in records)
 
 
 @pytest.mark.parametrize('device', ['tpu', 'gpu0', 'cuda:x'] + ([] if torch.cuda.is_available() else ['cuda',

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import basicsr_messages
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from ssr_arch.ssr_unet_arch import tiny_config
@@ -116,22 +117,8 @@ def test_frozen_base_is_bit_identical_while_amf_and_encoders_move(tmp_path, pca_
 
 def test_trainable_fraction_is_logged(tmp_path, pca_path, base_dir):
     """The model logs the fraction of network_g its optimizer trains (the frozen base is not in it)."""
-    records = []
-
-    class Keep(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger('basicsr')
-    handler = Keep(level=logging.INFO)
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with basicsr_messages(level=logging.INFO, handler_level=logging.INFO) as records:
         model = _build(_opt(tmp_path, pca_path, pretrained=base_dir))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     params = list(model.bare_g.parameters())
     n_train = sum(p.numel() for p in params if p.requires_grad)
     n_total = sum(p.numel() for p in params)
