@@ -93,6 +93,65 @@ class DepthBinContext(nn.Module):
         return feat + self.fuse(read)
 
 
+class FocusPlaneEstimator(nn.Module):
+    """Weight-free estimate of the focus plane and the defocus map (the ``defocus_input`` option of DKENet).
+
+    Thin-lens defocus grows linearly with the distance in inverse depth from the focus plane, so the blur at
+    a pixel is a function of ``|d - d_f|`` once the focus plane ``d_f`` (one number per image) is known;
+    depth alone, without ``d_f``, says almost nothing about the kernel (README, SVKR evidence). ``d_f`` is
+    where the image is sharpest, which depth makes measurable: the luminance's Laplacian energy divided by
+    its local variance (a contrast-free share of high frequencies) is summed per depth bin (hat functions
+    over [0, 1], as :class:`DepthBinContext`), ``d_f`` is the bin with the highest ratio, refined by a
+    parabola through its neighbours. Bins that hold less than ``min_share`` of the image are skipped.
+
+    Returns ``(focus, defocus)``: B focus planes and the B x 1 x h x w map ``|d - d_f| / max(d_f, 1 - d_f)``
+    in [0, 1] (the normalised circle of confusion; 0 in focus). Inputs are not differentiated through.
+    """
+
+    def __init__(self, num_bins=8, window=5, min_share=2e-3):
+        super().__init__()
+        if num_bins < 3:
+            raise ValueError(f'FocusPlaneEstimator: num_bins must be >= 3, got {num_bins}')
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f'FocusPlaneEstimator: window must be odd and positive, got {window}')
+        self.num_bins, self.window, self.min_share = num_bins, window, float(min_share)
+        laplacian = torch.tensor([[0., 1., 0.], [1., -4., 1.], [0., 1., 0.]]).view(1, 1, 3, 3)
+        self.register_buffer('laplacian', laplacian, persistent=False)
+        self.register_buffer('luma', torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, lr, depth):
+        lr, depth = lr.float(), depth.float().clamp(0, 1)
+        gray = (lr * self.luma).sum(1, keepdim=True) if lr.shape[1] == 3 else lr.mean(1, keepdim=True)
+        if depth.shape[-2:] != gray.shape[-2:]:
+            depth = F.interpolate(depth, size=gray.shape[-2:], mode='bilinear', align_corners=False)
+        high = F.conv2d(F.pad(gray, (1, 1, 1, 1), mode='replicate'), self.laplacian).square()
+        r = self.window // 2
+        padded = F.pad(torch.cat([gray, gray.square()]), (r, r, r, r), mode='replicate')
+        mean, mean_sq = F.avg_pool2d(padded, self.window, 1).split(gray.shape[0])
+        variance = (mean_sq - mean.square()).clamp_min(0)
+        n = self.num_bins
+        centres = torch.linspace(0, 1, n, device=depth.device).view(1, -1, 1, 1)
+        weights = (1 - (depth - centres).abs() * (n - 1)).clamp_min(0)  # B x n x h x w
+        mass = weights.sum(dim=(2, 3))
+        ratio = (weights * high).sum(dim=(2, 3)) / ((weights * variance).sum(dim=(2, 3)) + 1e-8)
+        valid = mass >= self.min_share * depth.shape[-2] * depth.shape[-1]
+        ratio = torch.where(valid, ratio, torch.full_like(ratio, -1.0))
+        best = ratio.argmax(dim=1)
+        focus = best.float() / (n - 1)
+        # parabola through the best bin and its neighbours, where both are valid bins
+        left, right = (best - 1).clamp_min(0), (best + 1).clamp_max(n - 1)
+        a, b, c = (ratio.gather(1, i[:, None])[:, 0] for i in (left, best, right))
+        curvature = a - 2 * b + c
+        inner = (best > 0) & (best < n - 1) & (a >= 0) & (c >= 0) & (curvature < 0)
+        shift = torch.where(inner, 0.5 * (a - c) / curvature.where(inner, torch.ones_like(curvature)),
+                            torch.zeros_like(b))
+        focus = (focus + shift / (n - 1)).clamp(0, 1)
+        f = focus.view(-1, 1, 1, 1)
+        defocus = (depth - f).abs() / torch.maximum(f, 1 - f).clamp_min(1e-6)
+        return focus, defocus.clamp(0, 1)
+
+
 class GaussianKernelHead(nn.Module):
     """Kernels as anisotropic Gaussians (the ``kernel_head: gaussian`` option of DKENet; not in the paper).
 
@@ -158,11 +217,14 @@ class DKENet(nn.Module):
         sigma_range ([float, float]): the Gaussian head's principal widths, HR pixels.
         depth_zero_init (bool): the DABlocks' SFT layers start as identities (``DABlock(sft_zero_init)``):
             the network starts as its no-depth twin.
+        defocus_input (bool): not in the paper. The depth branch also reads the defocus map
+            ``|d - d_f| / max(d_f, 1 - d_f)``, with the focus plane ``d_f`` estimated weight-free from the LR
+            image and the depth map (:class:`FocusPlaneEstimator`); needs ``use_depth`` and ``depth_nc: 1``.
     """
 
     def __init__(self, in_nc=3, depth_nc=1, kernel_size=21, scale=4, num_feat=(128, 256), num_depth_feat=(32, 64),
                  split=2, reduction=4, use_depth=True, global_context=False, context_bins=8,
-                 kernel_head='softmax', sigma_range=(0.2, 10.0), depth_zero_init=False):
+                 kernel_head='softmax', sigma_range=(0.2, 10.0), depth_zero_init=False, defocus_input=False):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f'DKENet: kernel_size must be odd and positive, got {kernel_size}')
@@ -172,9 +234,13 @@ class DKENet(nn.Module):
         self.kernel_size = kernel_size
         self.scale = scale
         self.use_depth = use_depth
+        if defocus_input and (not use_depth or depth_nc != 1):
+            raise ValueError('DKENet: defocus_input needs use_depth: true and depth_nc: 1 (it reads the focus plane '
+                             f'off one depth map), got use_depth={use_depth}, depth_nc={depth_nc}')
+        self.focus_estimator = FocusPlaneEstimator() if defocus_input else None
         if use_depth:
             d0, d1 = _pair(num_depth_feat, 'num_depth_feat')
-            self.depth_branch = _DepthBranch(depth_nc, (d0, d1))
+            self.depth_branch = _DepthBranch(depth_nc + (1 if defocus_input else 0), (d0, d1))
         else:
             d0 = d1 = 0
         self.conv_first = nn.Conv2d(in_nc, c0, 3, 1, 1)
@@ -205,8 +271,13 @@ class DKENet(nn.Module):
                 raise ValueError('DKENet: built with use_depth=True, so forward needs a depth map')
             if depth.shape[-2:] != (h, w):
                 depth = F.interpolate(depth, size=(h, w), mode='bilinear', align_corners=False)
-            depth, _ = pad_to_multiple(depth.to(lr.dtype), 2)
-            feats = self.depth_branch(depth)
+            depth = depth.to(lr.dtype)
+            branch_in = depth
+            if self.focus_estimator is not None:
+                _, defocus = self.focus_estimator(lr, depth)
+                branch_in = torch.cat([depth, defocus.to(lr.dtype)], dim=1)
+            depth, _ = pad_to_multiple(depth, 2)
+            feats = self.depth_branch(pad_to_multiple(branch_in, 2)[0])
             depth_half = F.avg_pool2d(depth, 2)
         f0 = self.block0(self.conv_first(x), feats[0])
         f1 = self.block1(self.down(f0), feats[1])

@@ -1,4 +1,5 @@
 """MAConv, DABlock, DKENet, NBSR and SVKR (Algorithm 1) on tiny shapes, CPU."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -416,3 +417,70 @@ def test_dkenet_depth_zero_init_starts_independent_of_depth_and_learns_to_use_it
         for b in (net.block0, net.block1, net.block2):
             b.sft.scale[-1].weight.sub_(b.sft.scale[-1].weight.grad * 10)
     assert not torch.allclose(net(lr, depth), net(lr, torch.full_like(depth, 0.5)))
+
+
+def test_focus_plane_estimator_finds_the_focus_plane_of_the_depth_driven_blur():
+    from ssr_arch.dkenet_arch import FocusPlaneEstimator
+    from ssr_data.degradations import SVDegradation
+    from ssr_data.scenes import SceneGenerator, default_texture_photos
+    gen = SceneGenerator(default_texture_photos('test'), size=192)
+    deg = SVDegradation({'scale': 4, 'kernel_size': 21, 'kernel_mode': 'depth', 'use_noise': False, 'use_jpeg': False})
+    est = FocusPlaneEstimator()
+    errors = []
+    for j in range(6):
+        rgb, depth, _ = gen.generate((5, j))
+        gt = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float() / 255
+        out = deg(gt, torch.from_numpy(depth)[None], np.random.default_rng([5, j]))
+        focus, defocus = est(out['lq'][None], out['depth_lq'][None])
+        assert focus.shape == (1, ) and defocus.shape == (1, 1) + out['lq'].shape[-2:]
+        assert 0 <= float(defocus.min()) and float(defocus.max()) <= 1
+        errors.append(abs(float(focus) - out['params']['focus']))
+    # a constant guess (0.5) is off by 0.25 on average for d_f ~ U(0, 1)
+    assert np.mean(errors) < 0.1, errors
+
+
+def test_focus_plane_estimator_defocus_map_and_skipped_bins():
+    from ssr_arch.dkenet_arch import FocusPlaneEstimator
+    torch.manual_seed(0)
+    est = FocusPlaneEstimator(num_bins=5)
+    texture = torch.rand(1, 3, 40, 60)
+    blurred = F.avg_pool2d(F.pad(texture, (2, 2, 2, 2), mode='replicate'), 5, 1)
+    lr = blurred.clone()
+    lr[..., :, 20:40] = texture[..., :, 20:40]  # the middle third is sharp
+    depth = torch.full((1, 1, 40, 60), 0.25)
+    depth[..., 20:40] = 0.75
+    depth[..., 40:] = 1.0
+    focus, defocus = est(lr, depth)
+    assert abs(float(focus) - 0.75) < 1e-6
+    torch.testing.assert_close(defocus[..., 20:40], torch.zeros(1, 1, 40, 20))
+    torch.testing.assert_close(defocus[..., :20], torch.ones(1, 1, 40, 20) * (0.5 / 0.75))
+    # a depth map at another size is resized to the image's
+    torch.testing.assert_close(est(lr, F.interpolate(depth, scale_factor=2, mode='nearest'))[0], focus)
+    # one sharp pixel alone at its own depth is not enough to be the focus plane
+    lr2, depth2 = blurred.clone(), depth.clone()
+    depth2[..., 5, 5] = 0.0
+    lr2[..., 5, 5] = 1 - lr2[..., 5, 5]
+    lr2[..., :, 20:40] = texture[..., :, 20:40]
+    assert abs(float(est(lr2, depth2)[0]) - 0.75) < 1e-6
+    with pytest.raises(ValueError, match='num_bins'):
+        FocusPlaneEstimator(num_bins=2)
+    with pytest.raises(ValueError, match='window'):
+        FocusPlaneEstimator(window=4)
+
+
+def test_dkenet_defocus_input_feeds_the_depth_branch_the_defocus_map():
+    kw = {k: v for k, v in TINY_KE.items() if k != 'type'}
+    torch.manual_seed(0)
+    net = build_network(dict(TINY_KE, defocus_input=True))
+    assert net.depth_branch.head[0].in_channels == 2
+    lr, depth = torch.rand(2, 3, 11, 13), torch.rand(2, 1, 22, 26)
+    kernel = net(lr, depth)
+    assert kernel.shape == (2, K * K, 11, 13)
+    torch.testing.assert_close(kernel.sum(1), torch.ones(2, 11, 13))
+    kernel.square().sum().backward()
+    assert net.depth_branch.head[0].weight.grad[:, 1].abs().sum() > 0  # the defocus channel is read
+    # the estimator holds no weights: the state dict is the paper's plus one input channel
+    assert not any(k.startswith('focus_estimator') for k in net.state_dict())
+    for bad in (dict(use_depth=False), dict(depth_nc=2)):
+        with pytest.raises(ValueError, match='defocus_input'):
+            DKENet(defocus_input=True, **dict(kw, **bad))

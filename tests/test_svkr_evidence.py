@@ -14,6 +14,7 @@ from conftest import run_python
 
 SCRIPT = 'scripts/experiments/svkr_evidence.py'
 LAST = re.compile(r'^depth gain in kernel PSNR: exact ([+-]\d+\.\d\d) dB, estimated ([+-]\d+\.\d\d) dB$')
+HEADLINE = 'paper_defocus'  # the structure --quick trains and the last line reports
 ROW1_KEYS = ('without depth', 'exact depth', 'estimated depth', 'flat depth (0.5)',
              'shuffled depth (another test scene)')
 
@@ -55,24 +56,26 @@ def test_quick_mode_prints_row1_and_last_line(tmp_path):
     assert not any(line.startswith(('| 2 ', '| 3 ', '| 4 ', '| 5 ')) for line in lines)
     assert 'weight-free PRIOR' in '\n'.join(lines)  # no --depth-model: the estimated rows say what they used
     assert re.search(r'receptive field .*paper \d+.*context \d+', '\n'.join(lines))
+    assert re.search(r'focus plane from the LR image .*mean error \d\.\d+', '\n'.join(lines))
+    assert any('weight-free focus-plane estimate' in line for line in lines if line.startswith('| 0 |'))
     with open(out / 'svkr_evidence_quick.json') as f:
         res = json.load(f)
-    assert res['headline_arch'] == 'context' and len(res['runs']) == 1
+    assert res['headline_arch'] == HEADLINE and len(res['runs']) == 1
     row1 = res['runs'][0]['row1']
-    assert set(row1['context']) == set(ROW1_KEYS)
-    assert all(np.isfinite(v) and v > 0 for v in row1['context'].values())
+    assert set(row1[HEADLINE]) == set(ROW1_KEYS)
+    assert all(np.isfinite(v) and v > 0 for v in row1[HEADLINE].values())
     # the scores of the with-depth network move when its depth map is flattened or taken from another scene
-    assert row1['context']['exact depth'] != row1['context']['flat depth (0.5)']
-    assert row1['context']['exact depth'] != row1['context']['shuffled depth (another test scene)']
-    _check_gains(match, res, 'context')
-    _check_saved_network_reads_depth(out / 'dkenet_context_depth_seed0.pth')
+    assert row1[HEADLINE]['exact depth'] != row1[HEADLINE]['flat depth (0.5)']
+    assert row1[HEADLINE]['exact depth'] != row1[HEADLINE]['shuffled depth (another test scene)']
+    _check_gains(match, res, HEADLINE)
+    _check_saved_network_reads_depth(out / f'dkenet_{HEADLINE}_depth_seed0.pth', HEADLINE)
 
 
-def _check_saved_network_reads_depth(path):
+def _check_saved_network_reads_depth(path, arch):
     """The saved (scored) with-depth DKENet: a flat depth map changes its kernels, beyond float noise."""
     import torch
     evidence = _import_script()
-    net = evidence.build_dkenet('context', True, 0)
+    net = evidence.build_dkenet(arch, True, 0)
     net.load_state_dict(torch.load(str(path), map_location='cpu'))
     net.eval()
     torch.manual_seed(0)
@@ -103,7 +106,7 @@ def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):
     # the prior appears only in row 6 (the old photograph rows, labelled), never as the estimated depth
     text = '\n'.join(line for line in lines if not line.startswith('| 6 |') and 'photo' not in line.lower())
     assert 'weight-free PRIOR' not in text and 'depth network dpt' in text
-    for arch in ('paper', 'context'):
+    for arch in ('paper', HEADLINE):
         rows = [line for line in lines if line.startswith(f'| 1 | DKENet {arch},')]
         assert len(rows) == len(ROW1_KEYS)
         assert all(re.search(r'\d+\.\d\d ± \d+\.\d\d \([+-]\d+\.\d\d ± \d+\.\d\d\)', row) for row in rows)
@@ -116,9 +119,9 @@ def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):
     with open(out / 'svkr_evidence_full.json') as f:
         res = json.load(f)
     assert [r['seed'] for r in res['runs']] == [0, 1]
-    _check_gains(match, res, 'context')
+    _check_gains(match, res, HEADLINE)
     for run in res['runs']:
-        for arch in ('paper', 'context'):
+        for arch in ('paper', HEADLINE):
             assert abs(run['row1'][arch]['exact depth'] - run['row1'][arch]['flat depth (0.5)']) > 1e-6
         assert len(run['row2']['kernel_psnr']) == len(run['row2']['sr_psnr']) == 4
         # K¹ = K⁰ by Algorithm 1 (I⁰ = LR): T = 0 and T = 1 score the same kernels (up to float32 rounding)

@@ -17,9 +17,11 @@ Rows (kernel PSNR over every pixel's 21x21 kernel, ``ssr_utils/kernel_metrics.py
 0. baseline: the mean training kernel at every pixel (no network); every kernel PSNR is also given as a
    gain over it.
 1. DKENet without depth / with exact depth / with the depth network's depth of the LR image (what SVKR's
-   K0 uses), for the paper's structure and for the ``global_context`` option (``docs/svkr.md``). The
-   with-depth networks are also scored with a flat and a shuffled depth map: equal numbers would mean the
-   network ignores depth.
+   K0 uses), for the paper's structure (``paper``) and for the paper's structure with the ``defocus_input``
+   option (``paper_defocus``: the depth branch also reads the defocus map from a weight-free focus-plane
+   estimate, ``docs/svkr.md``; its no-depth twin is the paper's network without depth). The with-depth
+   networks are also scored with a flat and a shuffled depth map: equal numbers would mean the network
+   ignores depth.
 2. SVKR T = 0..3 (the trained DKENet with depth, NBSR trained with ground-truth kernels, the depth
    network as DE): kernel PSNR and SR PSNR per T.
 3. NBSR with ground-truth kernels / SVKR's estimated kernels (T = 3) / bicubic: SR PSNR.
@@ -34,14 +36,15 @@ Rows (kernel PSNR over every pixel's 21x21 kernel, ``ssr_utils/kernel_metrics.py
 
 Before training it prints what bounds the result (measured, not assumed): reference kernel PSNRs without a
 network (the mean kernel given the depth map alone, given sigma_major, i.e. depth AND the focus plane, and
-the best single kernel per image), each structure's receptive field against the share of test pixels that
+the best single kernel per image, and the mean kernel given the depth map and the weight-free focus-plane
+estimate), the estimate's error, each structure's receptive field against the share of test pixels that
 see an in-focus pixel, and the gradient scale of the stage 1 loss per part of the network at
 initialisation.
 
-``--quick`` runs row 1 for the headline structure, one seed (wall times measured in the README;
+``--quick`` runs row 1 for the headline structure (``paper_defocus``), one seed (wall times measured in the README;
 every process uses one thread, see ``--threads``). Its last line is
 ``depth gain in kernel PSNR: exact +X dB, estimated +Y dB`` (each against the same structure without
-depth). The full run (rows 0-5, both structures, two seeds, ``--jobs 2`` trains them in parallel
+depth). The full run (rows 0-5, both structures, three seeds, ``--jobs 2`` trains them in parallel
 processes) ends with the same line (mean over the seeds). Both modes use the same row 1 settings, so the
 full run's seed 0 contains the quick run's networks.
 
@@ -52,8 +55,9 @@ full run's seed 0 contains the quick run's networks.
 without it the "estimated depth" rows use the weight-free prior and say so. ``--iters`` / ``--sr-iters``
 change the training budgets, ``--ke-lr`` DKENet's learning rate (the learning curves are in the JSON),
 ``--kernel-loss mse`` the stage 1 loss, ``--crop`` / ``--batch`` the training crops (``--crop 256``: whole
-scenes). ``--archs`` also takes ``gaussian`` (context + ``kernel_head: gaussian``) and ``context_zi``
-(context + ``depth_zero_init``), the options tried for item 5 of issue 10 (README).
+scenes). ``--archs`` also takes ``context`` (``global_context``), ``defocus`` (context + ``defocus_input``),
+``gaussian`` (context + ``kernel_head: gaussian``) and ``context_zi`` (context + ``depth_zero_init``), the
+options tried for item 5 of issue 10 (README).
 """
 import argparse
 import copy
@@ -81,7 +85,7 @@ import ssr_arch  # noqa: E402,F401
 from basicsr.metrics import calculate_psnr  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
-from ssr_arch.dkenet_arch import DKENet  # noqa: E402
+from ssr_arch.dkenet_arch import DKENet, FocusPlaneEstimator  # noqa: E402
 from ssr_arch.nbsr_arch import NBSR  # noqa: E402
 from ssr_arch.svkr_arch import SVKR  # noqa: E402
 from ssr_data.degradations import SVDegradation  # noqa: E402
@@ -98,19 +102,21 @@ TEST_SEED = 1000  # test scenes (held-out photographs) and their degradations; t
 # networks (seed 0, headline structure).
 SETTINGS = {
     'quick': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=150, sr_iters=0, sr_crop=96,
-                  sr_batch=4, num_test=10, test_size=256, seeds=(0, ), archs=('context', )),
+                  sr_batch=4, num_test=10, test_size=256, seeds=(0, ), archs=('paper_defocus', )),
     'full': dict(train_scenes=96, scene_size=256, crop=128, batch=4, ke_iters=150, sr_iters=150, sr_crop=96,
-                 sr_batch=4, num_test=10, test_size=256, seeds=(0, 1), archs=('paper', 'context')),
+                 sr_batch=4, num_test=10, test_size=256, seeds=(0, 1, 2), archs=('paper', 'paper_defocus')),
 }
 # --tiny: the same code on toy sizes, for the tests (its numbers are not evidence)
 TINY = dict(train_scenes=3, scene_size=64, crop=48, batch=2, ke_iters=2, sr_iters=2, sr_crop=32, sr_batch=2,
             num_test=2, test_size=64)
-HEADLINE_ARCH = 'context'
+HEADLINE_ARCH = 'paper_defocus'
 KE_WIDTHS = dict(num_feat=[32, 64], num_depth_feat=[16, 32], reduction=2)
 SR_WIDTHS = dict(num_feat=32, num_block=3, num_grow_ch=16, num_cond=32)
 ARCHS = {'paper': dict(global_context=False), 'context': dict(global_context=True),
          'gaussian': dict(global_context=True, kernel_head='gaussian'),
-         'context_zi': dict(global_context=True, depth_zero_init=True)}
+         'context_zi': dict(global_context=True, depth_zero_init=True),
+         'defocus': dict(global_context=True, defocus_input=True),
+         'paper_defocus': dict(global_context=False, defocus_input=True)}
 KE_LR, SR_LR, EMA_DECAY = 2e-3, 1e-3, 0.98
 # The stage 1 loss is the option files' L1 over the kernel map (mean over taps and pixels, loss_weight 1).
 # Kernel taps are ~1e-3, so it gives the depth path initial gradients of ~1e-8, Adam's eps; weighting it by
@@ -230,6 +236,14 @@ def crop_depth_stats(scenes, crop, num=400, seed=0, tol=0.05):
     return {'crop': crop, 'mean_depth_range': float(np.mean(ranges)), 'in_focus_share': float(np.mean(in_focus))}
 
 
+def focus_estimate_error(tests):
+    """Mean |d_f estimate - d_f| of ``FocusPlaneEstimator`` (what ``defocus_input`` feeds DKENet) over the test
+    scenes, from their LR images and exact depth, and of the constant guess 0.5 for comparison."""
+    estimator = FocusPlaneEstimator()
+    errors = [abs(float(estimator(t['lq'], t['depth_lq'])[0]) - t['params']['focus']) for t in tests]
+    return float(np.mean(errors)), float(np.mean([abs(0.5 - t['params']['focus']) for t in tests]))
+
+
 def focus_in_view(tests, window, tol=0.05):
     """Fraction of test LR pixels whose ``window`` x ``window`` neighbourhood holds an in-focus pixel (depth
     within ``tol`` of the image's focus plane, i.e. sigma within 10 % of its range from the minimum), and
@@ -280,7 +294,10 @@ def train(net, loss_fn, sampler, iters, lr, seed, label, probe=None, curve=None)
 
 def build_dkenet(arch, use_depth, seed):
     torch.manual_seed(seed)
-    return DKENet(kernel_size=KSIZE, scale=SCALE, use_depth=use_depth, **KE_WIDTHS, **ARCHS[arch])
+    options = dict(ARCHS[arch])
+    if not use_depth:  # the no-depth twin: the same structure without what reads depth
+        options.pop('defocus_input', None)
+    return DKENet(kernel_size=KSIZE, scale=SCALE, use_depth=use_depth, **KE_WIDTHS, **options)
 
 
 def train_dkenet(arch, use_depth, sampler, cfg, seed, tests=None, curve=None):
@@ -407,20 +424,28 @@ def reference_rows(tests, deg, draws=32):
     sig_lo, sig_hi = default_sigma_range(SCALE)
     by_depth = 'mean kernel given the depth map (d_f, rho, theta averaged out)'
     by_sigma = 'mean kernel given sigma_major (depth and d_f known; rho, theta averaged out)'
-    out = {by_depth: [], by_sigma: []}
+    by_estimate = ('mean kernel given the depth map and the weight-free focus-plane estimate (FocusPlaneEstimator; '
+                   'rho, theta averaged out)')
+    out = {by_depth: [], by_sigma: [], by_estimate: []}
+    estimator = FocusPlaneEstimator()
     for i, t in enumerate(tests):
         rng = np.random.default_rng([TEST_SEED, 77, i])
         d = t['depth_lq'][0, 0]
         sigma = depth_defocus_sigma(d, t['params']['focus'], sig_lo, sig_hi)
-        acc_d, acc_s = 0, 0
+        focus_estimate = float(estimator(t['lq'], t['depth_lq'])[0])
+        sigma_estimate = depth_defocus_sigma(d, focus_estimate, sig_lo, sig_hi)
+        acc_d, acc_s, acc_e = 0, 0, 0
         for _ in range(draws):
             smaj, smin, theta, _ = sample_depth_kernel_params(d, rng, (sig_lo, sig_hi), deg.rho_min,
                                                               deg.theta_jitter, deg.jitter_cells)
             acc_d = acc_d + kernel_map_from_params(smaj, smin, theta, KSIZE)
             rho, theta0 = rng.uniform(deg.rho_min, 1.0), rng.uniform(0, math.pi)
             acc_s = acc_s + kernel_map_from_params(sigma, sigma * rho, torch.full_like(sigma, theta0), KSIZE)
+            acc_e = acc_e + kernel_map_from_params(sigma_estimate, sigma_estimate * rho,
+                                                   torch.full_like(sigma, theta0), KSIZE)
         out[by_depth].append(calculate_kernel_psnr(acc_d / draws, t['kernel']))
         out[by_sigma].append(calculate_kernel_psnr(acc_s / draws, t['kernel']))
+        out[by_estimate].append(calculate_kernel_psnr(acc_e / draws, t['kernel']))
     # what an estimator that sees no spatial structure could reach at best: the image's own mean kernel
     out['best single kernel per image (its own mean kernel; no depth, one kernel everywhere)'] = [
         calculate_kernel_psnr(t['kernel'].mean(dim=(2, 3), keepdim=True).expand_as(t['kernel']), t['kernel'])
@@ -702,7 +727,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='row 1, headline structure, one seed (< 10 min)')
     parser.add_argument('--seeds', default=None, help='comma-separated seeds (default: 0 quick, 0,1,2 full)')
-    parser.add_argument('--archs', default=None, help='DKENet structures: paper,context,gaussian (default: per mode; gaussian = context + kernel_head gaussian)')
+    parser.add_argument('--archs', default=None,
+                        help=f'DKENet structures, comma-separated, of {", ".join(ARCHS)} (default: per mode; module '
+                             'docstring)')
     parser.add_argument('--depth-model', default=None, help='save_pretrained folder of the depth network')
     parser.add_argument('--depth-backend', default='dpt', choices=('dpt', 'depth_anything'))
     parser.add_argument('--depth-input-size', type=int, default=None)
@@ -786,6 +813,9 @@ def main():
     in_view = focus_in_view(tests, rf['paper'] | 1)
     log(f'test pixels whose {rf["paper"]}x{rf["paper"]} receptive field holds an in-focus pixel (|depth - focus| <= 0.05): '
         f'{in_view[0]:.0%}; test images holding one anywhere: {in_view[1]:.0%}')
+    focus_error = focus_estimate_error(tests)
+    log(f'focus plane from the LR image and exact depth (FocusPlaneEstimator, the defocus_input option): mean error '
+        f'{focus_error[0]:.3f} over the test scenes (the constant guess 0.5: {focus_error[1]:.3f})')
     probe_scenes = make_scenes(24, cfg['scene_size'], 0, 'train')
     stats = [crop_depth_stats(probe_scenes, c) for c in sorted({cfg['crop'], cfg['scene_size']})]
     log('training crops (24 training scenes, 400 crops, d_f ~ U(0, 1)): ' + '; '.join(
@@ -812,7 +842,8 @@ def main():
              for key in ('exact depth', 'estimated depth')}
     results = {'mode': mode, 'settings': {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
                'noise': args.noise, 'estimated_depth': depth_desc, 'receptive_field': rf, 'focus_in_view': in_view,
-               'initial_gradients': grads, 'crop_depth_stats': stats, 'references': references, 'headline_arch': arch,
+               'initial_gradients': grads, 'crop_depth_stats': stats, 'focus_estimate_error': focus_error,
+               'references': references, 'headline_arch': arch,
                'runs': runs, 'depth_gain_db': {k: stat(v)[0] for k, v in gains.items()},
                'seconds': time.time() - t_start}
     os.makedirs(args.out, exist_ok=True)
