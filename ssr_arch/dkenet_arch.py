@@ -121,7 +121,11 @@ class FocusPlaneEstimator(nn.Module):
 
     @torch.no_grad()
     def forward(self, lr, depth):
-        lr, depth = lr.float(), depth.float().clamp(0, 1)
+        # float32 throughout, also under autocast: the per-bin sums of squared Laplacians overflow float16
+        with torch.autocast(device_type=lr.device.type, enabled=False):
+            return self._estimate(lr.float(), depth.float().clamp(0, 1))
+
+    def _estimate(self, lr, depth):
         gray = (lr * self.luma).sum(1, keepdim=True) if lr.shape[1] == 3 else lr.mean(1, keepdim=True)
         if depth.shape[-2:] != gray.shape[-2:]:
             depth = F.interpolate(depth, size=gray.shape[-2:], mode='bilinear', align_corners=False)

@@ -32,3 +32,29 @@ def test_an_nbsr_that_ignores_its_kernels_is_a_defect():
     notes = demo_conditions.ignored_conditions(_rows(42.27, 41.80, 26.73, 26.71))
     defects = [n for n in notes if n.startswith('DEFECT')]
     assert len(defects) == 1 and 'NBSR' in defects[0] and 'ignores its kernel input' in defects[0]
+
+
+def _accuracy_table(own, other):
+    import depth_accuracy
+    from ssr_utils.evaluation import ResultTable
+    methods = [f'{e} on {i}' for e in ('network', 'prior') for i in ('HR', depth_accuracy.OTHER_SCENE)]
+    table = ResultTable(depth_accuracy.METRICS, methods)
+    for key, (a, b) in enumerate(zip(own, other)):
+        for est in ('network', 'prior'):
+            table.add(f's{key}', f'{est} on HR', {'absrel': a, 'delta1': 0.5})
+            table.add(f's{key}', f'{est} on {depth_accuracy.OTHER_SCENE}', {'absrel': b, 'delta1': 0.5})
+    return depth_accuracy.image_use_notes(table)
+
+
+def test_a_depth_network_that_reads_its_image_is_not_a_defect():
+    notes = _accuracy_table([0.20, 0.24], [0.36, 0.38])
+    assert not any(n.startswith('DEFECT') for n in notes)
+    assert notes[0] == ('network: AbsRel 0.220 on its own HR image, 0.370 on another scene\'s image (gain from '
+                        'reading the image: +0.150).')
+
+
+def test_a_depth_network_that_outputs_a_layout_is_a_defect():
+    # the demo's first depth network (300 CPU iterations): 0.363 on its own image, 0.367 on another scene's
+    notes = _accuracy_table([0.363], [0.367])
+    defects = [n for n in notes if n.startswith('DEFECT')]
+    assert len(defects) == 1 and 'layout' in defects[0]

@@ -27,6 +27,16 @@ transformers = pytest.importorskip('transformers')
 TINY_DPT = dict(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, image_size=32,
                 patch_size=8, neck_hidden_sizes=[8, 8, 16, 16], fusion_hidden_size=8, reassemble_factors=[2, 1, 0.5, 0.25],
                 backbone_out_indices=[0, 1, 2, 3], head_hidden_size=8)
+# DPT-hybrid (MiDaS's DPT-Hybrid layout): a BiT conv stem of total stride 16 feeds the ViT, and its first two
+# stages feed the neck directly (the demo's depth network)
+TINY_HYBRID = dict(is_hybrid=True, backbone_config=dict(model_type='bit', global_padding='same', layer_type='bottleneck',
+                                                         depths=[1, 1, 1], hidden_sizes=[8, 16, 16], embedding_size=8,
+                                                         out_features=['stage1', 'stage2', 'stage3'], num_groups=4,
+                                                         embedding_dynamic_padding=True),
+                   backbone_featmap_shape=[1, 16, 2, 2], image_size=32, patch_size=16, hidden_size=16,
+                   num_hidden_layers=4, num_attention_heads=2, intermediate_size=32, backbone_out_indices=[0, 1, 2, 3],
+                   reassemble_factors=[1, 1, 1, 0.5], neck_hidden_sizes=[8, 16, 16, 16], fusion_hidden_size=8,
+                   head_hidden_size=8)
 TINY_DA = dict(backbone_config=dict(model_type='dinov2', hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
                                     intermediate_size=32, image_size=32, patch_size=8,
                                     out_features=['stage1', 'stage2', 'stage3', 'stage4'], reshape_hidden_states=False),
@@ -170,8 +180,9 @@ def test_scene_depth_dataset_crops_and_flips():
 
 
 # ------------------------------------------------------------------------------------ network and folder
-@pytest.mark.parametrize('backend,config', [('dpt', TINY_DPT), ('depth_anything', TINY_DA)])
-def test_depth_net_folder_loads_through_monocular_depth(tmp_path, backend, config):
+@pytest.mark.parametrize('backend,config,multiple', [('dpt', TINY_DPT, 8), ('dpt', TINY_HYBRID, 16),
+                                                     ('depth_anything', TINY_DA, 8)])
+def test_depth_net_folder_loads_through_monocular_depth(tmp_path, backend, config, multiple):
     torch.manual_seed(0)
     net = TransformersDepthNet(backend, config=config)
     # from scratch, the head's last ReLU starts active everywhere (a dead one never trains)
@@ -185,7 +196,7 @@ def test_depth_net_folder_loads_through_monocular_depth(tmp_path, backend, confi
     assert sorted(os.listdir(folder)) == ['config.json', 'model.safetensors', 'preprocessor_config.json']
     assert not [d for d in os.listdir(tmp_path) if d != 'net']  # no temporary folder left
     depth = MonocularDepth(backend, model_path=folder)
-    assert depth.input_size == 32 and depth.multiple == 8 and not depth.keep_aspect_ratio
+    assert depth.input_size == 32 and depth.multiple == multiple and not depth.keep_aspect_ratio
     img = torch.rand(3, 3, 40, 56, generator=torch.Generator().manual_seed(1))
     expected = net.predict(img)
     assert expected.shape == (3, 1, 40, 56) and expected.std() > 0

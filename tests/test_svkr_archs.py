@@ -456,6 +456,11 @@ def test_focus_plane_estimator_defocus_map_and_skipped_bins():
     torch.testing.assert_close(defocus[..., :20], torch.ones(1, 1, 40, 20) * (0.5 / 0.75))
     # a depth map at another size is resized to the image's
     torch.testing.assert_close(est(lr, F.interpolate(depth, scale_factor=2, mode='nearest'))[0], focus)
+    # under autocast (AMP training) it computes in float32 and returns the same
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        amp_focus, amp_defocus = est(lr.bfloat16(), depth)
+    assert amp_defocus.dtype == torch.float32
+    torch.testing.assert_close(amp_focus, focus)
     # one sharp pixel alone at its own depth is not enough to be the focus plane
     lr2, depth2 = blurred.clone(), depth.clone()
     depth2[..., 5, 5] = 0.0

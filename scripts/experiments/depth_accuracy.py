@@ -17,6 +17,9 @@ a ``make_scene_data.py --format folder`` output with its ``scenes.json``). Each 
   file, e.g. ``options/test_svkr_demo.yml``; its ``network_g`` with ``path: pretrain_network_g``, run on the
   CPU or ``--device`` exactly as ``basicsr/test.py`` runs it: the loop's premise is that depth is better on
   sharper input);
+- ``HR of another scene``: the next scene's sharp image, scored against THIS scene's depth: what an estimator
+  reaches without reading its image (layout alone: ground plane, horizon). A network whose row here matches
+  its ``HR`` row ignores the image, and the script says so (``DEFECT``);
 - optionally ``SR``: your SR images of those LR inputs (``--sr-dir``: ``<key><sr-suffix>.png`` at HR size).
   ``--save-set DIR`` writes the LR inputs as an ``SSRPairedDataset`` folder (``gt/``, ``lq/``, ``depth/``
   (exact), ``meta.json``) so that e.g. ``basicsr/test.py`` with an SVKR option file produces them.
@@ -58,6 +61,9 @@ from ssr_utils.evaluation import ResultTable  # noqa: E402
 from ssr_utils.relative_depth import depth_accuracy  # noqa: E402
 
 METRICS = ('absrel', 'delta1')
+OTHER_SCENE = 'HR of another scene'
+# AbsRel a network must gain on its own image over another scene's image to count as reading its image
+IGNORES_IMAGE_ABSREL = 0.01
 
 
 def degradation(noise=True, jpeg=True, scale=4):
@@ -128,7 +134,8 @@ def evaluate(model_path, backend='dpt', num=100, size=256, seed=1, scenes_dir=No
         described = f'{num} held-out scenes (split test, seed {seed}, {size} px, generated)'
     estimators = {'network': MonocularDepth(backend, model_path).to(device),
                   'prior': MonocularDepth('prior').to(device)}
-    inputs = ['HR', 'LR bicubic x4'] + (['SVKR SR'] if svkr is not None else []) + ([sr_name] if sr_dir else [])
+    inputs = (['HR', 'LR bicubic x4'] + (['SVKR SR'] if svkr is not None else []) + ([sr_name] if sr_dir else [])
+              + [OTHER_SCENE])
     methods = [f'{e} on {i}' for e in estimators for i in inputs]
     table = ResultTable(METRICS, methods, depth={m: estimators[m.split(' on ')[0]].source for m in methods})
     degrade = degradation(noise, jpeg)
@@ -145,7 +152,10 @@ def evaluate(model_path, backend='dpt', num=100, size=256, seed=1, scenes_dir=No
         lq, up = lr_bicubic(img, depth, np.random.default_rng([int(seed), index, 4]), degrade)
         h, w = up.shape[-2:]
         disparity = sample['disparity'][:, :h, :w]
-        images = {'HR': img[:, :h, :w], 'LR bicubic x4': up}
+        other = dataset[(index + 1) % len(dataset)]['img']
+        if other.shape[-2:] != (h, w):
+            other = F.interpolate(other[None], size=(h, w), mode='bicubic', align_corners=False)[0].clamp(0, 1)
+        images = {'HR': img[:, :h, :w], 'LR bicubic x4': up, OTHER_SCENE: other}
         if svkr is not None:
             with torch.no_grad():
                 images['SVKR SR'] = svkr(lq[None].to(device))['sr'][0].clamp(0, 1).float().cpu()[:, :h, :w]
@@ -167,6 +177,22 @@ def evaluate(model_path, backend='dpt', num=100, size=256, seed=1, scenes_dir=No
                        'degradation': {'kernel_mode': 'depth', 'sigma_range': [0.6, 5.0], 'noise': noise,
                                        'jpeg': jpeg}, 'images': {}}, f, indent=1)
     return table, described
+
+
+def image_use_notes(table):
+    """How much each estimator gains from its own image over another scene's image (AbsRel), and a DEFECT line
+    for a network that does not read its image (the same error either way: it outputs a layout)."""
+    notes = []
+    for name in ('network', 'prior'):
+        means = table.means()
+        own, other = means[f'{name} on HR']['absrel'], means[f'{name} on {OTHER_SCENE}']['absrel']
+        notes.append(f'{name}: AbsRel {own:.3f} on its own HR image, {other:.3f} on another scene\'s image '
+                     f'(gain from reading the image: {other - own:+.3f}).')
+        if name == 'network' and other - own < IGNORES_IMAGE_ABSREL:
+            notes.append(f'DEFECT: the depth network scores within {IGNORES_IMAGE_ABSREL} AbsRel of its own image\'s '
+                         'error when given another scene\'s image: it has learnt a layout, not to read the image '
+                         '(train it longer).')
+    return notes
 
 
 def main(argv=None):
@@ -202,6 +228,7 @@ def main(argv=None):
              'AbsRel (lower is better) and delta1 = fraction of pixels with max(Z_pred/Z, Z/Z_pred) < 1.25 (higher '
              'is better), after per-image least-squares scale-and-shift alignment of the prediction to the true '
              'inverse depth (ssr_utils.relative_depth.depth_accuracy).']
+    notes += image_use_notes(table)
     csv_path, md_path = table.write(args.output, 'heldout_scenes', notes=notes)
     print(open(md_path).read())
     print(f'tables: {md_path}, {csv_path}')
