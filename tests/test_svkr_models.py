@@ -285,6 +285,11 @@ def _shrink(opt_file, name, data, total_iter, **network):
     return opt
 
 
+def _demo_network(opt_file):
+    with open(osp.join(ROOT, 'options', opt_file)) as f:
+        return yaml.safe_load(f)['network_g']
+
+
 def _run_stage(tmp_path, opt, *flags):
     path = tmp_path / f'{opt["name"]}_{opt.get("train", {}).get("total_iter", "test")}.yml'
     path.write_text(yaml.safe_dump(opt, sort_keys=False))
@@ -332,7 +337,9 @@ def test_stages_train_auto_resume_and_test_through_launchers(tmp_path, stage_nam
         'dkenet': ('train_dkenet_demo.yml', tiny_ke),
         'nbsr': ('train_nbsr_demo.yml', tiny_sr),
         'svkr': ('train_svkr_demo.yml', {
-            'kernel_opt': dict(type='DKENet', **tiny_ke), 'sr_opt': dict(type='NBSR', **tiny_sr),
+            # the demo file's kernel_opt (e.g. defocus_input, as its DKENet stage) at the tiny widths
+            'kernel_opt': dict(_demo_network('train_svkr_demo.yml')['kernel_opt'], **tiny_ke),
+            'sr_opt': dict(type='NBSR', **tiny_sr),
             'pretrain_network_kernel': osp.join(ROOT, 'experiments', stage_names['dkenet'], 'models',
                                                 'net_g_latest.pth'),
             'pretrain_network_sr': osp.join(ROOT, 'experiments', stage_names['nbsr'], 'models', 'net_g_latest.pth')}),

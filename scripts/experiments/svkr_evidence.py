@@ -473,14 +473,39 @@ def row1(ke_nets, tests, mean_kernel, depth_net, est_depths):
     return out
 
 
-@torch.no_grad()
-def loop_rows(ke, sr_net, depth_opt, tests, pca_path):
-    """Rows 2, 3, 5 and the inputs of row 4 from one SVKR run per test image."""
+def build_svkr(ke, sr_net, depth_opt, pca_path):
+    """SVKR (Algorithm 1) around the trained DKENet ``ke`` and NBSR ``sr_net`` (their weights copied), the
+    depth network as DE."""
     svkr = SVKR(num_iter=NUM_ITER, gamma=GAMMA, use_depth=True, depth_opt=depth_opt,
                 kernel_opt=dict(type='DKENet', kernel_size=KSIZE, **KE_WIDTHS, **ARCHS[ke.arch]),
                 sr_opt=dict(type='NBSR', kernel_size=KSIZE, pca_path=pca_path, **SR_WIDTHS), scale=SCALE).eval()
     svkr.kernel_net.load_state_dict(ke.state_dict())
     svkr.sr_net.load_state_dict(sr_net.state_dict())
+    return svkr
+
+
+def finetune_nbsr_in_loop(ke, sr_net, depth_opt, pca_path, sampler, iters, seed):
+    """Stage 3 with a frozen DKENet (``train_svkr.yml``'s ``freeze_kernel``): NBSR trained inside the loop
+    on the kernels SVKR estimates (K^0..K^T from DE's depth), L1 on every iterate's SR image. Stage 2 trains
+    NBSR on ground-truth kernels only. Returns the fine-tuned NBSR (EMA weights)."""
+    svkr = build_svkr(ke, sr_net, depth_opt, pca_path)
+    for p in svkr.kernel_net.parameters():
+        p.requires_grad_(False)
+
+    def loss_fn(net, b):
+        net.depth_net.eval()  # frozen networks stay in eval mode (DE's BatchNorm statistics)
+        net.kernel_net.eval()
+        srs = net(b['lq'], return_all=True)['srs']
+        return sum(F.l1_loss(sr, b['gt']) for sr in srs) / len(srs)
+
+    tuned = train(svkr, loss_fn, sampler, iters, SR_LR * 0.5, seed, f'NBSR in the loop (stage 3), seed {seed}')
+    return tuned.sr_net
+
+
+@torch.no_grad()
+def loop_rows(ke, sr_net, depth_opt, tests, pca_path):
+    """Rows 2, 3, 5 and the inputs of row 4 from one SVKR run per test image."""
+    svkr = build_svkr(ke, sr_net, depth_opt, pca_path)
     n = NUM_ITER + 1
     kp, sp = np.zeros(n), np.zeros(n)
     depth_in = {'HR image': [], 'LR image (what K0 uses)': [], 'bicubic LR': []}
@@ -674,6 +699,9 @@ def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, 
         sr_net = train_nbsr(sr_sampler, cfg, seed, pca_path)
         arch = HEADLINE_ARCH if HEADLINE_ARCH in ke_nets else next(iter(ke_nets))
         res['svkr_arch'] = arch
+        if cfg.get('sr_finetune', 0) > 0:
+            sr_net = finetune_nbsr_in_loop(ke_nets[arch][1], sr_net, depth_opt, pca_path, sr_sampler,
+                                           cfg['sr_finetune'], seed)
         res['row2'], res['row3'], res['row5'], finals, svkr = loop_rows(ke_nets[arch][1], sr_net, depth_opt, tests, pca_path)
         res['row4'] = row4(svkr, tests, finals)
     if cfg.get('photo_rows'):
@@ -740,6 +768,9 @@ def main():
     parser.add_argument('--noise', action='store_true', help='add the training noise and JPEG to the blur')
     parser.add_argument('--iters', type=int, default=None, help='override the DKENet iteration budget')
     parser.add_argument('--sr-iters', type=int, default=None, help='override the NBSR iteration budget')
+    parser.add_argument('--sr-finetune', type=int, default=0,
+                        help='full run: then fine-tune NBSR for this many iterations inside the loop on the kernels '
+                             'SVKR estimates (stage 3 with a frozen DKENet); rows 2-5 use it')
     parser.add_argument('--kernel-loss', default='l1', choices=('l1', 'mse'),
                         help="DKENet's loss on the kernel map: l1 (the option files') or mse (what kernel PSNR scores)")
     parser.add_argument('--kernel-loss-weight', type=float, default=1.0,
@@ -771,6 +802,7 @@ def main():
     cfg['kernel_loss'] = args.kernel_loss
     if args.sr_iters is not None and not args.quick:
         cfg['sr_iters'] = args.sr_iters
+    cfg['sr_finetune'] = 0 if args.quick else args.sr_finetune
     cfg['photo_rows'] = args.photo_rows and not args.quick
     if args.seeds:
         cfg['seeds'] = tuple(int(s) for s in args.seeds.split(','))
@@ -788,7 +820,8 @@ def main():
         est_depths = [resize_depth(depth_net(t['lq']), t['lq'].shape[-2:]) for t in tests]
     log(f'SVKR evidence ({mode}): RGB-D scenes with exact depth (ssr_data/scenes.py), x{SCALE}, k={KSIZE}, '
         f'depth-driven SV blur{" + noise + JPEG" if args.noise else " (blur only)"}; estimated depth: {depth_desc}')
-    sr_budget = f', {cfg["sr_iters"]} per NBSR' if cfg['sr_iters'] else ''
+    sr_budget = (f', {cfg["sr_iters"]} per NBSR' if cfg['sr_iters'] else '') + (
+        f' + {cfg["sr_finetune"]} inside the loop (stage 3, frozen DKENet)' if cfg['sr_finetune'] else '')
     log(f'train: {cfg["train_scenes"]} scenes of {cfg["scene_size"]} px per seed (training photographs), crops of '
         f'{cfg["crop"]} px HR, batch {cfg["batch"]}, {cfg["ke_iters"]} iterations per DKENet (lr {cfg.get("ke_lr", KE_LR):g}, kernel loss '
         f'{cfg["kernel_loss"]} x {cfg["kernel_loss_weight"]:g}){sr_budget}; '
