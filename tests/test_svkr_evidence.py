@@ -100,12 +100,16 @@ def _import_script():
 def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):
     dpt = _tiny_dpt(tmp_path / 'dpt')
     lines, out = _run(tmp_path, '--seeds', '0,1', '--jobs', '2', '--photo-rows', '--depth-model', dpt,
-                      '--depth-input-size', '32')
+                      '--depth-input-size', '32', '--sr-finetune', '2')
     match = LAST.match(lines[-1])
     assert match, lines[-1]
     # the prior appears only in row 6 (the old photograph rows, labelled), never as the estimated depth
     text = '\n'.join(line for line in lines if not line.startswith('| 6 |') and 'photo' not in line.lower())
     assert 'weight-free PRIOR' not in text and 'depth network dpt' in text
+    # NBSR was also trained inside the loop (stage 3) before rows 2-5
+    everything = '\n'.join(lines)
+    assert '+ 2 inside the loop (stage 3, frozen DKENet)' in everything
+    assert 'NBSR in the loop (stage 3), seed 1' in everything
     for arch in ('paper', HEADLINE):
         rows = [line for line in lines if line.startswith(f'| 1 | DKENet {arch},')]
         assert len(rows) == len(ROW1_KEYS)

@@ -400,7 +400,10 @@ def resize_depth(depth, size):
 
 
 def widen(kernel, factor):
-    """Every kernel of the map ``K^(1/factor^2)``, renormalised: for a Gaussian, both sigmas times ``factor``."""
+    """Every kernel of the map ``K^(1/factor^2)``, renormalised: for a Gaussian, both sigmas times ``factor``.
+    ``factor`` 1 returns the map itself (the undeviated point of row 4 is row 3's input, bit for bit)."""
+    if factor == 1:
+        return kernel
     k = kernel.double().clamp_min(1e-30).pow(1.0 / factor**2)
     return (k / k.sum(dim=1, keepdim=True)).to(kernel.dtype)
 
@@ -518,7 +521,7 @@ def loop_rows(ke, sr_net, depth_opt, tests, pca_path):
         for i in range(n):
             kp[i] += calculate_kernel_psnr(out['kernels'][i], t['kernel']) / len(tests)
             sp[i] += sr_psnr(out['srs'][i], t['gt']) / len(tests)
-        sr_gt = sr_net(t['lq'], t['kernel'])
+        sr_gt = svkr.sr_net(t['lq'], t['kernel'])
         gt_k.append(sr_psnr(sr_gt, t['gt']))
         bic.append(sr_psnr(bicubic(t['lq']), t['gt']))
         # scored at HR size against the exact depth (DE of the LR image upsampled bilinearly)
