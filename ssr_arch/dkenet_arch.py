@@ -38,6 +38,13 @@ class _DepthBranch(nn.Module):
         return f0, f1, f2
 
 
+def depth_bin_weights(depth, num_bins):
+    """B x num_bins x h x w hat-function weights of each pixel's depth over [0, 1] (each pixel belongs to at
+    most two neighbouring bins; the weights sum to 1 per pixel)."""
+    centres = torch.linspace(0, 1, num_bins, device=depth.device, dtype=depth.dtype).view(1, -1, 1, 1)
+    return (1 - (depth.clamp(0, 1) - centres).abs() * (num_bins - 1)).clamp_min(0)
+
+
 class DepthBinContext(nn.Module):
     """Image-wide context read back by depth (the ``global_context`` option of DKENet).
 
@@ -73,8 +80,7 @@ class DepthBinContext(nn.Module):
 
     def bin_weights(self, depth):
         """B x num_bins x h x w hat-function weights of each pixel's depth (they sum to 1 per pixel)."""
-        centres = torch.linspace(0, 1, self.num_bins, device=depth.device, dtype=depth.dtype).view(1, -1, 1, 1)
-        return (1 - (depth.clamp(0, 1) - centres).abs() * (self.num_bins - 1)).clamp_min(0)
+        return depth_bin_weights(depth, self.num_bins)
 
     def forward(self, feat, depth=None):
         b, _, h, w = feat.shape
@@ -135,8 +141,7 @@ class FocusPlaneEstimator(nn.Module):
         mean, mean_sq = F.avg_pool2d(padded, self.window, 1).split(gray.shape[0])
         variance = (mean_sq - mean.square()).clamp_min(0)
         n = self.num_bins
-        centres = torch.linspace(0, 1, n, device=depth.device).view(1, -1, 1, 1)
-        weights = (1 - (depth - centres).abs() * (n - 1)).clamp_min(0)  # B x n x h x w
+        weights = depth_bin_weights(depth, n)
         mass = weights.sum(dim=(2, 3))
         ratio = (weights * high).sum(dim=(2, 3)) / ((weights * variance).sum(dim=(2, 3)) + 1e-8)
         valid = mass >= self.min_share * depth.shape[-2] * depth.shape[-1]
@@ -275,14 +280,13 @@ class DKENet(nn.Module):
                 raise ValueError('DKENet: built with use_depth=True, so forward needs a depth map')
             if depth.shape[-2:] != (h, w):
                 depth = F.interpolate(depth, size=(h, w), mode='bilinear', align_corners=False)
-            depth = depth.to(lr.dtype)
-            branch_in = depth
+            branch_in = depth.to(lr.dtype)
             if self.focus_estimator is not None:
-                _, defocus = self.focus_estimator(lr, depth)
-                branch_in = torch.cat([depth, defocus.to(lr.dtype)], dim=1)
-            depth, _ = pad_to_multiple(depth, 2)
-            feats = self.depth_branch(pad_to_multiple(branch_in, 2)[0])
-            depth_half = F.avg_pool2d(depth, 2)
+                _, defocus = self.focus_estimator(lr, branch_in)
+                branch_in = torch.cat([branch_in, defocus.to(lr.dtype)], dim=1)
+            branch_in, _ = pad_to_multiple(branch_in, 2)
+            feats = self.depth_branch(branch_in)
+            depth_half = F.avg_pool2d(branch_in[:, :depth.shape[1]], 2)
         f0 = self.block0(self.conv_first(x), feats[0])
         f1 = self.block1(self.down(f0), feats[1])
         if self.context is not None:

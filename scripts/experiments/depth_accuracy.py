@@ -183,8 +183,8 @@ def image_use_notes(table):
     """How much each estimator gains from its own image over another scene's image (AbsRel), and a DEFECT line
     for a network that does not read its image (the same error either way: it outputs a layout)."""
     notes = []
+    means = table.means()
     for name in ('network', 'prior'):
-        means = table.means()
         own, other = means[f'{name} on HR']['absrel'], means[f'{name} on {OTHER_SCENE}']['absrel']
         notes.append(f'{name}: AbsRel {own:.3f} on its own HR image, {other:.3f} on another scene\'s image '
                      f'(gain from reading the image: {other - own:+.3f}).')

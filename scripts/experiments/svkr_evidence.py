@@ -236,11 +236,16 @@ def crop_depth_stats(scenes, crop, num=400, seed=0, tol=0.05):
     return {'crop': crop, 'mean_depth_range': float(np.mean(ranges)), 'in_focus_share': float(np.mean(in_focus))}
 
 
-def focus_estimate_error(tests):
-    """Mean |d_f estimate - d_f| of ``FocusPlaneEstimator`` (what ``defocus_input`` feeds DKENet) over the test
-    scenes, from their LR images and exact depth, and of the constant guess 0.5 for comparison."""
+def focus_estimates(tests):
+    """``FocusPlaneEstimator``'s focus plane (what ``defocus_input`` feeds DKENet) of every test scene, from its
+    LR image and exact depth."""
     estimator = FocusPlaneEstimator()
-    errors = [abs(float(estimator(t['lq'], t['depth_lq'])[0]) - t['params']['focus']) for t in tests]
+    return [float(estimator(t['lq'], t['depth_lq'])[0]) for t in tests]
+
+
+def focus_estimate_error(tests, estimates):
+    """Mean |d_f estimate - d_f| over the test scenes, and of the constant guess 0.5 for comparison."""
+    errors = [abs(e - t['params']['focus']) for e, t in zip(estimates, tests)]
     return float(np.mean(errors)), float(np.mean([abs(0.5 - t['params']['focus']) for t in tests]))
 
 
@@ -419,23 +424,22 @@ def depth_errors(pred, exact):
 
 
 @torch.no_grad()
-def reference_rows(tests, deg, draws=32):
+def reference_rows(tests, deg, focus_estimated, draws=32):
     """Kernel PSNR of conditional means (no network), as references for what depth can be worth:
     E[k given the depth map] (focus plane d_f, anisotropy rho and angle theta averaged out) and
     E[k given sigma_major] (depth AND the focus plane known, so sigma_major is exact; rho and theta
-    averaged out). ``draws`` Monte-Carlo draws of the unknown per-image quantities (fixed seed)."""
+    averaged out) and the same with the focus plane ``focus_estimated[i]`` (``focus_estimates``) instead of
+    the true one. ``draws`` Monte-Carlo draws of the unknown per-image quantities (fixed seed)."""
     sig_lo, sig_hi = default_sigma_range(SCALE)
     by_depth = 'mean kernel given the depth map (d_f, rho, theta averaged out)'
     by_sigma = 'mean kernel given sigma_major (depth and d_f known; rho, theta averaged out)'
     by_estimate = ('mean kernel given the depth map and the weight-free focus-plane estimate (FocusPlaneEstimator; '
                    'rho, theta averaged out)')
     out = {by_depth: [], by_sigma: [], by_estimate: []}
-    estimator = FocusPlaneEstimator()
-    for i, t in enumerate(tests):
+    for i, (t, focus_estimate) in enumerate(zip(tests, focus_estimated)):
         rng = np.random.default_rng([TEST_SEED, 77, i])
         d = t['depth_lq'][0, 0]
         sigma = depth_defocus_sigma(d, t['params']['focus'], sig_lo, sig_hi)
-        focus_estimate = float(estimator(t['lq'], t['depth_lq'])[0])
         sigma_estimate = depth_defocus_sigma(d, focus_estimate, sig_lo, sig_hi)
         acc_d, acc_s, acc_e = 0, 0, 0
         for _ in range(draws):
@@ -845,11 +849,12 @@ def main():
     rf = {arch: receptive_field(build_dkenet(arch, True, 0), probe) for arch in ARCHS}
     log(f'receptive field of one LR pixel\'s kernel, in a {probe}x{probe} LR image (LR pixels): '
         + ', '.join(f'{a} {v}' + (' (the whole image)' if v >= probe else '') for a, v in rf.items()))
-    references = reference_rows(tests, deg)
+    estimated_focus = focus_estimates(tests)
+    references = reference_rows(tests, deg, estimated_focus)
     in_view = focus_in_view(tests, rf['paper'] | 1)
     log(f'test pixels whose {rf["paper"]}x{rf["paper"]} receptive field holds an in-focus pixel (|depth - focus| <= 0.05): '
         f'{in_view[0]:.0%}; test images holding one anywhere: {in_view[1]:.0%}')
-    focus_error = focus_estimate_error(tests)
+    focus_error = focus_estimate_error(tests, estimated_focus)
     log(f'focus plane from the LR image and exact depth (FocusPlaneEstimator, the defocus_input option): mean error '
         f'{focus_error[0]:.3f} over the test scenes (the constant guess 0.5: {focus_error[1]:.3f})')
     probe_scenes = make_scenes(24, cfg['scene_size'], 0, 'train')
