@@ -13,7 +13,14 @@ away. ``residual=True`` therefore carries the raw feature on the unmodulated pat
 
 which is Eq. (3) plus ``F_in - BN(F_in)``: the modulation terms are exactly the paper's, and a new
 AMF is exactly the identity. Both forms are available; SSRUNet uses ``residual=True`` by default.
+
+At inference the norm is a fixed per-channel affine map (BatchNorm with running statistics in eval mode),
+so with ``alpha``, ``beta`` computed once per image an AMF is one per-pixel affine map of ``F_in``:
+``F_out = F_in + (F_in * gain + shift)`` (:meth:`AMF.folded_modulation`); SSRUNet composes the AMFs of
+one injection point into one such map, so a sampling step pays two elementwise passes per point instead
+of a norm and three elementwise passes per modality.
 """
+import torch
 from torch import nn
 from torch.nn import functional as F
 
@@ -90,6 +97,39 @@ class AMF(nn.Module):
         if self.residual:
             return feat + alpha * normed + beta
         return (1 + alpha) * normed + beta
+
+    def norm_affine(self):
+        """The norm as per-channel ``(scale, shift)`` (float32) when it is a fixed affine map: no norm, or
+        BatchNorm in eval mode with running statistics. None when it depends on the feature (BatchNorm in
+        training mode or without running statistics, GroupNorm)."""
+        norm = self.norm
+        if isinstance(norm, nn.Identity):
+            ones = torch.ones(self.num_feat, device=self.mlp_alpha[0].weight.device)
+            return ones, torch.zeros_like(ones)
+        if not isinstance(norm, nn.BatchNorm2d) or norm.training or norm.running_mean is None:
+            return None
+        scale = torch.rsqrt(norm.running_var.float() + norm.eps)
+        if norm.weight is not None:
+            scale = scale * norm.weight.float()
+        shift = -norm.running_mean.float() * scale
+        if norm.bias is not None:
+            shift = shift + norm.bias.float()
+        return scale, shift
+
+    def folded_modulation(self, alpha, beta):
+        """Eq. (3) for fixed ``alpha``, ``beta`` as ``F_out = F_in + (F_in * gain + shift)``: returns float32
+        ``(gain, shift)`` of ``alpha``'s shape, or None when the norm is not a fixed affine map
+        (:meth:`norm_affine`). The gain is kept apart from the 1 of the residual path, so half precision
+        rounds the small modulation, not ``1 + modulation``."""
+        affine = self.norm_affine()
+        if affine is None:
+            return None
+        scale, shift = (v.to(alpha.device).view(1, -1, 1, 1) for v in affine)
+        alpha, beta = alpha.float(), beta.float()
+        if self.residual:  # F + a(sF + t) + b
+            return alpha * scale, alpha * shift + beta
+        # (1 + a)(sF + t) + b = F + ((1 + a)s - 1)F + (1 + a)t + b
+        return (1 + alpha) * scale - 1, (1 + alpha) * shift + beta
 
     def forward(self, feat, cond):
         """``feat``: B x num_feat x H x W; ``cond``: B x cond_channels x h x w (resized to H x W)."""

@@ -29,6 +29,7 @@ network (``SSRUNet.from_config(net.config)``); ``save_pretrained(folder)`` write
 that is loaded from ``pretrained_path`` and frozen is referenced by that path, not copied (its weights
 are the Stable Diffusion folder's); every other weight is in the safetensors file.
 """
+import functools
 import json
 import os
 import os.path as osp
@@ -43,13 +44,15 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from ssr_arch.amf_arch import AMF
+from ssr_arch.amf_arch import AMF, resize_to
 from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
 from ssr_data.kernels import KernelPCA
 from ssr_utils.atomic_file import atomic_write
 from ssr_utils.errors import OptionError
 
 MODALITIES = ('kernel', 'depth', 'lr')
+# modality tag of an injection point whose AMF layers are composed into one affine map (fold_modulations)
+FOLDED = 'folded'
 WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors'
 _BASE_PARTS = ('unet', 'vae')
 _WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin',
@@ -169,7 +172,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
         self._build_null_text(null_text, null_text_length, null_text_path)
         self._active = None
         self._hook_handles = [
-            module.register_forward_hook(self._make_hook(name)) for name, module, _, _ in self._points
+            module.register_forward_hook(functools.partial(self._amf_hook, name)) for name, module, _, _ in self._points
         ]
         # the config rebuilds this architecture: resolved lists and dicts, an absolute base path, and no
         # pca_path / null_text_path (the basis and the embedding are part of the weights)
@@ -432,10 +435,41 @@ class SSRUNet(ModelMixin, ConfigMixin):
             conds[name] = [(m, *self.amf[f'{name}_{m}'].modulation(feats[m][level])) for m in self.modalities]
         return conds
 
-    def encode_conditions(self, lr_latent=None, depth=None, kernel_code=None, size=None, return_features=False):
-        """Everything that depends on the conditions only: computed once per image when sampling."""
+    def fold_modulations(self, conds):
+        """Each injection point's AMF layers composed into one per-pixel affine map, where they can be.
+
+        Where every AMF of a point has a fixed norm (eval mode, :meth:`AMF.norm_affine`) and its modalities'
+        modulations share one size, the point's list becomes ``[(FOLDED, gain, shift)]``: the point then
+        computes ``h + (h * gain + shift)``, the same numbers as applying the AMFs one after another (up to
+        rounding) in two elementwise passes instead of four per modality. Other points are kept as they are.
+        ``gain`` and ``shift`` have the modulations' dtype; they are composed in float32."""
+        folded = {}
+        for name, entries in conds.items():
+            gain = shift = None
+            for m, alpha, beta in entries:
+                ab = None if m == FOLDED else self.amf[f'{name}_{m}'].folded_modulation(alpha, beta)
+                if ab is None or (gain is not None and ab[0].shape != gain.shape):
+                    gain = None
+                    break
+                if gain is None:
+                    gain, shift = ab
+                else:  # h(1 + G) + S, then (1 + g) and s: 1 + G' = (1 + G)(1 + g), S' = S(1 + g) + s
+                    g, s = ab
+                    gain, shift = gain + g + gain * g, shift + shift * g + s
+            dtype = entries[0][1].dtype if entries else None
+            folded[name] = entries if gain is None else [(FOLDED, gain.to(dtype), shift.to(dtype))]
+        return folded
+
+    def encode_conditions(self, lr_latent=None, depth=None, kernel_code=None, size=None, return_features=False,
+                          fold=None):
+        """Everything that depends on the conditions only: computed once per image when sampling.
+
+        ``fold`` (default: in eval mode) composes each point's AMFs into one affine map
+        (:meth:`fold_modulations`); training keeps them apart (BatchNorm then uses the batch's statistics)."""
         feats = self.encode_features(lr_latent, depth, kernel_code, size)
         conds = self.modulations(feats)
+        if (not self.training) if fold is None else fold:
+            conds = self.fold_modulations(conds)
         return (conds, feats) if return_features else conds
 
     @property
@@ -453,25 +487,28 @@ class SSRUNet(ModelMixin, ConfigMixin):
         """C_i heads: each modality's deepest feature -> its own input, at that feature's size."""
         return {m: self.recon_heads[m](feats[m][-1]) for m in self.modalities if m in self.recon_heads}
 
-    def _make_hook(self, name):
-
-        def hook(module, args, output):
-            conds = self._active
-            if conds is None or name not in conds:
-                return output
-            if isinstance(output, tuple):  # down block: (hidden, res_samples); res_samples[-1] is hidden
-                hidden, states = output[0], output[1]
-                if states[-1] is not hidden:
-                    raise RuntimeError(f'SSRUNet: unsupported down block {type(module).__name__} at {name}')
-                fused = self._fuse(name, hidden, conds[name])
-                return (fused, states[:-1] + (fused, )) + tuple(output[2:])
-            return self._fuse(name, output, conds[name])
-
-        return hook
+    def _amf_hook(self, name, module, args, output):
+        """Forward hook of injection point ``name``. Registered as a bound method (through ``partial``), not a
+        closure: ``copy.deepcopy`` rebinds it to the copy (an EMA copy, a half-precision copy), where a closure
+        would keep reading the original network's conditions and the copy would silently run unconditioned."""
+        conds = self._active
+        if conds is None or name not in conds:
+            return output
+        if isinstance(output, tuple):  # down block: (hidden, res_samples); res_samples[-1] is hidden
+            hidden, states = output[0], output[1]
+            if states[-1] is not hidden:
+                raise RuntimeError(f'SSRUNet: unsupported down block {type(module).__name__} at {name}')
+            fused = self._fuse(name, hidden, conds[name])
+            return (fused, states[:-1] + (fused, )) + tuple(output[2:])
+        return self._fuse(name, output, conds[name])
 
     def _fuse(self, name, hidden, point_conds):
         for m, alpha, beta in point_conds:
-            hidden = self.amf[f'{name}_{m}'].apply_modulation(hidden, alpha, beta)
+            if m == FOLDED:
+                gain, shift = resize_to(alpha, hidden.shape[-2:]), resize_to(beta, hidden.shape[-2:])
+                hidden = torch.addcmul(shift.to(hidden.dtype), hidden, gain.to(hidden.dtype)).add_(hidden)
+            else:
+                hidden = self.amf[f'{name}_{m}'].apply_modulation(hidden, alpha, beta)
         return hidden
 
     def null_embedding(self, batch, dtype=None):

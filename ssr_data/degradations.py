@@ -18,6 +18,11 @@ from ssr_utils.errors import OptionError
 # below this many unfolded values (8 MiB in float32) the unfold path is used; above, the polyphase loop,
 # whose extra memory does not grow with k²
 _UNFOLD_MAX_ELEMENTS = 1 << 21
+# accelerators: unfolded values per chunk of images (256 MiB in float32). A batch of training crops is
+# unfolded a chunk of images at a time (a 192-px batch of 16 at k = 21 in one chunk, 196 MB), three launches
+# per chunk instead of k² = 441 (each a Python dispatch and a launch, which dominate on a GPU at these
+# sizes); an image larger than one chunk takes the polyphase loop, whose extra memory does not grow with k²
+_ACCEL_UNFOLD_MAX_ELEMENTS = 1 << 26
 # CPU polyphase path: LR values (C·h·w summed over images) handled by one multiply-add call
 _CPU_GROUP_ELEMENTS = 1 << 15
 
@@ -47,20 +52,39 @@ def _check_op_inputs(img, kernels, scale):
     return k, scale, h, w
 
 
-def sv_blur_downsample(img, kernels, scale):
+def _unfold_chunk(device, b, c, k, h, w, max_unfold=None):
+    """Images per unfold chunk for a B×C input with k×k kernels on an h×w LR grid, or 0 for the polyphase
+    loop. CPUs: the whole batch when it is small (one training crop), else the loop (which stays in cache).
+    Accelerators: as many images as fit :data:`_ACCEL_UNFOLD_MAX_ELEMENTS` (or ``max_unfold``), if one does."""
+    per_image = c * k * k * h * w
+    if device.type == 'cpu' and max_unfold is None:
+        return b if b * per_image <= _UNFOLD_MAX_ELEMENTS else 0
+    most = (_ACCEL_UNFOLD_MAX_ELEMENTS if max_unfold is None else int(max_unfold)) // per_image
+    if most < 1:
+        return 0
+    chunks = -(-b // most)
+    return -(-b // chunks)  # chunks of equal size: 16 images that fit 12 at a time go as 8 + 8
+
+
+def sv_blur_downsample(img, kernels, scale, max_unfold=None):
     """Spatially variant blur and ×``scale`` subsampling in one pass, evaluated at kept positions only.
 
     ``out[b,c,i,j] = Σ_uv kernels[b,u·k+v,i,j] · img[b,c,s·i+u−k//2, s·j+v−k//2]`` with reflect padding.
 
     The padded image is split once into its s² polyphase components; tap (u, v) then reads a shifted
     LR-sized window of one component, so the work is k² multiply-adds over the LR grid and the extra
-    memory is one copy of the padded image. Small inputs (a training crop) take one strided unfold
-    instead (fewer, larger operations). float16/bfloat16 inputs are accumulated in float32.
+    memory is one copy of the padded image. Small inputs (a training crop; on accelerators a batch of
+    crops, a chunk of images at a time) take a strided unfold instead (fewer, larger operations).
+    float16/bfloat16 inputs are accumulated in float32.
 
     Args:
         img (Tensor): B×C×H×W, H and W multiples of ``scale``.
         kernels (Tensor): B×k²×(H/s)×(W/s), one row-major k×k kernel per LR pixel.
         scale (int): s.
+        max_unfold (int | None): most values unfolded at once (images are unfolded a chunk at a time; an
+            image larger than that takes the polyphase loop). None: the device's default (CPU 2²¹ for the
+            whole batch, accelerators 2²⁶ per chunk); 0: always the polyphase loop, whose extra memory does
+            not grow with k².
 
     Returns:
         Tensor: B×C×(H/s)×(W/s) in the dtype of ``img``.
@@ -72,10 +96,17 @@ def sv_blur_downsample(img, kernels, scale):
     padded = F.pad(img.to(acc_dtype), (r, r, r, r), mode='reflect')
     kernels = kernels.to(device=img.device, dtype=acc_dtype)
     b, c = img.shape[:2]
-    if b * c * k * k * h * w <= _UNFOLD_MAX_ELEMENTS:
-        # small inputs (one training crop): one strided unfold beats k² tiny kernel launches
-        cols = F.unfold(padded, k, stride=s).view(b, c, k * k, h * w)
-        out = cols.mul_(kernels.reshape(b, 1, k * k, h * w)).sum(2).view(b, c, h, w)
+    chunk = _unfold_chunk(img.device, b, c, k, h, w, max_unfold)
+    if chunk:
+        # small inputs (training crops): a strided unfold beats k² tiny kernel launches
+        if chunk >= b:
+            cols = F.unfold(padded, k, stride=s).view(b, c, k * k, h * w)
+            return cols.mul_(kernels.reshape(b, 1, k * k, h * w)).sum(2).view(b, c, h, w).to(out_dtype)
+        out = padded.new_empty((b, c, h, w))
+        for i in range(0, b, chunk):
+            n = min(chunk, b - i)
+            cols = F.unfold(padded[i:i + n], k, stride=s).view(n, c, k * k, h * w)
+            out[i:i + n] = cols.mul_(kernels[i:i + n].reshape(n, 1, k * k, h * w)).sum(2).view(n, c, h, w)
         return out.to(out_dtype)
     out = img.new_zeros((b, c, h, w), dtype=acc_dtype)
     taps = kernels.unsqueeze(1)  # B×1×k²×h×w: tap uv broadcasts over the channels

@@ -18,7 +18,7 @@ def _random_kernels(b, k, h, w, seed):
 @pytest.mark.parametrize('path', ['unfold', 'polyphase'])
 def test_op_matches_direct_reference(scale, k, hw, path, monkeypatch):
     # both code paths (small inputs unfold, large ones loop over polyphase components) against the formula
-    monkeypatch.setattr(D, '_UNFOLD_MAX_ELEMENTS', 1 << 40 if path == 'unfold' else 0)
+    monkeypatch.setattr(D, '_unfold_chunk', lambda device, b, c, k, h, w, most=None: b if path == 'unfold' else 0)
     h, w = hw
     g = torch.Generator().manual_seed(scale * 100 + k)
     img = torch.rand(2, 3, h * scale, w * scale, generator=g)
@@ -27,6 +27,29 @@ def test_op_matches_direct_reference(scale, k, hw, path, monkeypatch):
     ref = D.sv_blur_downsample_reference(img, ker, scale)
     assert out.shape == (2, 3, h, w) and out.dtype == torch.float32
     assert (out.double() - ref).abs().max() < 1e-6
+
+
+def test_accelerators_unfold_a_batch_of_crops_a_chunk_at_a_time():
+    cuda = torch.device('cuda')  # the policy only; no device is needed to ask it
+    assert D._unfold_chunk(cuda, 16, 3, 21, 48, 48) == 16  # 192-px training crops at x4: one chunk
+    assert D._unfold_chunk(cuda, 16, 3, 21, 64, 64) == 8  # 256 px: two chunks of 8
+    assert D._unfold_chunk(cuda, 1, 3, 21, 512, 512) == 0  # a large image: the polyphase loop
+    assert D._unfold_chunk(torch.device('cpu'), 16, 3, 21, 48, 48) == 0  # CPUs: the cache-sized loop
+    assert D._unfold_chunk(torch.device('cpu'), 1, 3, 21, 12, 12) == 1
+    # the chunked path itself (on the CPU here: max_unfold of two images, 3 chunks of 2 + 2 + 1), float32 and
+    # bfloat16, against the direct formula; max_unfold=0 is the polyphase loop
+    g = torch.Generator().manual_seed(5)
+    img = torch.rand(5, 3, 12, 16, generator=g)
+    ker = _random_kernels(5, 7, 3, 4, seed=6)
+    two = 2 * 3 * 49 * 3 * 4
+    assert D._unfold_chunk(torch.device('cpu'), 5, 3, 7, 3, 4, two) == 2
+    ref = D.sv_blur_downsample_reference(img, ker, 4)
+    for most in (two, 0):
+        out = D.sv_blur_downsample(img, ker, 4, max_unfold=most)
+        assert out.shape == (5, 3, 3, 4) and out.dtype == torch.float32
+        assert (out.double() - ref).abs().max() < 1e-6
+        half = D.sv_blur_downsample(img.bfloat16(), ker.bfloat16(), 4, max_unfold=most)
+        assert half.dtype == torch.bfloat16 and (half.float() - out).abs().max() < 2e-2
 
 
 def test_naive_method_agrees():

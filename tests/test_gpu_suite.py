@@ -22,6 +22,14 @@ def test_a_partial_table_names_the_sections_it_did_not_reach():
     assert 'PARTIAL' not in gpu_suite.table(suite, 'CPU', 1.0, [])
 
 
+def test_accelerators_synthesise_a_batch_in_a_few_operator_calls():
+    # the launch count of the GPU synthesis (kernels + blur) for the stage-1 batch, counted on meta tensors
+    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
+    import bench_batch_degradation
+    counts = bench_batch_degradation.count_accelerator_ops(16, 192, 4)
+    assert counts['synthesis'] < 100 and counts['blur'] < 20 and counts['blur loop'] > 40 * counts['blur'], counts
+
+
 def test_gpu_suite_tiny_on_cpu_prints_and_writes_the_table(tmp_path):
     out = tmp_path / 'suite.md'
     env = subprocess_env(OMP_NUM_THREADS='1', PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))
@@ -36,7 +44,8 @@ def test_gpu_suite_tiny_on_cpu_prints_and_writes_the_table(tmp_path):
     assert not any('FAILED' in r[1] for r in rows), text
     assert {r[0].lstrip('| ') for r in rows} == set(SECTIONS)
     measured = ' '.join(r[1] for r in rows)
-    for needle in ('fp16', 'bf16', 'few-step', 'SSR sampling (with SVKR) / bare UNet', 'DKENet with depth branch',
+    for needle in ('fp16', 'bf16', 'few-step', 'SSR sampling (with SVKR) / bare UNet', 'AMF layers one by one',
+                   'DKENet with depth branch', 'operator calls',
                    'SVKR', 'SSR 32² LR input', 'DKENetModel', 'NBSRModel', 'SVKRModel', 'SSRModel',
                    'degrade_on: model', 'batch synthesis'):
         assert needle in measured, f'{needle!r} missing from the table:\n{text}'

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config
+from ssr_arch.ssr_unet_arch import FOLDED, SSRUNet, tiny_config
 from ssr_utils.errors import OptionError
 
 
@@ -97,6 +97,91 @@ def test_cached_conditions_equal_the_direct_call():
     with torch.no_grad():
         conds = net.encode_conditions(x['lr_latent'], x['depth'], x['kernel_code'])
         torch.testing.assert_close(net(x['sample'], x['timestep'], conditions=conds), net(**x))
+
+
+def _randomise_norms(net, seed=0):
+    """Running statistics and affine parameters of a trained network, not BatchNorm's identity init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for amf in net.amf.values():
+            bn = amf.norm
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue
+            n = bn.num_features
+            bn.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            bn.weight.copy_(1 + torch.randn(n, generator=g) * 0.3)
+            bn.bias.copy_(torch.randn(n, generator=g) * 0.3)
+
+
+def _folded_net(residual=True, seed=3, **amf):
+    torch.manual_seed(seed)
+    cfg = tiny_config()
+    cfg['amf'] = dict(cfg['amf'], residual=residual, **amf)
+    net = SSRUNet(**cfg).eval()
+    _randomise_amf(net, seed)
+    _randomise_norms(net, seed)
+    return net
+
+
+@pytest.mark.parametrize('residual', [True, False])
+def test_folded_amf_points_give_the_prediction_of_the_amf_layers_one_by_one(residual):
+    net = _folded_net(residual)
+    x = _inputs(size=(6, 10))  # odd level sizes included
+    with torch.no_grad():
+        apart = net.encode_conditions(x['lr_latent'], x['depth'], x['kernel_code'], fold=False)
+        folded = net.encode_conditions(x['lr_latent'], x['depth'], x['kernel_code'])  # eval: folded
+        assert set(folded) == set(apart) == {name for name, _, _, _ in net.injection_points()}
+        assert all([m for m, _, _ in v] == net.modalities for v in apart.values())
+        assert all(len(v) == 1 and v[0][0] == FOLDED for v in folded.values())
+        ref = net(x['sample'], x['timestep'], conditions=apart)
+        out = net(x['sample'], x['timestep'], conditions=folded)
+        bare = net(x['sample'], x['timestep'], conditions={})
+    assert (ref - bare).abs().max() > 1e-2  # the modulations matter here
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_amf_layers_that_depend_on_the_feature_are_not_folded():
+    net = _folded_net()
+    x = _inputs()
+    with torch.no_grad():
+        net.train()  # BatchNorm uses the batch's statistics
+        trained = net.encode_conditions(x['lr_latent'], x['depth'], x['kernel_code'])
+        assert all([m for m, _, _ in v] == net.modalities for v in trained.values())
+    grouped = _folded_net(norm='group', num_groups=4)
+    with torch.no_grad():
+        conds = grouped.encode_conditions(x['lr_latent'], x['depth'], x['kernel_code'])
+    assert all([m for m, _, _ in v] == grouped.modalities for v in conds.values())
+
+
+def test_folded_points_in_bfloat16_stay_as_close_to_float32_as_the_layers_one_by_one():
+    net = _folded_net()
+    x = _inputs()
+    with torch.no_grad():
+        ref = net(x['sample'], x['timestep'], conditions=net.encode_conditions(
+            x['lr_latent'], x['depth'], x['kernel_code'], fold=False))
+        half = copy.deepcopy(net).to(torch.bfloat16)
+        xh = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in x.items()}
+        errors = {}
+        for fold in (False, True):
+            conds = half.encode_conditions(xh['lr_latent'], xh['depth'], xh['kernel_code'], fold=fold)
+            errors[fold] = (half(xh['sample'], xh['timestep'], conditions=conds).float() - ref).abs().mean().item()
+    assert errors[True] <= 1.5 * errors[False], errors
+
+
+def test_a_deep_copy_keeps_its_conditioning():
+    # the AMF hooks must act on the copy's own conditions (an EMA or half-precision copy is a deep copy)
+    net = _folded_net()
+    x = _inputs()
+    twin = copy.deepcopy(net)
+    with torch.no_grad():
+        ref = net(**x)
+        torch.testing.assert_close(twin(**x), ref, rtol=0, atol=0)
+        bare = net(x['sample'], x['timestep'], conditions={})
+        twin.amf['mid_lr'].mlp_beta[-1].bias.add_(1.0)  # the copy's own AMF weights act, not the original's
+        assert (twin(**x) - ref).abs().max() > 1e-2
+        assert torch.equal(net(**x), ref)
+    assert (ref - bare).abs().max() > 1e-2
 
 
 def test_modality_subset_and_order_option():

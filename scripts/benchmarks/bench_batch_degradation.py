@@ -17,6 +17,9 @@ is what bounds the rate on an idle machine whose cores are the bottleneck.
 Then where the CPU time goes (``--breakdown-size``, default 192): CPU time per sample of each dataset's
 ``__getitem__`` and collation and of each stage of the synthesis, in one process on one thread.
 
+Then the operator calls of the accelerator path's kernels + blur for one batch (counted on ``meta``
+tensors, so on any machine): the chunked unfold against the per-tap polyphase loop.
+
 Then the torch JPEG simulation against OpenCV (distance at equal quality, time of both backends).
 
 Then the synthesis against one DKENet training step (forward + backward + optimiser, EMA, AMP on CUDA) of
@@ -226,6 +229,49 @@ def bench_breakdown(root, gt_size, batch, scale, jpeg_backend, repeats=5):
     return dict(rows)
 
 
+def count_accelerator_ops(batch, gt_size, scale, kernel_size=21):
+    """Operator calls of the accelerator path for one batch, counted on ``meta`` tensors (the path an
+    accelerator takes, with no compute and no device): a machine-independent measure of the launch and
+    dispatch overhead that dominates small crops on a GPU. ``synthesis``: kernel maps + SV blur as
+    ``BatchDegradation.synthesize`` runs them (noise and JPEG left out: per-sample generators, host JPEG);
+    ``blur``: the blur alone with the unfold chunks accelerators take for training crops, ``blur loop``: with
+    the per-tap polyphase loop (``max_unfold=0``: large images; every batch before the unfold chunks)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from ssr_data.batch_degradation import BatchDegradation
+    from ssr_data.degradations import sv_blur_downsample
+
+    class Count(TorchDispatchMode):
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(fn):
+        with Count() as counter:
+            fn()
+        return counter.calls
+
+    h = gt_size // scale
+    gt = torch.empty(batch, 3, gt_size, gt_size, device='meta')
+    params = torch.empty(batch, 3, h, h, device='meta')
+    kmap = torch.empty(batch, kernel_size * kernel_size, h, h, device='meta')
+    synth = BatchDegradation({'scale': scale, 'kernel_size': kernel_size})
+    counts = {
+        'synthesis': count(lambda: synth.synthesize(gt, params, compress=False, keep_kernels=True)),
+        'blur': count(lambda: sv_blur_downsample(gt, kmap, scale)),
+        'blur loop': count(lambda: sv_blur_downsample(gt, kmap, scale, max_unfold=0)),
+    }
+    print(f'\n[ops] accelerator path, a batch of {batch} {gt_size}-px crops (k = {kernel_size}), operator calls '
+          f'counted on meta tensors: kernel maps + SV blur {counts["synthesis"]}; the blur alone {counts["blur"]} '
+          f'with the unfold chunks (what accelerators run), {counts["blur loop"]} with the per-tap polyphase loop')
+    return counts
+
+
 # -------------------------------------------------------------------------------------------------
 # the torch JPEG simulation against OpenCV
 # -------------------------------------------------------------------------------------------------
@@ -393,6 +439,7 @@ def main():
             bench_jpeg(root, device)
         if not args.skip_breakdown:
             bench_breakdown(root, args.breakdown_size, args.batch, args.scale, args.jpeg_backend)
+            count_accelerator_ops(args.batch, args.breakdown_size, args.scale)
         if not args.skip_step:
             cpu = device.type == 'cpu'
             bench_step(root, device, args.step_batch or (2 if cpu else None),

@@ -9,9 +9,12 @@ same process, interleaved, median of ``--repeats``:
 * bare: the same ``UNet2DConditionModel`` with no conditions (its AMF hooks return at once; no
   weight copy, so SD-size models fit) and the null text embedding;
 * SSR: VAE encoding of the upsampled LR image + condition encoders + AMF modulations (once per
-  image) + the same UNet with AMF at every down / mid / up level.
+  image) + the same UNet with AMF at every down / mid / up level, each point's AMF layers folded into
+  one affine map (``SSRUNet.fold_modulations``, the default at inference); a third loop applies them one
+  by one (``fold=False``) for comparison.
 The VAE decoding is the same for both and is left out. ``--with-svkr`` adds the frozen SVKR
-(default options, T = 3) to the SSR side, i.e. the full SSR inference of a LR image.
+(default options, T = 3) to the SSR side, i.e. the full SSR inference of a LR image, under autocast at
+``--dtype`` as ``SSRPipeline`` runs it.
 Budget (SPEC): SSR / bare <= 1.15.
 
 DKENet depth branch (``--part dkenet``; ``all``, the default, runs both parts): the paper-width DKENet
@@ -41,6 +44,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import ssr_arch  # noqa: E402,F401
 from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config  # noqa: E402
+from ssr_utils.amp import autocast  # noqa: E402
 
 
 def sd21_config():
@@ -205,10 +209,12 @@ def ssr_sampling(args, device, dtype):
         return loop(lambda z, t: net.unet(z, t, encoder_hidden_states=emb).sample, steps)
 
     @torch.no_grad()
-    def conditions():
+    def conditions(fold=True):
         """Once per image: (SVKR), VAE encoding of the upsampled LR, encoders, AMF modulations."""
         if svkr is not None:
-            maps = svkr(lr, need_sr=False)  # as SSRPipeline runs it: the maps only, no last NBSR pass
+            # as SSRPipeline runs it: the maps only (no last NBSR pass), under autocast at the sampling dtype
+            with autocast(device, None if dtype == torch.float32 else dtype):
+                maps = svkr(lr, need_sr=False)
             depth, kernel = maps['depth'], maps['kernel']
         else:
             depth, kernel = torch.rand(1, 1, *lr.shape[-2:], device=device), None
@@ -216,21 +222,23 @@ def ssr_sampling(args, device, dtype):
         z_lr = net.encode_image(lr_up.to(dtype))
         code = net.kernel_code(kernel.to(dtype)) if kernel is not None else \
             torch.randn(1, net.pca.dim, *lr.shape[-2:], device=device, dtype=dtype)
-        return net.encode_conditions(z_lr.to(dtype), depth.to(dtype), code.to(dtype))
+        return net.encode_conditions(z_lr.to(dtype), depth.to(dtype), code.to(dtype), fold=fold)
 
     @torch.no_grad()
-    def run_ssr(steps=None):
-        conds = conditions()
+    def run_ssr(steps=None, fold=True):
+        conds = conditions(fold)
         return loop(lambda z, t: net(z, t, conditions=conds), steps)
 
     warm = getattr(args, 'warmup_steps', None)
-    run_bare(warm), run_ssr(warm)  # warm-up (kernel selection, allocator)
-    bare_t, ssr_t, cond_t = [], [], []
-    for _ in range(args.repeats):
+    run_bare(warm), run_ssr(warm), run_ssr(warm, fold=False)  # warm-up (kernel selection, allocator)
+    bare_t, ssr_t, cond_t, apart_t = [], [], [], []
+    for _ in range(args.repeats):  # interleaved, so that load on a shared machine hits all alike
         bare_t.append(timed(run_bare, device))
         ssr_t.append(timed(run_ssr, device))
         cond_t.append(timed(conditions, device))
+        apart_t.append(timed(lambda: run_ssr(fold=False), device))
     b, s, c = statistics.median(bare_t), statistics.median(ssr_t), statistics.median(cond_t)
+    a = statistics.median(apart_t)
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
     n_unet = sum(p.numel() for p in net.unet.parameters())
     n_ssr = sum(p.numel() for k, p in net.named_parameters() if not k.startswith(('unet.', 'vae.')))
@@ -241,11 +249,14 @@ def ssr_sampling(args, device, dtype):
     step_b, step_s = b / args.steps, max(s - c, 0.0) / args.steps
     print(f'breakdown: once per image (VAE encode + encoders + AMF modulations{" + SVKR" if svkr is not None else ""}) '
           f'{c:.3f} s; per step bare {step_b:.4f} s, SSR {step_s:.4f} s (per-step ratio {step_s / step_b:.3f})')
+    print(f'AMF layers applied one by one (fold=False: a norm and three elementwise passes per modality and point): '
+          f'{a:.3f} s, ratio {a / b:.3f}; folded into one affine map per point (the default at inference): ratio '
+          f'{s / b:.3f}')
     if args.steps < 50:
         print(
             f'projection from these parts, not a measurement: 50 steps -> ratio {(c + 50 * step_s) / (50 * step_b):.3f}'
         )
-    return dict(bare=b, ssr=s, once=c, ratio=s / b, step_ratio=step_s / step_b)
+    return dict(bare=b, ssr=s, once=c, ratio=s / b, step_ratio=step_s / step_b, unfolded=a, unfolded_ratio=a / b)
 
 
 if __name__ == '__main__':

@@ -137,6 +137,9 @@ def overhead(suite):
     r = ssr_sampling(args, suite.device, dtype)
     suite.add('overhead', 'SSR sampling (with SVKR) / bare UNet',
               f'{args.size}² output, {args.steps} DPM-Solver++ steps, {dname}', f'{r["ratio"]:.3f}×', '≤ 1.10')
+    suite.add('overhead', 'same, AMF layers one by one (fold=False) / bare UNet',
+              f'{args.size}² output, {args.steps} DPM-Solver++ steps, {dname}', f'{r["unfolded_ratio"]:.3f}×',
+              'before the fold (for comparison)')
     dargs = SimpleNamespace(dkenet_sizes=[16] if tiny else [128], dkenet_batches=[1] if tiny else [4],
                             repeats=1 if tiny else 5, dtype=dname)
     for row in dkenet_depth_cost(dargs, suite.device, dtype):
@@ -304,6 +307,11 @@ def degradation(suite):
             found = True
     if not found:
         raise RuntimeError(f'no result in the output of bench_batch_degradation.py:\n{proc.stdout[-1500:]}')
+    from bench_batch_degradation import count_accelerator_ops
+    counts = count_accelerator_ops(16, 192, 4)
+    suite.add('degradation', 'kernel maps + SV blur: operator calls per batch', '16 crops of 192 px, k = 21, counted '
+              f'on meta tensors; blur {counts["blur"]} (per-tap loop: {counts["blur loop"]})', f'{counts["synthesis"]}',
+              'launch overhead')
 
 
 SECTIONS = dict(sampling=sampling, overhead=overhead, tiled_memory=tiled_memory, training=training,
