@@ -133,28 +133,47 @@ class BatchDegradation:
     @staticmethod
     def _noise_fields(lq, noise_sigma, gray, poisson_scale, seeds):
         """Gaussian then Poisson noise, per sample from its own generator seeded with ``noise_seed``, laws as
-        :func:`ssr_data.degradations.add_gaussian_noise` / :func:`~ssr_data.degradations.add_poisson_noise`."""
+        :func:`ssr_data.degradations.add_gaussian_noise` / :func:`~ssr_data.degradations.add_poisson_noise`.
+
+        Only the draws are per sample (each sample's generator, its own shape: one channel for grey noise);
+        scaling, the grey channel copies, the luma and the clamps act on the whole batch, so that an
+        accelerator gets a handful of launches instead of a few per sample."""
         b, c, h, w = lq.shape
         if not any(sig > 0 for sig in noise_sigma) and not any(p > 0 for p in poisson_scale):
             return lq
+
+        def per_sample(values):
+            return torch.tensor(values, dtype=lq.dtype).view(b, 1, 1, 1).to(lq.device, non_blocking=True)
+
         gens = []
         fields = lq.new_zeros((b, c, h, w))
+        rows = fields.unbind(0)
         for i in range(b):
             gen = torch.Generator(device=lq.device)
             gen.manual_seed(int(seeds[i]))
             gens.append(gen)
             if noise_sigma[i] > 0:
-                field = torch.randn((1 if gray[i] else c, h, w), generator=gen, device=lq.device, dtype=lq.dtype)
-                fields[i] = field * noise_sigma[i]
+                torch.randn((1 if gray[i] else c, h, w), generator=gen, out=rows[i][:1] if gray[i] else rows[i])
+        gray_mask = per_sample([bool(g) for g in gray]).bool()
+        fields = torch.where(gray_mask, fields[:, :1], fields).mul_(per_sample([float(x) for x in noise_sigma]))
         lq = lq.add_(fields).clamp_(0, 1)
-        for i in range(b):
-            if poisson_scale[i] > 0:
-                x = lq[i]
-                base = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None] if gray[i] else x
-                rate = base.clamp(0, 1).mul(255.0)
-                shot = torch.poisson(rate, generator=gens[i]).div_(255.0).sub_(base)
-                lq[i] = (x + shot * poisson_scale[i]).clamp_(0, 1)
-        return lq
+        shot_idx = [i for i in range(b) if poisson_scale[i] > 0]
+        if not shot_idx:
+            return lq
+        luma = (0.299 * lq[:, 0] + 0.587 * lq[:, 1] + 0.114 * lq[:, 2])[:, None]
+        base = torch.where(gray_mask, luma, lq)  # grey: the luma in every channel, drawn once (channel 0)
+        rate = base.clamp(0, 1).mul(255.0)
+        counts = torch.zeros_like(lq)
+        rates, rows = rate.unbind(0), counts.unbind(0)
+        for i in shot_idx:
+            if gray[i]:
+                rows[i][:1].copy_(torch.poisson(rates[i][:1], generator=gens[i]))
+            else:
+                rows[i].copy_(torch.poisson(rates[i], generator=gens[i]))
+        counts = torch.where(gray_mask, counts[:, :1], counts)
+        shot = counts.div_(255.0).sub_(base)
+        noisy = (lq + shot * per_sample([float(x) for x in poisson_scale])).clamp_(0, 1)
+        return torch.where(per_sample([float(x) > 0 for x in poisson_scale]).bool(), noisy, lq)
 
     def _compress(self, lq, quality):
         """JPEG at each sample's integer quality (< 0: none), otherwise rounded to 8-bit levels."""

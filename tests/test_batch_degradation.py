@@ -142,6 +142,14 @@ def test_noise_follows_the_drawn_law_and_the_seed(lmdbs):
     clean2, _ = synth.synthesize(dark_bright, params[:2], compress=False)
     var = (shot - clean2).var(dim=(1, 2, 3))
     assert var[0].item() == pytest.approx(0.1 / 255, rel=0.2) and var[1].item() == pytest.approx(0.8 / 255, rel=0.2)
+    # a batch mixing grey / colour noise and shot / no shot noise: every sample as it is alone
+    mixed = (sigma[:4], [1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], None, seeds[:4])
+    batch, _ = synth.synthesize(gt[:4], params[:4], *mixed, compress=False)
+    for i in range(4):
+        one, _ = synth.synthesize(gt[i:i + 1], params[i:i + 1], *[None if v is None else v[i:i + 1] for v in mixed],
+                                  compress=False)
+        assert torch.equal(one[0], batch[i]), i
+        assert torch.equal(batch[i, 0], batch[i, 2]) == bool(mixed[1][i])  # grey: one field for all channels
 
 
 def test_dataset_seed_fixes_the_synthesised_sample(lmdbs):
