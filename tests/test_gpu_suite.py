@@ -45,6 +45,7 @@ def test_gpu_suite_tiny_on_cpu_prints_and_writes_the_table(tmp_path):
     assert {r[0].lstrip('| ') for r in rows} == set(SECTIONS)
     measured = ' '.join(r[1] for r in rows)
     for needle in ('fp16', 'bf16', 'few-step', 'SSR sampling (with SVKR) / bare UNet', 'AMF layers one by one',
+                   'SSR once per image: SVKR / VAE encode',
                    'DKENet with depth branch', 'operator calls',
                    'SVKR', 'SSR 32² LR input', 'DKENetModel', 'NBSRModel', 'SVKRModel', 'SSRModel',
                    'degrade_on: model', 'batch synthesis'):

@@ -209,20 +209,34 @@ def ssr_sampling(args, device, dtype):
         return loop(lambda z, t: net.unet(z, t, encoder_hidden_states=emb).sample, steps)
 
     @torch.no_grad()
-    def conditions(fold=True):
-        """Once per image: (SVKR), VAE encoding of the upsampled LR, encoders, AMF modulations."""
+    def conditions(fold=True, parts=None):
+        """Once per image: (SVKR), VAE encoding of the upsampled LR, encoders, AMF modulations. ``parts``: a
+        dict that collects the seconds of each part (a synchronisation between parts on a GPU)."""
+        clock = [time.perf_counter()]
+
+        def lap(name):
+            if parts is not None:
+                _sync(device)
+                now = time.perf_counter()
+                parts.setdefault(name, []).append(now - clock[0])
+                clock[0] = now
+
         if svkr is not None:
             # as SSRPipeline runs it: the maps only (no last NBSR pass), under autocast at the sampling dtype
             with autocast(device, None if dtype == torch.float32 else dtype):
                 maps = svkr(lr, need_sr=False)
             depth, kernel = maps['depth'], maps['kernel']
+            lap('SVKR')
         else:
             depth, kernel = torch.rand(1, 1, *lr.shape[-2:], device=device), None
         lr_up = F.interpolate(lr, size=(size, size), mode='bicubic', align_corners=False).clamp(0, 1)
         z_lr = net.encode_image(lr_up.to(dtype))
+        lap('VAE encode')
         code = net.kernel_code(kernel.to(dtype)) if kernel is not None else \
             torch.randn(1, net.pca.dim, *lr.shape[-2:], device=device, dtype=dtype)
-        return net.encode_conditions(z_lr.to(dtype), depth.to(dtype), code.to(dtype), fold=fold)
+        conds = net.encode_conditions(z_lr.to(dtype), depth.to(dtype), code.to(dtype), fold=fold)
+        lap('encoders + modulations')
+        return conds
 
     @torch.no_grad()
     def run_ssr(steps=None, fold=True):
@@ -231,11 +245,11 @@ def ssr_sampling(args, device, dtype):
 
     warm = getattr(args, 'warmup_steps', None)
     run_bare(warm), run_ssr(warm), run_ssr(warm, fold=False)  # warm-up (kernel selection, allocator)
-    bare_t, ssr_t, cond_t, apart_t = [], [], [], []
+    bare_t, ssr_t, cond_t, apart_t, parts = [], [], [], [], {}
     for _ in range(args.repeats):  # interleaved, so that load on a shared machine hits all alike
         bare_t.append(timed(run_bare, device))
         ssr_t.append(timed(run_ssr, device))
-        cond_t.append(timed(conditions, device))
+        cond_t.append(timed(lambda: conditions(parts=parts), device))
         apart_t.append(timed(lambda: run_ssr(fold=False), device))
     b, s, c = statistics.median(bare_t), statistics.median(ssr_t), statistics.median(cond_t)
     a = statistics.median(apart_t)
@@ -249,6 +263,8 @@ def ssr_sampling(args, device, dtype):
     step_b, step_s = b / args.steps, max(s - c, 0.0) / args.steps
     print(f'breakdown: once per image (VAE encode + encoders + AMF modulations{" + SVKR" if svkr is not None else ""}) '
           f'{c:.3f} s; per step bare {step_b:.4f} s, SSR {step_s:.4f} s (per-step ratio {step_s / step_b:.3f})')
+    print('once per image, by part: ' + ', '.join(f'{k} {statistics.median(v):.3f} s' for k, v in parts.items()) +
+          f' (a bare UNet step: {step_b:.3f} s)')
     print(f'AMF layers applied one by one (fold=False: a norm and three elementwise passes per modality and point): '
           f'{a:.3f} s, ratio {a / b:.3f}; folded into one affine map per point (the default at inference): ratio '
           f'{s / b:.3f}')
@@ -256,7 +272,8 @@ def ssr_sampling(args, device, dtype):
         print(
             f'projection from these parts, not a measurement: 50 steps -> ratio {(c + 50 * step_s) / (50 * step_b):.3f}'
         )
-    return dict(bare=b, ssr=s, once=c, ratio=s / b, step_ratio=step_s / step_b, unfolded=a, unfolded_ratio=a / b)
+    return dict(bare=b, ssr=s, once=c, ratio=s / b, step_ratio=step_s / step_b, unfolded=a, unfolded_ratio=a / b,
+                once_parts={k: statistics.median(v) for k, v in parts.items()})
 
 
 if __name__ == '__main__':

@@ -140,6 +140,10 @@ def overhead(suite):
     suite.add('overhead', 'same, AMF layers one by one (fold=False) / bare UNet',
               f'{args.size}² output, {args.steps} DPM-Solver++ steps, {dname}', f'{r["unfolded_ratio"]:.3f}×',
               'before the fold (for comparison)')
+    parts = r['once_parts']
+    suite.add('overhead', 'SSR once per image: ' + ' / '.join(parts),
+              f'{args.size}² output, {dname}; a bare UNet step {r["bare"] / args.steps:.3f} s',
+              ' / '.join(f'{v:.3f}' for v in parts.values()) + ' s', 'where the rest goes')
     dargs = SimpleNamespace(dkenet_sizes=[16] if tiny else [128], dkenet_batches=[1] if tiny else [4],
                             repeats=1 if tiny else 5, dtype=dname)
     for row in dkenet_depth_cost(dargs, suite.device, dtype):
