@@ -75,13 +75,9 @@ def _kernels_tap_major(sigma_major, sigma_minor, theta, kernel_size, out=None):
     q = torch.mul(basis[:, 0:1], coef[0], out=kernels[:half])
     q.addcmul_(basis[:, 1:2], coef[1]).addcmul_(basis[:, 2:3], coef[2])
     q.clamp_min_(-80.0).exp_()
-    # the sum of all taps is twice the first half's minus the centre: the half is normalised before it is
-    # mirrored, so the sum and the division read half the map
-    total = q.sum(dim=0, keepdim=True).mul_(2.0).sub_(q[half - 1:half])
-    q.div_(total)
     mirror = torch.arange(half - 2, -1, -1, device=s1.device)
     torch.index_select(q, 0, mirror, out=kernels[half:])
-    return kernels
+    return kernels.div_(kernels.sum(dim=0, keepdim=True))
 
 
 def anisotropic_gaussian_kernels(sigma_major, sigma_minor, theta, kernel_size=21):

@@ -235,7 +235,9 @@ def count_accelerator_ops(batch, gt_size, scale, kernel_size=21):
     dispatch overhead that dominates small crops on a GPU. ``synthesis``: kernel maps + SV blur as
     ``BatchDegradation.synthesize`` runs them (noise and JPEG left out: per-sample generators, host JPEG);
     ``blur``: the blur alone with the unfold chunks accelerators take for training crops, ``blur loop``: with
-    the per-tap polyphase loop (``max_unfold=0``: large images; every batch before the unfold chunks)."""
+    the per-tap polyphase loop (``max_unfold=0``: large images; every batch before the unfold chunks).
+    ``noise``: Gaussian noise on every sample, grey on half of them, shot noise on the other half (counted on
+    CPU tensors, whose generators the draws need; the count does not depend on the device or the crop size)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from ssr_data.batch_degradation import BatchDegradation
@@ -266,9 +268,16 @@ def count_accelerator_ops(batch, gt_size, scale, kernel_size=21):
         'blur': count(lambda: sv_blur_downsample(gt, kmap, scale)),
         'blur loop': count(lambda: sv_blur_downsample(gt, kmap, scale, max_unfold=0)),
     }
+    small = torch.rand(batch, 3, 8 * scale, 8 * scale)
+    small_params = torch.ones(batch, 3, 8, 8)
+    noise = ([0.05] * batch, [float(i % 2 == 0) for i in range(batch)], [float(i % 2) for i in range(batch)], None,
+             list(range(batch)))
+    counts['noise'] = count(lambda: synth.synthesize(small, small_params, *noise, compress=False)) - count(
+        lambda: synth.synthesize(small, small_params, compress=False))
     print(f'\n[ops] accelerator path, a batch of {batch} {gt_size}-px crops (k = {kernel_size}), operator calls '
           f'counted on meta tensors: kernel maps + SV blur {counts["synthesis"]}; the blur alone {counts["blur"]} '
-          f'with the unfold chunks (what accelerators run), {counts["blur loop"]} with the per-tap polyphase loop')
+          f'with the unfold chunks (what accelerators run), {counts["blur loop"]} with the per-tap polyphase loop; '
+          f'noise (half grey, half shot noise; counted on CPU tensors) {counts["noise"]}')
     return counts
 
 
