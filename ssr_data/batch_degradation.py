@@ -27,6 +27,7 @@ from ssr_data import kernels as K
 from ssr_data.degradations import jpeg_compress, quantize, sv_blur_downsample
 from ssr_data.jpeg_sim import simulate_jpeg
 from ssr_utils.errors import OptionError
+from ssr_utils.huge_pages import empty_on_huge_pages
 
 DEGRADE_ON = ('dataset', 'model')
 JPEG_BACKENDS = ('opencv', 'torch')
@@ -120,7 +121,7 @@ class BatchDegradation:
             lq = sv_blur_downsample(gt, kmap, s)
             return (kmap.contiguous() if keep_kernels else None), lq.clamp_(0, 1)
         group = max(1, min(b, _CPU_KERNEL_PIXELS // (h * w)))
-        kmap = gt.new_empty((b if keep_kernels else group, k * k, h, w))
+        kmap = empty_on_huge_pages((b if keep_kernels else group, k * k, h, w), gt)
         lq = gt.new_empty((b, c, h, w))
         for g0 in range(0, b, group):
             g1 = min(b, g0 + group)

@@ -30,6 +30,17 @@ def test_accelerators_synthesise_a_batch_in_a_few_operator_calls():
     assert counts['synthesis'] < 100 and counts['blur'] < 20 and counts['blur loop'] > 40 * counts['blur'], counts
 
 
+def test_the_sampling_benchmark_times_every_loop_at_every_place_in_a_round():
+    # a fixed order favoured whichever loop ran at the same place every round (docs/diffusion.md)
+    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
+    from bench_ssr_sampling import rotated
+    loops = ['bare', 'ssr', 'conditions', 'apart']
+    orders = [rotated(loops, r) for r in range(8)]
+    assert all(sorted(order) == sorted(loops) for order in orders)
+    for place in range(len(loops)):
+        assert sorted(order[place] for order in orders) == sorted(loops * 2)
+
+
 def test_gpu_suite_tiny_on_cpu_prints_and_writes_the_table(tmp_path):
     out = tmp_path / 'suite.md'
     env = subprocess_env(OMP_NUM_THREADS='1', PATH=osp.dirname(sys.executable) + os.pathsep + os.environ.get('PATH', ''))

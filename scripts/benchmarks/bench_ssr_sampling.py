@@ -5,7 +5,7 @@
     python scripts/benchmarks/bench_ssr_sampling.py --config sd21 --device cuda --dtype bf16 --size 768
 
 Both loops run the same scheduler (DPM-Solver++) for the same steps on the same latent size, in the
-same process, interleaved, median of ``--repeats``:
+same process, interleaved (each round starts with the next loop), median of ``--repeats``:
 * bare: the same ``UNet2DConditionModel`` with no conditions (its AMF hooks return at once; no
   weight copy, so SD-size models fit) and the null text embedding;
 * SSR: VAE encoding of the upsampled LR image + condition encoders + AMF modulations (once per
@@ -121,6 +121,13 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
+def rotated(runs, round_index):
+    """The runs of one round, each round starting one further along: every loop is timed first, second, ...
+    as often as the others (a one-round run, e.g. at 768² on a CPU, still times them in the listed order)."""
+    shift = round_index % len(runs)
+    return runs[shift:] + runs[:shift]
+
+
 @torch.no_grad()
 def dkenet_depth_cost(args, device, dtype):
     """DKENet with its depth branch (depth features + one SFT per DABlock) vs without, same input. Returns a
@@ -157,8 +164,8 @@ def dkenet_depth_cost(args, device, dtype):
             for fn in runs.values():  # warm-up (kernel selection, allocator)
                 fn()
             times = {k: [] for k in runs}
-            for _ in range(args.repeats):  # interleaved, so that load on a shared machine hits all alike
-                for k, fn in runs.items():
+            for r in range(args.repeats):  # interleaved, so that load on a shared machine hits all alike
+                for k, fn in rotated(list(runs.items()), r):
                     times[k].append(timed(fn, device))
             t = {k: statistics.median(v) for k, v in times.items()}
             print(f'{size:>4}x{size:<4} {batch:>5} {t["no depth"]:11.4f} {t["depth"]:9.4f} '
@@ -246,11 +253,11 @@ def ssr_sampling(args, device, dtype):
     warm = getattr(args, 'warmup_steps', None)
     run_bare(warm), run_ssr(warm), run_ssr(warm, fold=False)  # warm-up (kernel selection, allocator)
     bare_t, ssr_t, cond_t, apart_t, parts = [], [], [], [], {}
-    for _ in range(args.repeats):  # interleaved, so that load on a shared machine hits all alike
-        bare_t.append(timed(run_bare, device))
-        ssr_t.append(timed(run_ssr, device))
-        cond_t.append(timed(lambda: conditions(parts=parts), device))
-        apart_t.append(timed(lambda: run_ssr(fold=False), device))
+    timings = [(bare_t, run_bare), (ssr_t, run_ssr), (cond_t, lambda: conditions(parts=parts)),
+               (apart_t, lambda: run_ssr(fold=False))]
+    for r in range(args.repeats):  # interleaved, so that load on a shared machine hits all alike
+        for out, fn in rotated(timings, r):
+            out.append(timed(fn, device))
     b, s, c = statistics.median(bare_t), statistics.median(ssr_t), statistics.median(cond_t)
     a = statistics.median(apart_t)
     dev_name = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
