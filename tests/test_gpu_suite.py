@@ -59,7 +59,7 @@ def test_gpu_suite_tiny_on_cpu_prints_and_writes_the_table(tmp_path):
                    'SSR once per image: SVKR / VAE encode',
                    'DKENet with depth branch', 'operator calls',
                    'SVKR', 'SSR 32² LR input', 'DKENetModel', 'NBSRModel', 'SVKRModel', 'SSRModel',
-                   'degrade_on: model', 'batch synthesis'):
+                   'degrade_on: model', 'batch synthesis', 'batch synthesis alone, by stage'):
         assert needle in measured, f'{needle!r} missing from the table:\n{text}'
     # every training row ran both AMP precisions and reports a finite loss
     for model in ('DKENetModel', 'NBSRModel', 'SVKRModel', 'SSRModel'):

@@ -396,6 +396,7 @@ def bench_step(root, device, step_batch, repeats, jpeg_backend, gt_size=None):
                 synth.append(t1 - t0)
                 step.append(t2 - t1)
     ts, tt = statistics.median(synth), statistics.median(step)
+    stages = synthesis_stages(raw, device, repeats)
     amp = yml['train'].get('amp', 'none')
     print(f'\n[step] DKENetModel, options/train_dkenet.yml stage-1 settings (gt_size {ds_opt["gt_size"]}, batch '
           f'{batch}, kernel_size {ds_opt.get("kernel_size", 21)}, use_jpeg {ds_opt.get("use_jpeg", True)}, '
@@ -404,7 +405,38 @@ def bench_step(root, device, step_batch, repeats, jpeg_backend, gt_size=None):
     print(f'[step] synthesis (maybe_degrade_batch: H2D, kernels, blur, noise{jpeg}) {ts * 1e3:.1f} ms; training step '
           f'(forward + backward + optimiser + EMA) {tt * 1e3:.1f} ms -> synthesis = {100 * ts / tt:.1f} % of a step '
           '(goal on a GPU: < 10 %)')
-    return {'synthesis': ts, 'step': tt}
+    print('[step] synthesis by stage (cumulative, ms): ' + ', '.join(f'{k} {v * 1e3:.2f}' for k, v in stages.items()))
+    return {'synthesis': ts, 'step': tt, 'stages': stages}
+
+
+def synthesis_stages(raw, device, repeats):
+    """Where the batch synthesis of the step benchmark spends its time on ``device``: the same batch through
+    ``BatchDegradation.synthesize`` stopped after each stage, cumulative medians in seconds (``all`` adds the
+    8-bit rounding and, where the batch's options draw it, the JPEG round trip)."""
+    from ssr_data.batch_degradation import BatchDegradation
+    deg = raw['degradation']
+    synth = BatchDegradation.from_batch(raw)
+    noise = (deg['noise_sigma'], deg['gray_noise'], deg['poisson_scale'], deg['jpeg_quality'], deg['noise_seed'])
+    moved = {}
+
+    def to_device():
+        moved['gt'] = raw['gt'].to(device, non_blocking=True)
+        moved['kp'] = deg['kernel_params'].to(device, non_blocking=True)
+
+    runs = {'H2D': to_device,
+            'kernels + blur': lambda: synth.synthesize(moved['gt'], moved['kp'], compress=False, keep_kernels=True),
+            '+ noise': lambda: synth.synthesize(moved['gt'], moved['kp'], *noise, compress=False, keep_kernels=True),
+            'all': lambda: synth.synthesize(moved['gt'], moved['kp'], *noise, keep_kernels=True)}
+    times = {k: [] for k in runs}
+    for i in range(repeats + 1):
+        for k, fn in runs.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            if i:  # the first round compiles / allocates
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main():

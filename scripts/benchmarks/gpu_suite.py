@@ -20,7 +20,8 @@ Rows (random weights everywhere: timing and memory only, no quality):
   networks of options/train_*.yml (SSR: SD 2.1-base size, random base, conditions from the batch), on
   synthetic batches of the option file's crop and batch size: seconds per iteration and a finite loss.
 * degradation: ``bench_batch_degradation.py`` on the device (192 px crop): ``degrade_on: model`` against
-  ``PairedImageDataset`` and the synthesis share of a DKENet training step (goal < 10 %).
+  ``PairedImageDataset``, the synthesis share of a DKENet training step (goal < 10 %) and the same
+  batch's synthesis stopped after each stage (host-to-device copy, kernels + blur, noise, rounding).
 
 ``--tiny`` swaps every size for a tiny one (tiny UNet / VAE, demo-size SVKR, a few pixels, 1-2 steps) so
 the whole suite runs on a CPU in about a minute; its numbers mean nothing but that every path runs.
@@ -309,6 +310,12 @@ def degradation(suite):
             suite.add('degradation', 'batch synthesis / DKENet training step', f'{m.group(1)} ms vs {m.group(2)} ms',
                       f'{m.group(3)} %', '< 10 % on a GPU')
             found = True
+        m = re.match(r'\[step\] synthesis by stage \(cumulative, ms\): (.*)', line)
+        if m:
+            stages = dict(part.rsplit(' ', 1) for part in m.group(1).split(', '))
+            suite.add('degradation', 'batch synthesis alone, by stage (cumulative)',
+                      'the step\'s batch: ' + ', '.join(f'{k} {v} ms' for k, v in stages.items() if k != 'all'),
+                      f'{stages["all"]} ms', 'where the synthesis time goes')
     if not found:
         raise RuntimeError(f'no result in the output of bench_batch_degradation.py:\n{proc.stdout[-1500:]}')
     from bench_batch_degradation import count_accelerator_ops
