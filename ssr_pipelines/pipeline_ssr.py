@@ -22,7 +22,9 @@ Model folders (``save_pretrained`` / ``from_pretrained``)::
     kernel_pca.pth            the kernel PCA basis the conditions are coded with (KernelPCA.load)
 
 A frozen Stable Diffusion base (``network_g: pretrained_path``) is referenced by its absolute path in
-``ssr_unet/config.json``, not copied; so is a depth network of the SVKR (``depth_opt: model_path``).
+``ssr_unet/config.json``, not copied; so is a depth network of the SVKR (``depth_opt: model_path``). A folder
+moved to another machine needs them there too; where such a path is missing, loading stops with an
+``OptionError`` naming the file that holds it.
 """
 import json
 import math
@@ -86,6 +88,20 @@ SVKR_WEIGHTS_HINT = ('the SVKR has no trained weights, and SSR would condition o
 
 
 # ------------------------------------------------------------------------------------------ helpers
+@contextmanager
+def _referenced_path(config_file, what, prefix=''):
+    """A model folder references a frozen part by an absolute path (module doc); when that path is gone (a
+    folder moved to another machine) the error names the file that holds it and what to do."""
+    try:
+        yield
+    except OptionError as err:
+        if err.key not in ('model_path', 'pretrained_path'):
+            raise
+        raise OptionError(f'{config_file}: {prefix}{err.key}', err.value,
+                          f'{err.problem}. {what[0].upper() + what[1:]} is referenced by this path, not copied into '
+                          'the model folder: copy it along and set the path in that file') from None
+
+
 def upsample_lr(lq, size):
     """The LR image upsampled (bicubic, clamped to [0, 1]) to ``size``: what the VAE encodes and what the
     colour correction matches."""
@@ -741,10 +757,12 @@ class SSRPipeline:
         config = {k: v for k, v in config.items() if not k.startswith('_')}
         unet = scheduler = svkr = None
         if 'ssr_unet' in components:
-            unet = SSRUNet.from_pretrained(osp.join(folder, UNET_FOLDER)).requires_grad_(False).eval()
+            with _referenced_path(osp.join(folder, UNET_FOLDER, 'config.json'), 'the Stable Diffusion base'):
+                unet = SSRUNet.from_pretrained(osp.join(folder, UNET_FOLDER)).requires_grad_(False).eval()
             scheduler = DDPMScheduler.from_pretrained(osp.join(folder, SCHEDULER_FOLDER))
         if 'svkr' in components:
-            svkr = cls._load_svkr(osp.join(folder, SVKR_FOLDER), folder)
+            with _referenced_path(osp.join(folder, SVKR_FOLDER, 'config.json'), 'the depth network', 'depth_opt:'):
+                svkr = cls._load_svkr(osp.join(folder, SVKR_FOLDER), folder)
         pipe = cls(unet, scheduler, svkr, dtype=dtype, **config)
         return pipe.to(device if device is not None else 'cpu')
 

@@ -16,6 +16,7 @@ import yaml
 from conftest import ROOT, run_python
 from ssr_app.inference import load_pipeline
 from ssr_pipelines import SSRPipeline
+from ssr_utils.errors import OptionError
 
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
 import export_model  # noqa: E402
@@ -126,6 +127,30 @@ def test_incomplete_or_missing_folders_are_named(folder, tmp_path):
         SSRPipeline.from_pretrained(broken)
     with pytest.raises(FileNotFoundError, match='does not exist'):
         SSRPipeline.from_pretrained(str(tmp_path / 'nowhere'))
+
+
+@pytest.mark.parametrize('part', ['svkr', 'ssr_unet'])
+def test_a_moved_folder_names_the_file_that_references_a_missing_part(folder, tmp_path, part):
+    # frozen parts (the depth network, the SD base) are referenced by absolute path; on another machine
+    # the error must say which file of the model folder holds that path
+    moved = str(tmp_path / 'moved')
+    shutil.copytree(folder, moved)
+    config_file = osp.join(moved, part, 'config.json')
+    with open(config_file) as f:
+        config = json.load(f)
+    gone = str(tmp_path / 'on_the_old_machine')
+    if part == 'svkr':
+        config['depth_opt'] = dict(config.get('depth_opt') or {}, type='MonocularDepth', backend='dpt', model_path=gone)
+        key = 'depth_opt:model_path'
+    else:
+        config['pretrained_path'] = gone
+        key = 'pretrained_path'
+    with open(config_file, 'w') as f:
+        json.dump(config, f)
+    with pytest.raises(OptionError) as err:
+        SSRPipeline.from_pretrained(moved)
+    message = str(err.value)
+    assert f'{config_file}: {key}' in message and gone in message and 'copy it along' in message
 
 
 def _experiment(tmp_path, name, opt_file, ckpt):
