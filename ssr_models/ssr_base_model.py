@@ -333,7 +333,7 @@ class SSRBaseModel(BaseModel):
             l_total, loss_dict = self.compute_losses()
         self.last_loss = l_total.detach().float()
         if self.any_rank(not torch.isfinite(self.last_loss).all()):
-            details = ', '.join(f'{k} {float(v):.4g}' for k, v in loss_dict.items())
+            details = ', '.join(f'{k} {float(torch.as_tensor(v).detach()):.4g}' for k, v in loss_dict.items())
             self.skip_step(current_iter, f'loss ({details})', buffers)
             return
         params = [p for p in self.net_g.parameters() if p.requires_grad]
