@@ -1,4 +1,4 @@
-"""Write a self-contained SSR model folder from an experiment folder or an option file.
+"""Write an SSR model folder from an experiment folder or an option file (frozen parts referenced by path).
 
     python scripts/export_model.py -i experiments/ssr_demo --svkr experiments/train_SVKR_x4_demo -o models/ssr_demo_x4
     python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i <image or folder> -o <output folder>

@@ -19,7 +19,8 @@ the input is 16-bit and the output PNG, gray when it is gray, alpha carried thro
 anything was skipped, 2 for bad arguments or an empty input folder. See docs/inference.md.
 """
 
-EXPORT_USAGE = """Write a self-contained SSR model folder (SSRPipeline.save_pretrained) from training results.
+EXPORT_USAGE = """Write an SSR model folder (SSRPipeline.save_pretrained) from training results; a frozen Stable
+Diffusion base and a depth network are referenced by path, not copied.
 
     python scripts/export_model.py -i experiments/ssr_demo --svkr experiments/train_SVKR_x4_demo -o models/ssr_demo_x4
     python scripts/export_model.py -i options/test_ssr_demo.yml -o models/ssr_demo_x4

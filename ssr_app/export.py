@@ -1,4 +1,4 @@
-"""The engine behind ``scripts/export_model.py``: training results -> one self-contained model folder.
+"""The engine behind ``scripts/export_model.py``: training results -> one model folder.
 
 The networks are built from the option file the experiment saved (or the one given), with their trained
 weights (the EMA ones when saved), exactly as ``scripts/inference_ssr.py -opt`` builds them, and written
