@@ -7,6 +7,7 @@ that callers use directly (not patches) are plain functions here too (Fix 7).
 """
 import argparse
 import functools
+import logging
 import os
 import os.path as osp
 import sys
@@ -250,6 +251,23 @@ def save_scheduler(scheduler, folder):
         json.dump(config, f, indent=2, sort_keys=True)
 
 
+# ----------------------------------------------------------------------------------------------
+# Fix 8 (diffusers 0.42 ``ModelMixin.to``): it reads ``fp32_modules = self._keep_in_fp32_modules or []``
+# and then warns whenever ``fp32_modules is not None``, i.e. on every dtype cast of every model, also one
+# with no module to keep in float32 ("... should be kept in float32: []"). Drop that one empty-list
+# warning; a model that does name modules still warns.
+# ----------------------------------------------------------------------------------------------
+class _EmptyFp32ModulesWarning(logging.Filter):
+    def filter(self, record):
+        return 'should be kept in float32: []' not in record.getMessage()
+
+
+def _fix_empty_fp32_modules_warning():
+    logger = logging.getLogger('diffusers.models.modeling_utils')  # the logger diffusers' get_logger returns
+    if not any(isinstance(f, _EmptyFp32ModulesWarning) for f in logger.filters):
+        logger.addFilter(_EmptyFp32ModulesWarning())
+
+
 def apply():
     """Apply every fix (idempotent). Must run before the first ``import basicsr``."""
     global _APPLIED
@@ -259,6 +277,7 @@ def apply():
         if _APPLIED:
             return
         _fix_functional_tensor()
+        _fix_empty_fp32_modules_warning()
         import basicsr.data.degradations as degradations
         import basicsr.models.base_model as base_model
         import basicsr.train as bsr_train

@@ -164,3 +164,15 @@ def test_release_free_heap_returns_fragmented_heap_pages():
     assert release_free_heap() is True
     assert before - rss_mb() > 0.5 * 300 * 0.1  # at least half of the 30 MB freed went back
     del blocks
+
+
+def test_a_dtype_cast_warns_only_for_modules_that_must_stay_float32(capfd):
+    # diffusers 0.42 warns on every dtype cast, even with no module to keep in float32 (Fix 8)
+    from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config
+    net = SSRUNet(**tiny_config())
+    capfd.readouterr()
+    net.to(torch.bfloat16)
+    assert 'should be kept in float32' not in capfd.readouterr().err
+    net._keep_in_fp32_modules = ['vae']
+    net.to(torch.float32)
+    assert "should be kept in float32: ['vae']" in capfd.readouterr().err
