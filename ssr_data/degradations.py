@@ -66,6 +66,13 @@ def _unfold_chunk(device, b, c, k, h, w, max_unfold=None):
     return -(-b // chunks)  # chunks of equal size: 16 images that fit 12 at a time go as 8 + 8
 
 
+def _unfold_blur(padded, kernels, k, s, h, w):
+    """The blur of :func:`sv_blur_downsample` for the images of ``padded`` by one strided unfold."""
+    n, c = padded.shape[:2]
+    cols = F.unfold(padded, k, stride=s).view(n, c, k * k, h * w)
+    return cols.mul_(kernels.reshape(n, 1, k * k, h * w)).sum(2).view(n, c, h, w)
+
+
 def sv_blur_downsample(img, kernels, scale, max_unfold=None):
     """Spatially variant blur and ×``scale`` subsampling in one pass, evaluated at kept positions only.
 
@@ -99,15 +106,8 @@ def sv_blur_downsample(img, kernels, scale, max_unfold=None):
     chunk = _unfold_chunk(img.device, b, c, k, h, w, max_unfold)
     if chunk:
         # small inputs (training crops): a strided unfold beats k² tiny kernel launches
-        if chunk >= b:
-            cols = F.unfold(padded, k, stride=s).view(b, c, k * k, h * w)
-            return cols.mul_(kernels.reshape(b, 1, k * k, h * w)).sum(2).view(b, c, h, w).to(out_dtype)
-        out = padded.new_empty((b, c, h, w))
-        for i in range(0, b, chunk):
-            n = min(chunk, b - i)
-            cols = F.unfold(padded[i:i + n], k, stride=s).view(n, c, k * k, h * w)
-            out[i:i + n] = cols.mul_(kernels[i:i + n].reshape(n, 1, k * k, h * w)).sum(2).view(n, c, h, w)
-        return out.to(out_dtype)
+        parts = [_unfold_blur(padded[i:i + chunk], kernels[i:i + chunk], k, s, h, w) for i in range(0, b, chunk)]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts)).to(out_dtype)
     out = img.new_zeros((b, c, h, w), dtype=acc_dtype)
     taps = kernels.unsqueeze(1)  # B×1×k²×h×w: tap uv broadcasts over the channels
     # On CPU a few images at a time (one for large images): each of the k² multiply-adds then stays small

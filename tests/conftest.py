@@ -103,10 +103,11 @@ def run_python(args, cwd=None, timeout=300, **popen_kwargs):
 
 
 @contextlib.contextmanager
-def basicsr_messages(level=None, handler_level=logging.NOTSET):
-    """The messages BasicSR's logger handles inside the block (it does not propagate to the root logger, so
-    pytest's caplog misses them). ``level`` sets the logger's own level for the block; ``handler_level``
-    keeps only records at or above it."""
+def logger_messages(name, level=None, handler_level=logging.NOTSET):
+    """The messages the logger ``name`` handles inside the block, read at the logger itself (BasicSR's and
+    diffusers' loggers do not propagate to the root logger, so pytest's caplog misses them, and a stream
+    handler may hold a stream an earlier test captured). ``level`` sets the logger's own level for the
+    block; ``handler_level`` keeps only records at or above it."""
     messages = []
 
     class Collect(logging.Handler):
@@ -114,7 +115,7 @@ def basicsr_messages(level=None, handler_level=logging.NOTSET):
         def emit(self, record):
             messages.append(record.getMessage())
 
-    logger = logging.getLogger('basicsr')
+    logger = logging.getLogger(name)
     old_level = logger.level
     handler = Collect(level=handler_level)
     logger.addHandler(handler)
@@ -125,3 +126,8 @@ def basicsr_messages(level=None, handler_level=logging.NOTSET):
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def basicsr_messages(level=None, handler_level=logging.NOTSET):
+    """The messages BasicSR's logger handles inside the block (:func:`logger_messages`)."""
+    return logger_messages('basicsr', level, handler_level)

@@ -168,27 +168,13 @@ def test_release_free_heap_returns_fragmented_heap_pages():
 
 
 def test_a_dtype_cast_warns_only_for_modules_that_must_stay_float32():
-    # diffusers 0.42 warns on every dtype cast, even with no module to keep in float32 (Fix 8). Read the
-    # records at diffusers' logger itself: its stderr handler may hold a stream an earlier test captured.
+    # diffusers 0.42 warns on every dtype cast, even with no module to keep in float32 (Fix 8)
+    from conftest import logger_messages
     from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config
-    messages = []
-
-    class Collect(logging.Handler):
-
-        def emit(self, record):
-            messages.append(record.getMessage())
-
-    logger = logging.getLogger('diffusers.models.modeling_utils')
-    old_level, handler = logger.level, Collect()
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)
-    try:
-        net = SSRUNet(**tiny_config())
+    net = SSRUNet(**tiny_config())
+    with logger_messages('diffusers.models.modeling_utils', logging.WARNING) as messages:
         net.to(torch.bfloat16)
         assert not any('should be kept in float32' in m for m in messages), messages
         net._keep_in_fp32_modules = ['vae']
         net.to(torch.float32)
         assert any("should be kept in float32: ['vae']" in m for m in messages), messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
