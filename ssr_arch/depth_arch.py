@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from ssr_data.depth_prior import depth_prior, minmax_normalise  # noqa: F401  (the prior lives below the archs)
+from ssr_utils.compat import own_weights
 from ssr_utils.errors import OptionError
 from ssr_utils.extras import require
 
@@ -94,7 +95,8 @@ def _load_depth_network(backend, model_path):
     if not osp.isfile(osp.join(model_path, 'config.json')):
         raise OptionError('model_path', model_path, 'no config.json in the folder (not a save_pretrained folder)')
     transformers = require('transformers', f'the {backend!r} depth backend')
-    net = transformers.AutoModelForDepthEstimation.from_pretrained(model_path, local_files_only=True)
+    # own_weights: the loaded network computes exactly as the one that was saved (ssr_utils/compat.py, fix 9)
+    net = own_weights(transformers.AutoModelForDepthEstimation.from_pretrained(model_path, local_files_only=True))
     model_type = getattr(net.config, 'model_type', '')
     expected = {'dpt': ('dpt', ), 'depth_anything': ('depth_anything', )}[backend]
     if model_type not in expected:

@@ -48,6 +48,7 @@ from ssr_arch.amf_arch import AMF, resize_to
 from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
 from ssr_data.kernels import KernelPCA
 from ssr_utils.atomic_file import atomic_write
+from ssr_utils.compat import own_weights
 from ssr_utils.errors import OptionError
 
 MODALITIES = ('kernel', 'depth', 'lr')
@@ -222,8 +223,9 @@ class SSRUNet(ModelMixin, ConfigMixin):
             if unet is not None or vae is not None:
                 raise OptionError('unet' if unet is not None else 'vae', 'dict',
                                   'give either pretrained_path or the unet/vae configs, not both')
-            self.unet = UNet2DConditionModel.from_pretrained(osp.join(pretrained_path, 'unet'))
-            self.vae = AutoencoderKL.from_pretrained(osp.join(pretrained_path, 'vae'))
+            # own_weights: the same numbers as the saved networks (ssr_utils/compat.py, fix 9)
+            self.unet = own_weights(UNet2DConditionModel.from_pretrained(osp.join(pretrained_path, 'unet')))
+            self.vae = own_weights(AutoencoderKL.from_pretrained(osp.join(pretrained_path, 'vae')))
         else:
             if unet is None or vae is None:
                 raise OptionError('unet' if unet is None else 'vae', None,

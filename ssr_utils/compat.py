@@ -268,6 +268,27 @@ def _fix_empty_fp32_modules_warning():
         logger.addFilter(_EmptyFp32ModulesWarning())
 
 
+# ----------------------------------------------------------------------------------------------
+# Fix 9 (transformers >= 5, diffusers 0.42, safetensors 0.8 on the CPU): ``from_pretrained`` memory-maps
+# the safetensors file and leaves every weight a view into it, at an address 8 (or 56, 32...) bytes past
+# a 64-byte boundary, where PyTorch's own allocations are 64-byte aligned. The CPU kernels (oneDNN
+# convolutions, vectorised reductions) split their loops by alignment, so the same weights at another
+# alignment round differently: a DPT loaded from its folder differed from the network it was saved from
+# by ~1e-7 per layer, 3.7e-6 after min-max normalisation (transformers 5.25.0; 4.x copied the weights).
+# Copy them into PyTorch's own memory once after loading: the folder then gives the network that was
+# saved, bit for bit, and the model no longer holds the file open.
+# ----------------------------------------------------------------------------------------------
+def own_weights(module):
+    """Give every CPU parameter and buffer of ``module`` (loaded by a ``from_pretrained``) memory of its own,
+    aligned as PyTorch allocates it (one tensor at a time, so the peak grows by the largest). Returns
+    ``module``."""
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.device.type == 'cpu' and tensor.numel():
+                tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+    return module
+
+
 def apply():
     """Apply every fix (idempotent). Must run before the first ``import basicsr``."""
     global _APPLIED
