@@ -65,6 +65,7 @@ COLOR_FIXES = ('none', 'adain', 'wavelet')
 # whole image, every GroupNorm on whole-image statistics (equal to the untiled VAE up to summation order)
 VAE_TILINGS = ('windows', 'layerwise')
 VAE_STORES = ('memory', 'disk')
+COND_CACHES = ('auto', 'device', 'cpu', 'none')
 SAMPLING_KEYS = ('sampler', 'num_inference_steps', 'strength', 'seed', 'color_fix', 'solver_order')
 # LR pixels of context around each SVKR window: more than the receptive field of the demo-size networks
 # (about 6 LR pixels, measured); even, so that DKENet's stride-2 stages keep their phase in every window
@@ -161,6 +162,12 @@ def check_vae_tiling(vae_tiling, vae_store='memory'):
     return vae_tiling, vae_store
 
 
+def check_cond_cache(cond_cache, key='cond_cache'):
+    if cond_cache not in COND_CACHES:
+        raise OptionError(key, cond_cache, 'expected auto, device, cpu or none')
+    return cond_cache
+
+
 def check_color_fix(method, key='diffusion:color_fix'):
     method = 'none' if method is None else method
     if method not in COLOR_FIXES:
@@ -242,6 +249,17 @@ def eval_mode(*nets):
 
 def _round_up(n, m):
     return int(math.ceil(n / m) * m)
+
+
+def _latent_map(x, lr_size, latent_size):
+    """An LR-size condition map padded (replicate) to the padded image's ``lr_size``, resized to ``latent_size``."""
+    if x is None:
+        return None
+    if tuple(x.shape[-2:]) != tuple(lr_size):
+        x = F.pad(x, (0, lr_size[1] - x.shape[-1], 0, lr_size[0] - x.shape[-2]), mode='replicate')
+    if tuple(x.shape[-2:]) != tuple(latent_size):
+        x = F.interpolate(x, size=tuple(latent_size), mode='bilinear', align_corners=False, antialias=True)
+    return x
 
 
 def _map_conds(conds, fn):
@@ -349,6 +367,151 @@ def build_svkr_from_options(net_opt, path_opt, path_key='pretrain_network_svkr',
     return net.requires_grad_(False).eval()
 
 
+# ------------------------------------------------------------------------------------------ sampling parts
+@dataclass(frozen=True)
+class SamplingWindows:
+    """How one call cuts the image. ``tile`` / ``overlap``: as asked, in LR pixels (the SVKR's windows).
+    ``lr_*``: the VAE encoder's windows in LR pixels, rounded so that every window starts on a whole latent
+    pixel and has the network's size multiple; ``latent_*``: the UNet's and the VAE decoder's windows in
+    latent pixels. A ``None`` tile: the whole image is one window."""
+    scale: int
+    tile: int
+    overlap: int
+    lr_tile: Optional[int]
+    lr_overlap: int
+    lr_context: int
+    lr_multiple: int
+    latent_tile: Optional[int]
+    latent_overlap: int
+    latent_multiple: int
+
+    @classmethod
+    def plan(cls, tile, overlap, scale, vae_scale_factor, size_multiple):
+        """The windows of a call with ``tile`` (None / 0: untiled) and ``overlap`` LR pixels."""
+        s, f, m = scale, vae_scale_factor, size_multiple
+        tile = int(tile) if tile else 0
+        overlap = int(overlap)
+        if tile and not 0 <= overlap < tile:
+            raise OptionError('tile_overlap', overlap, f'expected 0 <= overlap < tile ({tile})')
+        lr_multiple = m // math.gcd(m, s)
+        lr_step = f // math.gcd(f, s)
+        if tile:
+            lr_tile = _round_up(max(tile, 1), lr_multiple)
+            lr_overlap = max(0, min(_round_up(overlap, lr_step), lr_tile - lr_step))
+            lr_context = max(lr_overlap, _round_up(2, lr_step))  # at least bicubic's reach
+            latent_tile, latent_overlap = lr_tile * s // f, lr_overlap * s // f
+        else:
+            lr_tile, lr_overlap, lr_context, latent_tile, latent_overlap = None, 0, 0, None, 0
+        return cls(s, tile, overlap, lr_tile, lr_overlap, lr_context, lr_multiple, latent_tile, latent_overlap,
+                   max(1, m // f))
+
+    @property
+    def tiled(self):
+        return self.lr_tile is not None
+
+
+class WindowVAETiling:
+    """``vae_tiling='windows'``: each window runs through the whole VAE and the overlaps are blended, so every
+    GroupNorm normalises with its own window's statistics. With one window it is the untiled VAE."""
+    name = 'windows'
+
+    def encode(self, net, lq, windows, progress=False):
+        """Padded LR image ``lq`` -> LR latent of its upsampling; each window upsamples its own LR window."""
+        s = windows.scale
+
+        def encode_window(t):
+            return net.encode_image(upsample_lr(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
+
+        return tiled_apply(encode_window, lq, windows.lr_tile, windows.lr_overlap, context=windows.lr_context,
+                           multiple=windows.lr_multiple, out_device=lq.device, progress=progress, desc='VAE encode')
+
+    def decode(self, net, latents, windows, push, out_device, progress=False):
+        """Latents -> image rows in [0, 1], handed top to bottom to ``push(row0, row1, rows)``."""
+        tiled_apply(lambda t: net.decode_latent(t).float(), latents, windows.latent_tile, windows.latent_overlap,
+                    context=windows.latent_overlap, multiple=windows.latent_multiple, out_device=out_device,
+                    progress=progress, desc='VAE decode', into={'out': push})
+
+
+class LayerwiseVAETiling:
+    """``vae_tiling='layerwise'``: ``ssr_utils.tiled_vae`` runs one layer at a time over the whole image in tiles,
+    every GroupNorm on whole-image statistics (the untiled VAE up to summation order). Its image-size
+    activations live in ``store``: ``memory`` (host memory) or ``disk`` (a temporary file)."""
+    name = 'layerwise'
+
+    def __init__(self, store='memory'):
+        self.store = store
+
+    def encode(self, net, lq, windows, progress=False):
+        s = windows.scale
+        image = upsample_lr(lq, (lq.shape[-2] * s, lq.shape[-1] * s)) * 2 - 1
+        latent = tiled_encode(net.vae, image, tile_size=windows.lr_tile * s, out_device=lq.device, store=self.store,
+                              progress=progress).mode()
+        return latent * net.vae.config.scaling_factor
+
+    def decode(self, net, latents, windows, push, out_device, progress=False):
+        # rows in [-1, 1] -> decode_latent's [0, 1]
+        tiled_decode(net.vae, latents / net.vae.config.scaling_factor, tile_size=windows.latent_tile,
+                     out_device=out_device, store=self.store, progress=progress,
+                     out=lambda r0, r1, rows: push(r0, r1, ((rows + 1) / 2).clamp(0, 1)))
+
+
+def vae_tiling_strategy(vae_tiling='windows', vae_store='memory', tiled=True):
+    """The VAE tiling of a call (checked): ``LayerwiseVAETiling`` for a tiled ``layerwise`` call, else
+    ``WindowVAETiling`` (untiled, both are the untiled VAE)."""
+    vae_tiling, vae_store = check_vae_tiling(vae_tiling, vae_store)
+    return LayerwiseVAETiling(vae_store) if tiled and vae_tiling == 'layerwise' else WindowVAETiling()
+
+
+class ConditionWindows:
+    """The AMF condition features of every latent window, computed on first use and kept where ``cache`` says
+    (``device``; ``cpu``, moved back each step; ``none``: recomputed every step), and the network's prediction
+    over the windows (``predict``), blended over the overlaps before the scheduler step."""
+
+    def __init__(self, net, lr_latent, depth, code, runner, cache, device):
+        self.net, self.lr_latent, self.depth, self.code = net, lr_latent, depth, code
+        self.runner, self.cache, self.device = runner, cache, device
+        self.features = {}
+
+    def __call__(self, window):
+        """The condition features of ``window`` = ``(y0, y1, x0, x1)`` in latent pixels."""
+        if window in self.features:
+            feats = self.features[window]
+            return _map_conds(feats, lambda x: x.to(self.device, non_blocking=True)) if self.cache == 'cpu' else feats
+        y0, y1, x0, x1 = window
+        code = None if self.code is None else self.code[..., y0:y1, x0:x1]
+        lr_latent = self.lr_latent[..., y0:y1, x0:x1]
+        depth = None if self.depth is None else self.depth[..., y0:y1, x0:x1]
+        feats = self.net.encode_conditions(lr_latent, depth, None if code is None else code.to(lr_latent.dtype),
+                                           size=(y1 - y0, x1 - x0))
+        if self.cache == 'device':
+            self.features[window] = feats
+        elif self.cache == 'cpu':
+            self.features[window] = _map_conds(feats, lambda x: x.to('cpu'))
+        return feats
+
+    def window_prediction(self, model_input, t, window):
+        if tuple(model_input.shape[-2:]) != (window[1] - window[0], window[3] - window[2]):
+            raise RuntimeError('SSRPipeline: latent window was padded; size multiple mismatch')
+        return self.net(model_input, t, conditions=self(window)).float()
+
+    def predict(self, model_input, t):
+        """The network's prediction (the noise, or v) for the whole latent ``model_input`` at step ``t``."""
+        return self.runner(lambda z, window: self.window_prediction(z, t, window), model_input)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The arguments of one ``SSRPipeline.__call__``, checked, with the pipeline's defaults filled in."""
+    num_inference_steps: int
+    strength: float
+    sampler: str
+    seed: int
+    color_fix: str
+    dtype: Optional[torch.dtype]
+    cond_cache: str
+    windows: SamplingWindows
+    vae_tiling: Any  # WindowVAETiling | LayerwiseVAETiling
+
 # ------------------------------------------------------------------------------------------ pipeline
 class SSRPipeline:
     """SSR super-resolution from bare networks.
@@ -435,81 +598,35 @@ class SSRPipeline:
 
     strength_steps = staticmethod(strength_steps)
 
-    @torch.no_grad()
-    def denoise(self, latent_shape, predict, num_inference_steps=None, seed=None, strength=None, init_latent=None,
-                sampler=None, progress=False):
-        """The sampling loop: ``predict(model_input, t)`` is the network's prediction (the noise, or v with
-        ``prediction_type: v_prediction``; whole latent or tiled); returns the final latent (float32).
-
-        ``strength`` 1 starts from seeded pure noise. ``strength`` < 1 is diffusers' img2img start: only the
-        last ``int(steps * strength)`` steps of the schedule run, from ``init_latent`` (the VAE latent of the
-        upsampled LR image) noised with the same seeded noise to the first of them."""
-        steps = int(num_inference_steps or self.num_inference_steps)
-        strength = check_strength(self.strength if strength is None else strength, 'strength')
-        seed = self.seed if seed is None else seed
-        device = self.device
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(seed))
-        scheduler = self.sampling_scheduler(sampler)
-        scheduler.set_timesteps(steps, device=device)
-        z = torch.randn(latent_shape, generator=gen, device=device, dtype=torch.float32)
-        timesteps = scheduler.timesteps
-        if strength < 1:
-            if init_latent is None:
-                raise ValueError(f'SSRPipeline.denoise: strength {strength} < 1 needs init_latent (the LR latent)')
-            if tuple(init_latent.shape) != tuple(latent_shape):
-                raise ValueError(f'SSRPipeline.denoise: init_latent {tuple(init_latent.shape)} does not match the '
-                                 f'latent shape {tuple(latent_shape)}')
-            start, _ = strength_steps(steps, strength)
-            start *= scheduler.order
-            timesteps = timesteps[start:]
-            if hasattr(scheduler, 'set_begin_index'):
-                scheduler.set_begin_index(start)
-            t0 = timesteps[:1].repeat(latent_shape[0])
-            z = scheduler.add_noise(init_latent.to(device, torch.float32), z, t0)
-        else:
-            z = z * scheduler.init_noise_sigma
-        for t in tqdm(timesteps, desc='SSR sampling', disable=not progress, leave=False):
-            pred = predict(scheduler.scale_model_input(z, t), t)
-            z = scheduler.step(pred.float(), t, z).prev_sample
-        return z
-
-    @torch.no_grad()
-    def __call__(self, image, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
-                 tile_overlap=16, color_fix=None, dtype=None, depth=None, kernel=None, return_maps=False,
-                 progress=False, out=None, out_device=None, cond_cache='auto', vae_tiling='windows', vae_store='memory'):
-        """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays and PIL images).
-
-        ``tile`` / ``tile_overlap``: windows in LR pixels (None / 0: the whole image is one window).
-        ``depth`` (B×1×h×w) / ``kernel`` (B×k²×h×w), LR size: given maps instead of the SVKR's estimates.
-        ``out``: a float32 B×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
-        ``cond_cache``: where the per-window AMF features live between steps: ``device``, ``cpu``, ``none``
-        (recomputed every step), ``auto`` = ``device`` for one window, else ``cpu`` on CUDA and ``none`` elsewhere
-        (measured on CPU, bench_inference.py: same time, a third of the memory).
-        ``vae_tiling``: how ``tile`` cuts the VAE encoder and decoder: ``windows`` (default) runs each window
-        through the whole VAE and blends the overlaps, so every GroupNorm normalises with its own window's
-        statistics; ``layerwise`` runs ``ssr_utils.tiled_vae`` (one layer at a time over the whole image in
-        tiles, every GroupNorm on whole-image statistics: the untiled VAE up to summation order, no tone
-        seams). Its image-size activations live in ``vae_store``: ``memory`` (host memory, so the GPU holds
-        one tile) or ``disk`` (a temporary file, so host memory stays flat too). Without ``tile`` both are the
-        untiled VAE. Other arguments default to the pipeline's."""
+    # ------------------------------------------------------------------ sampling stages
+    def check_inputs(self, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
+                     tile_overlap=16, color_fix=None, dtype=None, cond_cache='auto', vae_tiling='windows',
+                     vae_store='memory'):
+        """Check the sampling arguments of ``__call__`` (an ``OptionError`` names a bad one) and fill in the
+        pipeline's defaults; returns the ``SamplingSettings`` the other stages read."""
         if self.unet is None:
             raise RuntimeError('SSRPipeline: this pipeline has no SSR network (an SVKR-only model); use svkr_only()')
-        lr, back, in_device = _as_batch(image)
         steps = int(num_inference_steps or self.num_inference_steps)
         if steps < 1:
             raise OptionError('num_inference_steps', num_inference_steps, 'expected an integer >= 1')
-        vae_tiling = check_vae_tiling(vae_tiling, vae_store)
-        res = self._sample(lr, tile, tile_overlap, steps, seed, strength, sampler,
-                           check_color_fix(self.color_fix if color_fix is None else color_fix, 'color_fix'),
-                           self.dtype if dtype is None else amp_dtype(dtype, 'dtype'), depth, kernel, return_maps,
-                           progress, out, torch.device(out_device) if out_device is not None else in_device, cond_cache,
-                           vae_tiling)
-        return SSRPipelineOutput(images=back(res['sr']), depth=res.get('depth'), kernel_variance=res.get('kvar'))
+        vae_tiling = vae_tiling_strategy(vae_tiling, vae_store, tiled=bool(tile))
+        color_fix = check_color_fix(self.color_fix if color_fix is None else color_fix, 'color_fix')
+        dtype = self.dtype if dtype is None else amp_dtype(dtype, 'dtype')
+        windows = SamplingWindows.plan(tile, tile_overlap, self.scale, self.unet.vae_scale_factor,
+                                       self.unet.size_multiple)
+        return SamplingSettings(
+            num_inference_steps=steps, strength=check_strength(self.strength if strength is None else strength,
+                                                               'strength'),
+            sampler=check_sampler(self.sampler if sampler is None else sampler, 'sampler'),
+            seed=int(self.seed if seed is None else seed), color_fix=color_fix, dtype=dtype,
+            cond_cache=check_cond_cache(cond_cache), windows=windows, vae_tiling=vae_tiling)
 
-    def _condition_maps(self, lr, depth, kernel, tile, overlap, dtype, return_maps, progress):
-        """LR-size depth, kernel code and (with ``return_maps``) kernel variance: the given maps, the rest from the
-        tiled SVKR."""
+    @torch.no_grad()
+    def prepare_conditions(self, lr, depth=None, kernel=None, tile=None, tile_overlap=16, dtype=None, return_maps=False,
+                           progress=False):
+        """The LR-size maps SSR is conditioned on: ``depth`` (B×1×h×w), ``code`` (the kernel map's PCA code) and,
+        with ``return_maps``, ``kvar`` (kernel variance); the given ``depth`` / ``kernel`` maps, the rest from the
+        SVKR, tiled in LR space when ``tile`` is given. Returns a dict of the maps there are."""
         net, dev = self.unet, self.device
         need_depth, need_kernel = 'depth' in net.modalities, 'kernel' in net.modalities
         maps = {}
@@ -531,122 +648,133 @@ class SSRPipeline:
                                   'depth= and kernel= maps)')
             want = []
         if want:
-            maps.update(svkr_tiled(self.svkr, lr, tile, overlap, want=want, kernel_code=net.kernel_code, dtype=dtype,
-                                   progress=progress, out_device=dev))
+            maps.update(svkr_tiled(self.svkr, lr, tile, tile_overlap, want=want, kernel_code=net.kernel_code,
+                                   dtype=dtype, progress=progress, out_device=dev))
             if need_depth and 'depth' not in maps:
                 raise OptionError('network_svkr:use_depth', False, 'the depth modality needs an SVKR with depth')
         return maps
 
-    def _sample(self, lr, tile, overlap, steps, seed, strength, sampler, color_fix, dtype, depth, kernel, return_maps,
-                progress, out, out_device, cond_cache, vae_tiling=('windows', 'memory')):
-        net, dev, s = self.unet, self.device, self.scale
-        layerwise = bool(tile) and vae_tiling[0] == 'layerwise'
-        f, m = net.vae_scale_factor, net.size_multiple
-        lm = max(1, m // f)
-        tile = int(tile) if tile else 0
-        overlap = int(overlap)
-        if tile and not 0 <= overlap < tile:
-            raise OptionError('tile_overlap', overlap, f'expected 0 <= overlap < tile ({tile})')
+    @torch.no_grad()
+    def encode_lr(self, lq, windows, vae_tiling=None, progress=False):
+        """The padded LR image ``lq`` (``pad_lr``), upsampled to the output size and VAE-encoded: the scaled LR
+        latent (float32) the conditions and a ``strength`` < 1 start from. ``windows``: ``SamplingWindows``;
+        ``vae_tiling``: the VAE tiling strategy (default: ``WindowVAETiling``)."""
+        vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
+        return vae_tiling.encode(self.unet, lq, windows, progress)
+
+    def condition_windows(self, lr_latent, maps, windows, cond_cache='auto'):
+        """The ``ConditionWindows`` of a call: the LR latent and the maps of ``prepare_conditions`` (padded as the
+        image was and resized to the latent) cut into the UNet's windows; its ``predict`` is what ``denoise``
+        runs at every step. ``cond_cache``: see ``__call__``."""
+        net, dev = self.unet, self.device
+        zh, zw = lr_latent.shape[-2:]
+        f, s = net.vae_scale_factor, self.scale
+        depth = maps.get('depth') if 'depth' in net.modalities else None
+        code = maps.get('code') if 'kernel' in net.modalities else None
+        lr_size = (zh * f // s, zw * f // s)  # the padded LR image's: its upsampling is a whole number of latents
+        depth, code = (_latent_map(x, lr_size, (zh, zw)) for x in (depth, code))
+        runner = TiledRunner(windows.latent_tile, windows.latent_overlap, context=0, multiple=windows.latent_multiple,
+                             out_device=dev, with_window=True)
+        if check_cond_cache(cond_cache) == 'auto':  # one window (a whole image): its features are computed once
+            one = len(runner.windows(zh, zw)[0]) == 1
+            cond_cache = 'device' if one else ('cpu' if dev.type == 'cuda' else 'none')
+        return ConditionWindows(net, lr_latent, depth, code, runner, cond_cache, dev)
+
+    def prepare_timesteps(self, num_inference_steps=None, strength=None, sampler=None):
+        """A fresh sampling scheduler (``sampling_scheduler``) set to ``num_inference_steps`` and the timesteps
+        that run: all of them for ``strength`` 1, the last ``int(steps · strength)`` below 1 (diffusers' img2img
+        rule). Returns ``(scheduler, timesteps)``."""
+        steps = int(num_inference_steps or self.num_inference_steps)
+        strength = check_strength(self.strength if strength is None else strength, 'strength')
+        scheduler = self.sampling_scheduler(sampler)
+        scheduler.set_timesteps(steps, device=self.device)
+        timesteps = scheduler.timesteps
+        if strength < 1:
+            start = strength_steps(steps, strength)[0] * scheduler.order
+            timesteps = timesteps[start:]
+            if hasattr(scheduler, 'set_begin_index'):
+                scheduler.set_begin_index(start)
+        return scheduler, timesteps
+
+    def prepare_latents(self, latent_shape, scheduler, timesteps, generator, init_latent=None):
+        """The starting latent (float32): seeded noise from ``generator`` (a ``torch.Generator`` on the pipeline's
+        device), scaled for the scheduler; with ``init_latent`` (the LR latent, for ``strength`` < 1) that latent
+        noised with the same noise to the first of ``timesteps``."""
+        latents = torch.randn(latent_shape, generator=generator, device=self.device, dtype=torch.float32)
+        if init_latent is None:
+            return latents * scheduler.init_noise_sigma
+        if tuple(init_latent.shape) != tuple(latent_shape):
+            raise ValueError(f'SSRPipeline.prepare_latents: init_latent {tuple(init_latent.shape)} does not match the '
+                             f'latent shape {tuple(latent_shape)}')
+        t0 = timesteps[:1].repeat(latent_shape[0])
+        return scheduler.add_noise(init_latent.to(self.device, torch.float32), latents, t0)
+
+    @torch.no_grad()
+    def denoise(self, latents, scheduler, timesteps, predict, progress=False):
+        """The sampling loop: at every timestep ``predict(model_input, t)`` is the network's prediction (the
+        noise, or v with ``prediction_type: v_prediction``; e.g. ``ConditionWindows.predict``) and the scheduler
+        steps; returns the final latent (float32)."""
+        for t in tqdm(timesteps, desc='SSR sampling', disable=not progress, leave=False):
+            pred = predict(scheduler.scale_model_input(latents, t), t)
+            latents = scheduler.step(pred.float(), t, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents, lq, windows, color_fix, out, vae_tiling=None, out_device=None, progress=False):
+        """The final latent -> the image, written into ``out`` (B×3×(h·s)×(w·s), the unpadded size): VAE-decoded
+        (``vae_tiling``, default ``WindowVAETiling``) in row bands that stream through the colour correction
+        (``color_fix`` against the upsampled padded LR image ``lq``). Returns ``out``."""
+        vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
+        out_device = out.device if out_device is None else out_device
+        s = self.scale
+        fixer = StreamingColorFix(color_fix, lambda a, b: upsample_lr_rows(lq, s, a, b).to(out_device).float(),
+                                  lq.shape[-2] * s, out)
+        vae_tiling.decode(self.unet, latents, windows, fixer.push, out_device, progress)
+        fixer.finish()
+        return out
+
+    @torch.no_grad()
+    def __call__(self, image, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
+                 tile_overlap=16, color_fix=None, dtype=None, depth=None, kernel=None, return_maps=False,
+                 progress=False, out=None, out_device=None, cond_cache='auto', vae_tiling='windows', vae_store='memory'):
+        """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays and PIL images).
+
+        ``tile`` / ``tile_overlap``: windows in LR pixels (None / 0: the whole image is one window).
+        ``depth`` (B×1×h×w) / ``kernel`` (B×k²×h×w), LR size: given maps instead of the SVKR's estimates.
+        ``out``: a float32 B×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
+        ``cond_cache``: where the per-window AMF features live between steps: ``device``, ``cpu``, ``none``
+        (recomputed every step), ``auto`` = ``device`` for one window, else ``cpu`` on CUDA and ``none`` elsewhere
+        (measured on CPU, bench_inference.py: same time, a third of the memory).
+        ``vae_tiling``: how ``tile`` cuts the VAE encoder and decoder: ``windows`` (default,
+        ``WindowVAETiling``) or ``layerwise`` (``LayerwiseVAETiling``, no tone seams; its image-size activations
+        in ``vae_store``: ``memory`` or ``disk``). Without ``tile`` both are the untiled VAE. Other arguments
+        default to the pipeline's.
+
+        The stages, each a method: ``check_inputs`` -> ``prepare_conditions`` (SVKR maps) -> ``encode_lr`` ->
+        ``condition_windows`` -> ``prepare_timesteps`` / ``prepare_latents`` -> ``denoise`` -> ``decode``."""
+        run = self.check_inputs(num_inference_steps, strength, sampler, seed, tile, tile_overlap, color_fix, dtype,
+                                cond_cache, vae_tiling, vae_store)
+        lr, back, in_device = _as_batch(image)
+        out_device = torch.device(out_device) if out_device is not None else in_device
+        lr, dev = lr.to(self.device), self.device
         b, _, h, w = lr.shape
-        lr = lr.to(dev)
-        with eval_mode(net, self.svkr):
-            maps = self._condition_maps(lr, depth, kernel, tile, overlap, dtype, return_maps, progress)
-            lq, _ = pad_lr(lr, s, m)
-            hp, wp = lq.shape[-2:]
-
-            def pad_map(x):
-                if x is None or tuple(x.shape[-2:]) == (hp, wp):
-                    return x
-                return F.pad(x, (0, wp - x.shape[-1], 0, hp - x.shape[-2]), mode='replicate')
-
-            depth_p = pad_map(maps.get('depth')) if 'depth' in net.modalities else None
-            code_p = pad_map(maps.get('code')) if 'kernel' in net.modalities else None
-            # LR windows of the VAE encoder: whole latent pixels at every start, the network's size multiple
-            lr_mult = m // math.gcd(m, s)
-            lr_step = f // math.gcd(f, s)
-            if tile:
-                tile_lr = _round_up(max(tile, 1), lr_mult)
-                overlap_lr = max(0, min(_round_up(overlap, lr_step), tile_lr - lr_step))
-                context_lr = max(overlap_lr, _round_up(2, lr_step))  # at least bicubic's reach
-                lt, lo = tile_lr * s // f, overlap_lr * s // f
-            else:  # the whole image is one window
-                tile_lr, overlap_lr, context_lr, lt, lo = None, 0, 0, None, 0
+        with eval_mode(self.unet, self.svkr):
+            maps = self.prepare_conditions(lr, depth, kernel, run.windows.tile, run.windows.overlap, run.dtype,
+                                           return_maps, progress)
+            lq, _ = pad_lr(lr, self.scale, self.unet.size_multiple)
             if out is None:
-                out = torch.empty((b, 3, h * s, w * s), dtype=torch.float32, device=out_device)
-
-            def encode_window(t):
-                return net.encode_image(upsample_lr(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
-
-            with autocast(dev, dtype):
-                if layerwise:
-                    image = upsample_lr(lq, (hp * s, wp * s)) * 2 - 1
-                    z_lr = tiled_encode(net.vae, image, tile_size=tile_lr * s, out_device=dev, store=vae_tiling[1],
-                                        progress=progress).mode() * net.vae.config.scaling_factor
-                    del image
-                else:
-                    z_lr = tiled_apply(encode_window, lq, tile_lr, overlap_lr, context=context_lr, multiple=lr_mult,
-                                       out_device=dev, progress=progress, desc='VAE encode')
-                zh, zw = z_lr.shape[-2:]
-
-                def to_latent(x):
-                    if x is None or tuple(x.shape[-2:]) == (zh, zw):
-                        return x
-                    return F.interpolate(x, size=(zh, zw), mode='bilinear', align_corners=False, antialias=True)
-
-                depth_l, code_l = to_latent(depth_p), to_latent(code_p)
-                runner = TiledRunner(lt, lo, context=0, multiple=lm, out_device=dev, with_window=True)
-                if cond_cache not in ('auto', 'device', 'cpu', 'none'):
-                    raise OptionError('cond_cache', cond_cache, 'expected auto, device, cpu or none')
-                cache = cond_cache
-                if cache == 'auto':  # one window (a whole image): its features are computed once
-                    one = len(runner.windows(zh, zw)[0]) == 1
-                    cache = 'device' if one else ('cpu' if dev.type == 'cuda' else 'none')
-                conds = {}
-
-                def window_conds(win):
-                    if win in conds:
-                        c = conds[win]
-                        return _map_conds(c, lambda x: x.to(dev, non_blocking=True)) if cache == 'cpu' else c
-                    y0, y1, x0, x1 = win
-                    crop = (lambda x: None if x is None else x[..., y0:y1, x0:x1])
-                    z_win = z_lr[..., y0:y1, x0:x1]
-                    code_win = crop(code_l)
-                    code_win = None if code_win is None else code_win.to(z_win.dtype)
-                    c = net.encode_conditions(z_win, crop(depth_l), code_win, size=(y1 - y0, x1 - x0))
-                    if cache == 'device':
-                        conds[win] = c
-                    elif cache == 'cpu':
-                        conds[win] = _map_conds(c, lambda x: x.to('cpu'))
-                    return c
-
-                def predict(inp, t):
-
-                    def window_prediction(zt, win):
-                        if tuple(zt.shape[-2:]) != (win[1] - win[0], win[3] - win[2]):
-                            raise RuntimeError('SSRPipeline: latent window was padded; size multiple mismatch')
-                        return net(zt, t, conditions=window_conds(win)).float()
-
-                    return runner(window_prediction, inp)
-
-                z = self.denoise(z_lr.shape, predict, steps, seed, strength, init_latent=z_lr, sampler=sampler,
-                                 progress=progress)
-                fixer = StreamingColorFix(color_fix,
-                                          lambda a, b_: upsample_lr_rows(lq, s, a, b_).to(out_device).float(),
-                                          hp * s, out)
-                if layerwise:  # rows in [-1, 1] -> decode_latent's [0, 1], streamed into the colour fix
-                    tiled_decode(net.vae, z / net.vae.config.scaling_factor, tile_size=lt, out_device=out_device,
-                                 store=vae_tiling[1], progress=progress,
-                                 out=lambda r0, r1, rows: fixer.push(r0, r1, ((rows + 1) / 2).clamp(0, 1)))
-                else:
-                    tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
-                                out_device=out_device, progress=progress, desc='VAE decode', into={'out': fixer.push})
-                fixer.finish()
-        res = {'sr': out}
-        if maps.get('depth') is not None:
-            res['depth'] = maps['depth']
-        if return_maps:
-            res['kvar'] = maps.get('kvar')
-        return res
+                out = torch.empty((b, 3, h * self.scale, w * self.scale), dtype=torch.float32, device=out_device)
+            with autocast(dev, run.dtype):
+                lr_latent = self.encode_lr(lq, run.windows, run.vae_tiling, progress)
+                conditions = self.condition_windows(lr_latent, maps, run.windows, run.cond_cache)
+                scheduler, timesteps = self.prepare_timesteps(run.num_inference_steps, run.strength, run.sampler)
+                generator = torch.Generator(device=dev).manual_seed(run.seed)
+                latents = self.prepare_latents(lr_latent.shape, scheduler, timesteps, generator,
+                                               init_latent=lr_latent if run.strength < 1 else None)
+                latents = self.denoise(latents, scheduler, timesteps, conditions.predict, progress)
+                self.decode(latents, lq, run.windows, run.color_fix, out, run.vae_tiling, out_device, progress)
+        return SSRPipelineOutput(images=back(out), depth=maps.get('depth'),
+                                 kernel_variance=maps.get('kvar') if return_maps else None)
 
     @torch.no_grad()
     def svkr_only(self, image, tile=None, tile_overlap=16, dtype=None, return_maps=False, progress=False, out=None,
