@@ -75,7 +75,7 @@ def run(args):
     try:
         pipe = export_model(args.input, args.output, args.svkr, args.overwrite)
     except (OptionError, FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
-        msg = err.code if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
+        msg = str(err) if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
         print(f'export_model: {msg}', flush=True)
         return 2
     parts = []

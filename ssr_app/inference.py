@@ -303,7 +303,7 @@ def run(args):
                             sampler=args.sampler, strength=args.strength, num_samples=args.num_samples,
                             ext=args.ext, suffix=args.suffix)
     except (OptionError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        msg = err.code if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
+        msg = str(err) if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
         print(f'inference_ssr: {msg}', flush=True)
         return 2
     if device.type == 'cuda' or precision != 'fp32':
@@ -332,6 +332,8 @@ def run(args):
             interrupted = True
             skipped[path] = 'interrupted'
             break
+        except OptionError:
+            raise  # a bad option stops the run (the command's one line), it is no problem of this file
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             skipped[path] = 'out of GPU memory (try a smaller --tile)'

@@ -2,7 +2,8 @@
 
 They register every SSR component, check the option file before anything heavy starts (and before
 BasicSR makes any experiment or results folder), and hand over to BasicSR's own ``train_pipeline`` /
-``test_pipeline``. Every problem found there stops with one line naming the file or the option key.
+``test_pipeline``. Every problem found there stops with one line naming the file or the option key (an
+``OptionError`` anywhere in the run, turned into that line here).
 The first line of every training and test log is the SSR version and, in a checkout, the git commit
 (``ssr_utils.install.version_line``); TensorBoard gets the learning rates beside the losses. An ``-opt`` path that does not exist as typed is looked up in the
 repository root and among the shipped option files (``ssr_utils.install.find_option_file``), so the
@@ -26,7 +27,7 @@ from basicsr.utils.options import ordered_yaml, parse_options  # noqa: E402
 import ssr_arch  # noqa: E402,F401
 import ssr_data  # noqa: E402,F401
 import ssr_models  # noqa: E402,F401
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 from ssr_utils.install import find_option_file, version_line  # noqa: E402
 from ssr_utils.option_check import check_options  # noqa: E402
 
@@ -110,6 +111,7 @@ class LearningRateMessageLogger(MessageLogger):
 _BASICSR_ENV_INFO = bsr_train.get_env_info
 
 
+@exit_on_option_error()
 def train(root_path):
     bsr_train.parse_options = checked_parse_options
     bsr_train.get_env_info = env_info_with_version(_BASICSR_ENV_INFO)
@@ -118,6 +120,7 @@ def train(root_path):
     compat.end_distributed()
 
 
+@exit_on_option_error()
 def test(root_path):
     bsr_test.parse_options = checked_parse_options
     bsr_test.get_env_info = env_info_with_version(_BASICSR_ENV_INFO)

@@ -2,8 +2,8 @@
 depth network (``MonocularDepth`` / ``TransformersDepthNet`` with a network backend) has its local folder,
 the scales agree, and the model type's own ``check_options`` passes.
 
-A failure raises :class:`ssr_utils.errors.OptionError`, which exits with one line naming the
-option key (``a:b:c``) and the value.
+A failure raises :class:`ssr_utils.errors.OptionError` (a ``ValueError``) naming the option key (``a:b:c``)
+and the value; the launchers stop with that one line.
 """
 import os
 import os.path as osp

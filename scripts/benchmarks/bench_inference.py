@@ -34,6 +34,8 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
+
 
 
 
@@ -243,6 +245,7 @@ def row(r, base, mem_key):
           f'{r[mem_key]:14.1f} {r[mem_key] / max(base[mem_key], 1e-9):7.2f} {r["canvas_mb"]:10.1f}', flush=True)
 
 
+@exit_on_option_error()
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--mode', choices=['svkr', 'ssr', 'both'], default='both')

@@ -42,6 +42,7 @@ from basicsr.utils import tensor2img  # noqa: E402
 from ssr_utils.color_fix import color_fix  # noqa: E402
 from ssr_app.inference import load_options, prepare_options  # noqa: E402
 from ssr_pipelines import SSRPipeline  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 
 def load_val(root):
@@ -83,6 +84,7 @@ def x0_estimate(sched, zt, out, t):
     return (zt - (1 - a).sqrt() * out) / a.sqrt()
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--opt', default='options/test_ssr_demo.yml')
