@@ -4,14 +4,12 @@ The networks are built from the option file the experiment saved (or the one giv
 weights (the EMA ones when saved), exactly as ``scripts/inference_ssr.py -opt`` builds them, and written
 with ``SSRPipeline.save_pretrained``; so ``--model_path <folder>`` gives the same images as ``-opt``.
 """
-import os
 import os.path as osp
-import shutil
-import tempfile
 from copy import deepcopy
 
 from ssr_app.inference import load_options, prepare_options
 from ssr_pipelines import SSRPipeline
+from ssr_utils.atomic_file import atomic_directory
 from ssr_utils.errors import OptionError
 
 _SUBNETWORK_CHECKPOINTS = ('pretrain_network_kernel', 'pretrain_network_sr')
@@ -48,25 +46,11 @@ def export_options(source, svkr_source=None):
 
 
 def export_model(source, output, svkr_source=None, overwrite=False):
-    """Write the model folder ``output``; returns the pipeline. The folder appears complete or not at all."""
-    output = osp.abspath(output)
-    if osp.exists(output) and not overwrite:
-        raise FileExistsError(f'{output} exists (give --overwrite to replace it)')
-    pipe = SSRPipeline.from_options(prepare_options(export_options(source, svkr_source)))
-    parent = osp.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(output)}.', dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model folder gets a plain folder's mode
-    try:
+    """Write the model folder ``output``; returns the pipeline. The folder appears complete or not at all
+    (``atomic_directory``: an existing one is replaced only with ``overwrite``, once the new one is written)."""
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        pipe = SSRPipeline.from_options(prepare_options(export_options(source, svkr_source)))
         pipe.save_pretrained(tmp)
-        if osp.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return pipe
 
 

@@ -5,7 +5,6 @@ it is idempotent and every SSR package calls it on import. Each fix names the qu
 around and the version it is for; drop a fix once BasicSR releases its own. Fixes of other packages
 that callers use directly (not patches) are plain functions here too (Fix 7).
 """
-import argparse
 import functools
 import logging
 import os
@@ -183,15 +182,11 @@ def _wrap_jpg_quality(add_jpg_compression):
 # gloo without). The option file is read here because `parse_options` reads it only after.
 # ----------------------------------------------------------------------------------------------
 def dist_backend_from_argv(argv):
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', type=str)
-    args, _ = parser.parse_known_args(argv)
+    from ssr_utils.option_file import option_file_argument, read_option_file
+    path = option_file_argument(argv)
     backend = None
-    if args.opt and osp.isfile(args.opt):
-        import yaml
-        with open(args.opt, 'r') as f:
-            opt = yaml.safe_load(f) or {}
-        backend = (opt.get('dist_params') or {}).get('backend')
+    if path and osp.isfile(path):
+        backend = (read_option_file(path).get('dist_params') or {}).get('backend')
     if backend is None:
         backend = 'nccl' if torch.cuda.is_available() else 'gloo'
     return backend
