@@ -14,7 +14,7 @@ import sys
 
 from ssr_utils import compat
 
-compat.apply()
+compat.apply_training()
 
 import basicsr.test as bsr_test  # noqa: E402
 import basicsr.train as bsr_train  # noqa: E402

@@ -16,6 +16,13 @@ _OPTIONAL_PATH_KEYS = ('pretrain_network', 'pretrained_model_path', 'pretrained_
 
 
 def _registries():
+    """BasicSR's registries with BasicSR's own components in them (its package __init__, which imported them
+    all, is not run: ``compat`` Fix 10)."""
+    import basicsr.archs  # noqa: F401
+    import basicsr.data  # noqa: F401
+    import basicsr.losses  # noqa: F401
+    import basicsr.metrics  # noqa: F401
+    import basicsr.models  # noqa: F401
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
     return ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
