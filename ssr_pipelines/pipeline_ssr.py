@@ -3,35 +3,23 @@
 The pipeline holds the networks and nothing of training: the diffusion network (``SSRUNet``: UNet, VAE,
 condition encoders, AMF, kernel PCA), the frozen SVKR that estimates the depth and kernel maps, the
 training noise schedule the sampler is derived from, and the sampling defaults. ``SSRModel`` validation,
-the test-table model (``SSRBenchmarkModel``) and ``scripts/inference_ssr.py`` all sample through it.
+the test-table model (``SSRBenchmarkModel``) and ``scripts/inference_ssr.py`` all sample through it. This
+module holds sampling only: ``ssr_pipelines.builder`` assembles a pipeline from an option file or an
+experiment folder, ``ssr_pipelines.model_folder`` writes and reads model folders (``save_pretrained`` /
+``from_pretrained``).
 
-Sampling (``__call__``) is tiled sampling; a whole image is its one-window case, so padding, the
-colour correction and the seeded noise exist once. Every image-sized stage is cut into overlapping
-windows when ``tile`` is given: the SVKR (LR space, with a context margin), the VAE encoder (each
-window upsamples its own LR window), the UNet at every denoising step (latent space; the AMF condition
-features are computed once per latent window, the predictions are blended over the overlaps before
-the scheduler step, as in MultiDiffusion / StableSR's tiled sampling) and the VAE decoder, whose rows
-stream through the colour correction into the output.
-
-Model folders (``save_pretrained`` / ``from_pretrained``)::
-
-    model_index.json          the pipeline config (scale, sampling defaults, components)
-    ssr_unet/                 SSRUNet: config.json + diffusion_pytorch_model.safetensors
-    scheduler/                the training noise schedule (diffusers' scheduler_config.json)
-    svkr/                     SVKR: config.json + model.safetensors
-    kernel_pca.pth            the kernel PCA basis the conditions are coded with (KernelPCA.load)
-
-A frozen Stable Diffusion base (``network_g: pretrained_path``) is referenced by its absolute path in
-``ssr_unet/config.json``, not copied; so is a depth network of the SVKR (``depth_opt: model_path``). A folder
-moved to another machine needs them there too; where such a path is missing, loading stops with an
-``OptionError`` naming the file that holds it.
+Sampling (``__call__``) is a list of named stages, each a method: ``check_inputs`` -> ``prepare_conditions``
+(the SVKR's depth and kernel maps) -> ``encode_lr`` -> ``condition_windows`` -> ``prepare_timesteps`` /
+``prepare_latents`` -> ``denoise`` (the one loop) -> ``decode`` (with the colour correction). It is tiled
+sampling; a whole image is its one-window case, so padding, the colour correction and the seeded noise exist
+once. Every image-sized stage is cut into overlapping windows when ``tile`` is given: the SVKR (LR space, with
+a context margin), the VAE encoder (each window upsamples its own LR window, or ``LayerwiseVAETiling``), the
+UNet at every denoising step (latent space; the AMF condition features are computed once per latent window,
+the predictions are blended over the overlaps before the scheduler step, as in MultiDiffusion / StableSR's
+tiled sampling) and the VAE decoder, whose rows stream through the colour correction into the output.
 """
-import json
 import math
-import os
-import os.path as osp
 from contextlib import contextmanager
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -44,14 +32,9 @@ from ssr_utils import compat
 
 compat.apply()
 
-from basicsr.archs import build_network  # noqa: E402
-from basicsr.utils import get_root_logger  # noqa: E402
-
-import ssr_arch  # noqa: E402,F401  (registers the networks the folders name)
-from ssr_arch.ssr_unet_arch import WEIGHTS_NAME as UNET_WEIGHTS, SSRUNet  # noqa: E402
+from ssr_arch.ssr_unet_arch import SSRUNet  # noqa: E402
+from ssr_pipelines.model_folder import PIPELINE_CONFIG, load_model_folder, save_model_folder  # noqa: E402
 from ssr_utils.amp import amp_dtype, autocast  # noqa: E402
-from ssr_utils.atomic_file import atomic_write  # noqa: E402
-from ssr_utils.checkpoint import read_state_dict  # noqa: E402
 from ssr_utils.color_fix import StreamingColorFix  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
 from ssr_utils.tiled_vae import tiled_decode, tiled_encode  # noqa: E402
@@ -66,43 +49,14 @@ COLOR_FIXES = ('none', 'adain', 'wavelet')
 VAE_TILINGS = ('windows', 'layerwise')
 VAE_STORES = ('memory', 'disk')
 COND_CACHES = ('auto', 'device', 'cpu', 'none')
-SAMPLING_KEYS = ('sampler', 'num_inference_steps', 'strength', 'seed', 'color_fix', 'solver_order')
 # LR pixels of context around each SVKR window: more than the receptive field of the demo-size networks
 # (about 6 LR pixels, measured); even, so that DKENet's stride-2 stages keep their phase in every window
 SVKR_CONTEXT = 16
 SVKR_MIN_SIZE = 8
 SVKR_MULTIPLE = 2
 
-PIPELINE_CONFIG = 'model_index.json'
-UNET_FOLDER = 'ssr_unet'
-SCHEDULER_FOLDER = 'scheduler'
-SVKR_FOLDER = 'svkr'
-SVKR_WEIGHTS = 'model.safetensors'
-KERNEL_PCA_FILE = 'kernel_pca.pth'
-# the SVKR's depth estimator is frozen and loads from its own model_path: referenced, never saved
-_SVKR_REFERENCED = ('depth_net.', )
-
-SVKR_WEIGHTS_HINT = ('the SVKR has no trained weights, and SSR would condition on the depth / kernel maps of a '
-                     'random network; train it first (python basicsr/train.py -opt options/train_svkr.yml, after '
-                     'train_dkenet.yml and train_nbsr.yml) and set path:pretrain_network_svkr to its '
-                     'experiments/<name>/models/net_g_latest.pth')
-
 
 # ------------------------------------------------------------------------------------------ helpers
-@contextmanager
-def _referenced_path(config_file, what, prefix=''):
-    """A model folder references a frozen part by an absolute path (module doc); when that path is gone (a
-    folder moved to another machine) the error names the file that holds it and what to do."""
-    try:
-        yield
-    except OptionError as err:
-        if err.key not in ('model_path', 'pretrained_path'):
-            raise
-        raise OptionError(f'{config_file}: {prefix}{err.key}', err.value,
-                          f'{err.problem}. {what[0].upper() + what[1:]} is referenced by this path, not copied into '
-                          'the model folder: copy it along and set the path in that file') from None
-
-
 def upsample_lr(lq, size):
     """The LR image upsampled (bicubic, clamped to [0, 1]) to ``size``: what the VAE encodes and what the
     colour correction matches."""
@@ -180,58 +134,6 @@ def strength_steps(num_steps, strength):
     ``int(num_steps * strength)`` steps, at least one)."""
     run = min(max(int(num_steps * strength), 1), num_steps)
     return num_steps - run, run
-
-
-def scheduler_from_options(diffusion_opt=None, pretrained_path=None):
-    """The training noise schedule (a diffusers ``DDPMScheduler``) of an option file's ``diffusion`` block:
-    ``<pretrained_path>/scheduler`` when the base folder has one, with the block's keys on top."""
-    from diffusers import DDPMScheduler
-    d = dict(diffusion_opt or {})
-    keys = ('num_train_timesteps', 'beta_schedule', 'beta_start', 'beta_end', 'prediction_type', 'timestep_spacing',
-            'steps_offset', 'rescale_betas_zero_snr', 'clip_sample')
-    overrides = {k: d[k] for k in keys if k in d}
-    if pretrained_path is not None and osp.isdir(osp.join(pretrained_path, 'scheduler')):
-        sched = DDPMScheduler.from_pretrained(osp.join(pretrained_path, 'scheduler'), **overrides)
-    else:
-        # latents are not images in [-1, 1]: no x0 clipping (diffusers' DDPMScheduler defaults to
-        # clip_sample=True, which DDIM sampling inherits; Stable Diffusion's scheduler sets it false)
-        overrides.setdefault('clip_sample', False)
-        sched = DDPMScheduler(**overrides)
-    if sched.config.prediction_type not in ('epsilon', 'v_prediction'):
-        raise OptionError('diffusion:prediction_type', sched.config.prediction_type, 'expected epsilon or v_prediction')
-    return sched
-
-
-def sampling_options(diffusion_opt=None):
-    """The sampling defaults of an option file's ``diffusion`` block, as ``SSRPipeline`` keyword arguments."""
-    d = diffusion_opt or {}
-    return {k: d[k] for k in SAMPLING_KEYS if k in d}
-
-
-def adopt_svkr_kernel_pca(unet, svkr):
-    """An SSRUNet conditioned on kernels without a basis of its own takes the SVKR's (its NBSR's)."""
-    if unet is None or 'kernel' not in unet.modalities or unet.has_pca:
-        return
-    svkr_pca = getattr(getattr(svkr, 'sr_net', None), 'pca', None)
-    if svkr_pca is not None and bool(svkr_pca.components.abs().sum() > 0):
-        if svkr_pca.components.shape != unet.pca.components.shape:
-            raise OptionError('network_g:kernel_code_channels', unet.config['kernel_code_channels'],
-                              f'the SVKR kernel basis is {tuple(svkr_pca.components.shape)}')
-        with torch.no_grad():
-            unet.pca.components.copy_(svkr_pca.components)
-            unet.pca.mean.copy_(svkr_pca.mean)
-        get_root_logger().info('SSR: kernel PCA basis taken from the SVKR')
-        return
-    raise OptionError('network_g:pca_path', None, 'the kernel modality needs a KernelPCA file '
-                      '(or a network_svkr / pretrain_network_g that holds one)')
-
-
-def svkr_has_weights(net_opt, path_opt, path_key='pretrain_network_svkr'):
-    """Whether an SVKR of an option file gets trained weights: its own checkpoint (``path:<path_key>``) or
-    the checkpoints of both its sub-networks (``pretrain_network_kernel`` and ``pretrain_network_sr``)."""
-    if (path_opt or {}).get(path_key):
-        return True
-    return bool(net_opt.get('pretrain_network_kernel')) and bool(net_opt.get('pretrain_network_sr'))
 
 
 @contextmanager
@@ -345,26 +247,6 @@ def svkr_tiled(svkr, lr, tile=0, overlap=16, context=SVKR_CONTEXT, want=('sr', )
     return tiled_apply(fn, lr, tile if tile and tile > 0 else None, overlap, context, multiple=SVKR_MULTIPLE,
                        min_size=SVKR_MIN_SIZE, out_device=out_device, progress=progress, desc='SVKR tiles',
                        into=into)
-
-
-def build_svkr_from_options(net_opt, path_opt, path_key='pretrain_network_svkr', param_key='param_key_svkr'):
-    """The frozen SVKR of an option file's ``net_opt`` with its checkpoint ``path:<path_key>`` (``<param_key>``,
-    default ``params_ema``; ``strict_load_*``), in eval mode. With a whole-SVKR checkpoint its sub-network
-    checkpoints are not read (the checkpoint replaces them)."""
-    net_opt = deepcopy(net_opt)
-    ckpt = (path_opt or {}).get(path_key)
-    if ckpt:
-        for sub in ('pretrain_network_kernel', 'pretrain_network_sr'):
-            net_opt.pop(sub, None)
-    net = build_network(net_opt)
-    if ckpt:
-        state, key = read_state_dict(ckpt, path_opt.get(param_key, 'params_ema'), f'path:{path_key}')
-        try:
-            net.load_state_dict(state, strict=path_opt.get(param_key.replace('param_key', 'strict_load'), True))
-        except RuntimeError as err:
-            raise RuntimeError(f'{ckpt} [{key}] does not fit {net_opt.get("type")}: {err}') from None
-        get_root_logger().info(f'SVKR weights from {ckpt} [{key}]')
-    return net.requires_grad_(False).eval()
 
 
 # ------------------------------------------------------------------------------------------ sampling parts
@@ -795,138 +677,13 @@ class SSRPipeline:
 
     # ------------------------------------------------------------------ folders
     def save_pretrained(self, save_directory):
-        """Write the model folder (see the module doc); ``model_index.json`` last, so a folder that has it is
-        complete."""
-        os.makedirs(save_directory, exist_ok=True)
-        components = {}
-        if self.unet is not None:
-            self.unet.save_pretrained(osp.join(save_directory, UNET_FOLDER))
-            compat.save_scheduler(self.scheduler, osp.join(save_directory, SCHEDULER_FOLDER))
-            components.update(ssr_unet=['ssr_arch', 'SSRUNet'], scheduler=['diffusers', type(self.scheduler).__name__])
-        pca = self.kernel_pca()
-        if pca is not None:
-            pca.save(osp.join(save_directory, KERNEL_PCA_FILE))
-        if self.svkr is not None:
-            self._save_svkr(osp.join(save_directory, SVKR_FOLDER), pca)
-            components['svkr'] = ['ssr_arch', type(self.svkr).__name__]
-        config = dict(_class_name=type(self).__name__, components=components, **self.config)
-        with atomic_write(osp.join(save_directory, self.config_name), 'w') as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-
-    def _save_svkr(self, folder, pca):
-        from safetensors.torch import save as safetensors_bytes
-        os.makedirs(folder, exist_ok=True)
-        config = deepcopy(self.svkr.config)
-        depth_opt = config.get('depth_opt') or {}
-        if depth_opt.get('model_path'):
-            depth_opt['model_path'] = osp.abspath(depth_opt['model_path'])
-        sr_opt = dict(config.get('sr_opt') or {'type': 'NBSR'})
-        nbsr_pca = getattr(self.svkr.sr_net, 'pca', None)
-        same = pca is not None and nbsr_pca is not None and pca.components.shape == nbsr_pca.components.shape and \
-            torch.equal(pca.components.cpu(), nbsr_pca.components.cpu()) and \
-            torch.equal(pca.mean.cpu(), nbsr_pca.mean.cpu())
-        # the folder's kernel_pca.pth builds the NBSR's basis (the weights hold it too)
-        sr_opt['pca_path'] = KERNEL_PCA_FILE if same else None
-        if nbsr_pca is not None:
-            sr_opt['pca_dim'] = int(nbsr_pca.dim)
-        config['sr_opt'] = sr_opt
-        with atomic_write(osp.join(folder, 'config.json'), 'w') as f:
-            json.dump(dict(type=type(self.svkr).__name__, **config), f, indent=2, sort_keys=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.svkr.state_dict().items()
-                   if not k.startswith(_SVKR_REFERENCED)}
-        with atomic_write(osp.join(folder, SVKR_WEIGHTS)) as f:
-            f.write(safetensors_bytes(tensors, metadata={'format': 'pt'}))
-
-    @staticmethod
-    def _load_svkr(folder, model_folder):
-        from safetensors.torch import load_file
-        with open(osp.join(folder, 'config.json')) as f:
-            config = json.load(f)
-        sr_opt = config.get('sr_opt') or {}
-        if sr_opt.get('pca_path') == KERNEL_PCA_FILE:
-            sr_opt['pca_path'] = osp.join(model_folder, KERNEL_PCA_FILE)
-        net = build_network(config)
-        weights = osp.join(folder, SVKR_WEIGHTS)
-        missing, unexpected = net.load_state_dict(load_file(weights), strict=False)
-        missing = [k for k in missing if not k.startswith(_SVKR_REFERENCED)]
-        if missing or unexpected:
-            raise KeyError(f'{weights} does not fit {config.get("type")}: missing {missing[:5]}, '
-                           f'unexpected {unexpected[:5]}')
-        return net.requires_grad_(False).eval()
-
-    @classmethod
-    def check_folder(cls, folder):
-        """Stop with a ``FileNotFoundError`` naming the first file a model folder lacks."""
-        if not osp.isdir(folder):
-            raise FileNotFoundError(f'{folder}: model folder does not exist (make one with scripts/export_model.py)')
-        index = osp.join(folder, cls.config_name)
-        if not osp.isfile(index):
-            raise FileNotFoundError(f'{folder}: not a complete SSR model folder (no {cls.config_name}; make one with '
-                                    'scripts/export_model.py)')
-        with open(index) as f:
-            components = json.load(f).get('components') or {}
-        needed = {'ssr_unet': (osp.join(UNET_FOLDER, SSRUNet.config_name), osp.join(UNET_FOLDER, UNET_WEIGHTS)),
-                  'scheduler': (osp.join(SCHEDULER_FOLDER, 'scheduler_config.json'), ),
-                  'svkr': (osp.join(SVKR_FOLDER, 'config.json'), osp.join(SVKR_FOLDER, SVKR_WEIGHTS))}
-        for name in components:
-            for rel in needed.get(name, ()):
-                if not osp.isfile(osp.join(folder, rel)):
-                    raise FileNotFoundError(f'{folder}: incomplete model folder, no {rel}')
+        """Write the model folder (``ssr_pipelines.model_folder``); ``model_index.json`` last, so a folder that has
+        it is complete."""
+        save_model_folder(self, save_directory)
 
     @classmethod
     def from_pretrained(cls, folder, device=None, dtype=None):
         """Load a folder written by ``save_pretrained`` (local paths only) onto ``device`` (default: CPU).
         ``dtype``: the default autocast precision of the loaded pipeline."""
-        from diffusers import DDPMScheduler
-        cls.check_folder(folder)
-        with open(osp.join(folder, cls.config_name)) as f:
-            config = json.load(f)
-        components = config.pop('components', {}) or {}
-        config = {k: v for k, v in config.items() if not k.startswith('_')}
-        unet = scheduler = svkr = None
-        if 'ssr_unet' in components:
-            with _referenced_path(osp.join(folder, UNET_FOLDER, 'config.json'), 'the Stable Diffusion base'):
-                unet = SSRUNet.from_pretrained(osp.join(folder, UNET_FOLDER)).requires_grad_(False).eval()
-            scheduler = DDPMScheduler.from_pretrained(osp.join(folder, SCHEDULER_FOLDER))
-        if 'svkr' in components:
-            with _referenced_path(osp.join(folder, SVKR_FOLDER, 'config.json'), 'the depth network', 'depth_opt:'):
-                svkr = cls._load_svkr(osp.join(folder, SVKR_FOLDER), folder)
-        pipe = cls(unet, scheduler, svkr, dtype=dtype, **config)
-        return pipe.to(device if device is not None else 'cpu')
-
-    @classmethod
-    def from_options(cls, opt, device=None, dtype=None):
-        """Build from a parsed BasicSR option dict with resolved paths: an SSR one (``network_g: SSRUNet`` with
-        ``path:pretrain_network_g``; ``network_svkr`` with ``path:pretrain_network_svkr``; the ``diffusion``
-        block) or an SVKR one (``network_g: SVKR`` with ``path:pretrain_network_g``). Weights are the EMA ones
-        where the checkpoint has them (``param_key_*``, default ``params_ema``). No weights: an OptionError."""
-        path_opt = opt.get('path') or {}
-        net_opt = opt.get('network_g') or {}
-        svkr = unet = scheduler = None
-        if net_opt.get('type') == 'SVKR':
-            if not svkr_has_weights(net_opt, path_opt, 'pretrain_network_g'):
-                raise OptionError('path:pretrain_network_g', None, 'the SVKR has no trained weights (e.g. '
-                                  'experiments/<name>/models/net_g_latest.pth of options/train_svkr.yml)')
-            svkr = build_svkr_from_options(net_opt, path_opt, 'pretrain_network_g', 'param_key_g')
-            return cls(None, None, svkr, scale=opt.get('scale'), dtype=dtype).to(device or 'cpu')
-        if net_opt.get('type') != 'SSRUNet':
-            raise OptionError('network_g:type', net_opt.get('type'), 'expected SSRUNet (an SSR option file) or SVKR')
-        if opt.get('network_svkr') is not None:
-            if not svkr_has_weights(opt['network_svkr'], path_opt):
-                raise OptionError('path:pretrain_network_svkr', None, SVKR_WEIGHTS_HINT)
-            svkr = build_svkr_from_options(opt['network_svkr'], path_opt, 'pretrain_network_svkr', 'param_key_svkr')
-        net_opt = deepcopy(net_opt)
-        net_opt.pop('type')
-        unet = SSRUNet(**net_opt)
-        ckpt = path_opt.get('pretrain_network_g')
-        if not ckpt:
-            raise OptionError('path:pretrain_network_g', None, 'the trained SSR weights are needed (e.g. '
-                              'experiments/<name>/models/net_g_latest.pth)')
-        state, key = read_state_dict(ckpt, path_opt.get('param_key_g', 'params_ema'))
-        unet.load_saved_state_dict(state, source=f'{ckpt} [{key}]')
-        unet.requires_grad_(False).eval()
-        adopt_svkr_kernel_pca(unet, svkr)
-        scheduler = scheduler_from_options(opt.get('diffusion'), unet.config['pretrained_path'])
-        pipe = cls(unet, scheduler, svkr, scale=opt.get('scale'), dtype=dtype,
-                   **sampling_options(opt.get('diffusion')))
-        return pipe.to(device or 'cpu')
+        unet, scheduler, svkr, config = load_model_folder(folder)
+        return cls(unet, scheduler, svkr, dtype=dtype, **config).to(device if device is not None else 'cpu')

@@ -13,7 +13,7 @@ import yaml
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from conftest import tiny_svkr_opt
-from ssr_app.inference import load_pipeline
+from ssr_pipelines.builder import load_pipeline
 from ssr_pipelines.pipeline_ssr import svkr_tiled, upsample_lr, upsample_lr_rows
 from ssr_utils.image_io import read_image
 

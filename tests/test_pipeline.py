@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from conftest import ROOT, run_python
-from ssr_app.inference import load_pipeline
 from ssr_pipelines import SSRPipeline
+from ssr_pipelines.builder import load_pipeline
 from ssr_utils.errors import OptionError
 
 sys.path.insert(0, osp.join(ROOT, 'scripts'))

@@ -6,7 +6,7 @@ The stages: ``check_inputs`` -> ``prepare_conditions`` -> ``encode_lr`` -> ``con
 import pytest
 import torch
 
-from ssr_app.inference import load_pipeline
+from ssr_pipelines.builder import load_pipeline
 from ssr_pipelines.pipeline_ssr import (LayerwiseVAETiling, SamplingWindows, WindowVAETiling, pad_lr, upsample_lr,
                                         vae_tiling_strategy)
 from ssr_utils.color_fix import color_fix

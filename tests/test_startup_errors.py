@@ -71,7 +71,7 @@ def test_a_scale_that_disagrees_names_both_keys(tiny_models, where):
     assert 'top-level scale = 3' in err.value.problem
     # a network built directly with another factor than the pipeline's is refused as well
     from ssr_pipelines import SSRPipeline
-    from ssr_app.inference import load_pipeline
+    from ssr_pipelines.builder import load_pipeline
     svkr = load_pipeline(tiny_models['svkr'], device='cpu').svkr
     with pytest.raises(OptionError, match='×4'):
         SSRPipeline(svkr=svkr, scale=3)

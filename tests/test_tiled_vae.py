@@ -125,7 +125,7 @@ def _tiny_pipeline():
     from basicsr.archs import build_network
     from ssr_arch.ssr_unet_arch import tiny_config
     from ssr_pipelines import SSRPipeline
-    from ssr_pipelines.pipeline_ssr import scheduler_from_options
+    from ssr_pipelines.builder import scheduler_from_options
     from conftest import tiny_svkr_opt
     torch.manual_seed(0)
     unet = build_network(dict(type='SSRUNet', **tiny_config()))

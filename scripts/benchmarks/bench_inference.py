@@ -152,7 +152,7 @@ def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
     else:
         net_cfg = tiny_config()
     from ssr_pipelines import SSRPipeline
-    from ssr_pipelines.pipeline_ssr import scheduler_from_options
+    from ssr_pipelines.builder import scheduler_from_options
     unet = build_network(dict(type='SSRUNet', **net_cfg))
     svkr = build_network(_svkr_opt('full' if config == 'sd21' else 'demo'))
     pipe = SSRPipeline(unet, scheduler_from_options(), svkr, scale=4, sampler=sampler, num_inference_steps=4, seed=0,
