@@ -121,10 +121,10 @@ def test_condition_windows_predict_as_the_network_on_the_whole_latent(pipe):
 
 def test_condition_windows_cache_where_asked(pipe, monkeypatch):
     net = pipe.unet
-    lr = _lr(16, 24)
+    lr = _lr(12, 12)
     lq, _ = pad_lr(lr, pipe.scale, net.size_multiple)
     maps = pipe.prepare_conditions(lr)
-    windows = SamplingWindows.plan(8, 2, pipe.scale, net.vae_scale_factor, net.size_multiple)
+    windows = SamplingWindows.plan(8, 2, pipe.scale, net.vae_scale_factor, net.size_multiple)  # 2 × 2 windows
     lr_latent = pipe.encode_lr(lq, windows)
     calls = []
     encode = net.encode_conditions
@@ -190,7 +190,7 @@ def test_decode_writes_the_colour_corrected_decoding_cropped_into_out(pipe, meth
 # ------------------------------------------------------------------------------------------ the call
 @pytest.mark.parametrize('tile, strength', [(None, 1.0), (8, 0.5)])
 def test_call_is_the_stages_in_order(pipe, tile, strength):
-    lr = _lr(14, 18, seed=7)
+    lr = _lr(10, 14, seed=7)
     images = pipe(lr, tile=tile, tile_overlap=2, strength=strength, seed=3).images
     run = pipe.check_inputs(strength=strength, seed=3, tile=tile, tile_overlap=2)
     maps = pipe.prepare_conditions(lr, tile=run.windows.tile, tile_overlap=run.windows.overlap)
