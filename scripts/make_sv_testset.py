@@ -43,7 +43,7 @@ from torch.nn import functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ssr_data import kernels as K  # noqa: E402
-from ssr_data.degradations import add_gaussian_noise, jpeg_compress, quantize, sv_blur_downsample  # noqa: E402
+from ssr_data.degradations import DegradationRecipe, GeneratorNoise, kernel_params  # noqa: E402
 from ssr_data.ssr_degradation_dataset import (ImageSource, decode_depth, list_images, lmdb_keys,  # noqa: E402
                                               write_depth_png)
 from ssr_utils.atomic_file import atomic_directory  # noqa: E402
@@ -170,6 +170,7 @@ def make_sv_testset(images, output, scale=4, kernel_size=21, pattern='mixed', se
             'jpeg': jpeg, 'jpeg_range': list(jpeg_range) if jpeg_range else None,
             'depth': 'given' if depth_maps is not None else f'MonocularDepth({depth_net.backend})',
             'images': {}, 'skipped': {}}
+    recipe = DegradationRecipe({'scale': scale, 'kernel_size': kernel_size})
     with atomic_directory(output, overwrite=overwrite, report=say) as tmp:
         for sub in ('gt', 'lq', 'kernel', 'depth'):
             os.makedirs(osp.join(tmp, sub))
@@ -210,16 +211,17 @@ def make_sv_testset(images, output, scale=4, kernel_size=21, pattern='mixed', se
             img_seed = int(np.random.default_rng([int(seed), index]).integers(0, 2**31 - 1))
             smaj, smin, theta, params = K.pattern_params(p, ch // scale, cw // scale, img_seed, sigma_range, rho_min,
                                                          depth_lq=depth_lq, block=block_size)
-            kmap = K.kernel_map_from_params(smaj, smin, theta, kernel_size)
-            lq = sv_blur_downsample(gt[None], kmap, scale)[0].clamp(0, 1)
             # per-image draws from their own streams: switching noise or JPEG off leaves the rest unchanged
             sigma = float(np.random.default_rng([int(seed), index, 2]).uniform(*noise_range)) if noise_range \
                 else float(noise)
             quality = int(np.random.default_rng([int(seed), index, 3]).integers(jpeg_range[0], jpeg_range[1] + 1)) \
                 if jpeg_range else jpeg
-            if sigma > 0:
-                lq = add_gaussian_noise(lq, sigma / 255.0, False, np.random.default_rng([int(seed), index, 1]))
-            lq = jpeg_compress(lq, quality) if quality is not None else quantize(lq)
+            # the training degradation's executor on these numbers: blur, colour noise, JPEG / 8-bit levels
+            numbers = {'kernel_params': kernel_params(smaj, smin, theta, depth_lq.shape)[None],
+                       'noise_sigma': [sigma / 255.0], 'gray_noise': [0.0], 'poisson_scale': [0.0],
+                       'jpeg_quality': [-1 if quality is None else quality]}
+            state = recipe.apply(gt[None], numbers, GeneratorNoise(np.random.default_rng([int(seed), index, 1])))
+            lq, kmap = state.lq[0], state.kernel
             for folder, arr in (('gt', _to_bgr_u8(gt)), ('lq', _to_bgr_u8(lq))):
                 if not cv2.imwrite(osp.join(tmp, folder, f'{stem}.png'), arr):
                     raise OSError(f'cannot write {osp.join(tmp, folder, stem)}.png')

@@ -1,8 +1,14 @@
-"""Depth-informed, spatially variant degradation of SSR (paper Eq. 1; SPEC pipeline step 1).
+"""Depth-informed, spatially variant degradation of SSR (paper Eq. 1; SPEC pipeline step 1): the operators,
+the stages and the one recipe both degradation paths run.
 
-``sv_blur_downsample`` blurs with one kernel per LR pixel and subsamples in the same pass;
-:class:`SVDegradation` draws everything for one training sample (kernel map from depth, Gaussian /
-Poisson noise, JPEG) from a ``numpy.random.Generator``, so one seed fixes one sample.
+``sv_blur_downsample`` blurs with one kernel per LR pixel and subsamples in the same pass. The degradation
+is a list of registered stages (``degradation_stages``, default ``blur``, ``gaussian_noise``,
+``poisson_noise``, ``jpeg``; ``ssr_utils.registry.DEGRADATION_STAGE_REGISTRY``): each reads its options,
+draws one sample's numbers from the sample's ``numpy.random.Generator`` and applies numbers to a batch.
+:class:`DegradationRecipe` holds them in order: ``draw`` (one function for the draws), ``apply`` (one
+executor: the per-sample path runs it on a batch of one in the DataLoader worker, ``degrade_on: model`` on
+the batch on the training device, :mod:`ssr_data.batch_degradation`). :class:`SVDegradation` is the recipe
+a dataset uses; one seed fixes one sample.
 """
 import math
 
@@ -12,7 +18,10 @@ import torch
 from torch.nn import functional as F
 
 from ssr_data import kernels as K
+from ssr_data.jpeg_sim import simulate_jpeg
 from ssr_utils.errors import OptionError
+from ssr_utils.huge_pages import empty_on_huge_pages
+from ssr_utils.registry import DEGRADATION_STAGE_REGISTRY
 
 
 # below this many unfolded values (8 MiB in float32) the unfold path is used; above, the polyphase loop,
@@ -176,29 +185,8 @@ def sv_blur_downsample_reference(img, kernels, scale):
 
 
 # -------------------------------------------------------------------------------------------------
-# noise and JPEG (numpy Generator driven, for per-sample determinism)
+# 8-bit output operators
 # -------------------------------------------------------------------------------------------------
-def add_gaussian_noise(img, sigma, gray, rng):
-    """``img`` C×h×w float in [0, 1]; ``sigma`` on the [0, 1] scale; ``gray``: one noise for all channels."""
-    c, h, w = img.shape
-    noise = rng.standard_normal((1 if gray else c, h, w)).astype(np.float32) * float(sigma)
-    return (img + torch.from_numpy(noise).to(img.device, img.dtype)).clamp_(0, 1)
-
-
-def add_poisson_noise(img, scale, gray, rng):
-    """Shot noise: counts ~ Poisson(255·img) (luma only when ``gray``), the deviation scaled by ``scale``."""
-    arr = img.detach().cpu().numpy().astype(np.float64)
-    if gray:
-        luma = (0.299 * arr[0] + 0.587 * arr[1] + 0.114 * arr[2])[None]
-        noisy = rng.poisson(np.clip(luma, 0, 1) * 255.0) / 255.0
-        noise = noisy - luma
-    else:
-        noisy = rng.poisson(np.clip(arr, 0, 1) * 255.0) / 255.0
-        noise = noisy - arr
-    noise = torch.from_numpy((noise * float(scale)).astype(np.float32)).to(img.device, img.dtype)
-    return (img + noise).clamp_(0, 1)
-
-
 def jpeg_compress(img, quality):
     """JPEG round trip of a C×h×w RGB float tensor in [0, 1] with an integer ``quality`` (OpenCV needs int)."""
     if isinstance(quality, (bool, np.bool_)) or not isinstance(quality, (int, np.integer)):
@@ -218,7 +206,52 @@ def quantize(img):
 
 
 # -------------------------------------------------------------------------------------------------
-# the per-sample degradation
+# where the random fields come from
+# -------------------------------------------------------------------------------------------------
+class GeneratorNoise:
+    """Random fields of the per-sample path: drawn from the sample's ``numpy.random.Generator`` at the moment
+    the stage that needs them runs, so a sample's draws stay in one stream in stage order (one seed fixes the
+    sample, noise included)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def normal(self, index, shape, device):
+        """Standard normal float32 values of ``shape`` for sample ``index``."""
+        return torch.from_numpy(self.rng.standard_normal(shape).astype(np.float32)).to(device)
+
+    def poisson(self, index, rate):
+        """Poisson counts of the float64 ``rate`` tensor (same shape and dtype) for sample ``index``."""
+        counts = self.rng.poisson(rate.detach().cpu().numpy())
+        return torch.from_numpy(counts.astype(np.float64)).to(rate.device, rate.dtype)
+
+
+class SeededNoise:
+    """Random fields of ``degrade_on: model``: one ``torch.Generator`` per sample on the batch's device, seeded
+    with the sample's ``noise_seed`` (drawn last from its numpy stream), so sample i depends on its own seed
+    only, whatever batch it is in."""
+
+    def __init__(self, seeds, device):
+        self.seeds = [int(s) for s in seeds]
+        self.device = torch.device(device)
+        self.generators = {}
+
+    def generator(self, index):
+        if index not in self.generators:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(self.seeds[index])
+            self.generators[index] = gen
+        return self.generators[index]
+
+    def normal(self, index, shape, device):
+        return torch.randn(shape, generator=self.generator(index), device=device)
+
+    def poisson(self, index, rate):
+        return torch.poisson(rate, generator=self.generator(index))
+
+
+# -------------------------------------------------------------------------------------------------
+# the stages
 # -------------------------------------------------------------------------------------------------
 def _pair(opt, key, default):
     value = opt.get(key, default)
@@ -239,26 +272,116 @@ def _prob(opt, key, default):
     return value
 
 
-KERNEL_MODES = ('depth', 'invariant', 'linear', 'rotate', 'block')
+def check_scale(opt):
+    scale = opt.get('scale', 4)
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise OptionError('scale', scale, 'expected a positive integer')
+    return scale
 
 
-class SVDegradation:
-    """Depth-driven spatially variant blur + ×s subsampling + noise + JPEG, drawn from a numpy Generator.
+def per_sample_values(values, default, b):
+    """B numbers of one kind as a list (from a sequence, a CPU tensor, or None: ``default`` for all)."""
+    if values is None:
+        return [default] * b
+    return values.tolist() if torch.is_tensor(values) else list(values)
 
-    Option keys (a dataset's option dict; all optional except ``scale``):
-        scale, kernel_size (21), kernel_mode (``depth`` | ``invariant`` | ``linear`` | ``rotate`` |
-        ``block``), sigma_range ([0.6, 5.0] for ×4), rho_min (0.2), theta_jitter (0.3 rad),
-        jitter_cells (4), block_size (8),
-        use_noise (true), noise_range ([1, 30], 0..255 scale), gray_noise_prob (0.4),
-        poisson_prob (0.0), poisson_scale_range ([0.05, 3.0]),
-        use_jpeg (true), jpeg_range ([30, 95], integer qualities).
-    Paper Table 3: ``w/o noise`` = use_noise false, ``w/o jpeg`` = use_jpeg false, ``noise + jpeg`` = both.
+
+def per_sample_column(values, like):
+    """B numbers as a B×1×1×1 tensor of ``like``'s dtype on its device (to scale a whole batch at once)."""
+    return torch.tensor(values, dtype=like.dtype).view(-1, 1, 1, 1).to(like.device, non_blocking=True)
+
+
+class DegradationState:
+    """The batch a recipe works on: ``gt`` B×3×H×W float32, ``lq`` B×3×h×w (None until the first stage
+    has made it), ``kernel`` B×k²×h×w (kept when ``keep_kernels``)."""
+
+    def __init__(self, gt, keep_kernels=True):
+        self.gt = gt
+        self.lq = None
+        self.kernel = None
+        self.keep_kernels = keep_kernels
+
+    @property
+    def batch_size(self):
+        return self.gt.shape[0]
+
+
+class DegradationStage:
+    """One step of the degradation (docs/degradations.md, "Adding a degradation stage").
+
+    Subclass it, register it under the name ``degradation_stages`` lists
+    (``@DEGRADATION_STAGE_REGISTRY.register('name')``) and it runs in both paths, the per-sample one and
+    ``degrade_on: model``, through :class:`DegradationRecipe`:
+
+    - ``__init__(opt)`` reads the stage's options from the dataset's option dict (``OptionError`` naming the
+      key for a bad one; :attr:`option_keys` lists them);
+    - ``draw(rng, depth_lq, drawn) -> dict`` draws one sample's numbers from its numpy Generator (nothing
+      drawn when the stage is switched off: the "not applied" values), ``drawn`` holding the earlier
+      stages' numbers;
+    - ``apply(state, numbers, noise)`` applies a batch of numbers (``numbers[key]``: a B×... tensor or B
+      numbers) to the :class:`DegradationState`; random fields only from ``noise`` (:class:`GeneratorNoise`
+      or :class:`SeededNoise`).
+
+    :attr:`carried` are the numbers ``apply`` reads (a ``degrade_on: model`` sample carries them),
+    :attr:`reported` the ones that go into the sample's ``params`` (scalars, every sample the same keys);
+    :attr:`synthesis_keys` the options ``apply`` reads (they travel with ``degrade_on: model`` samples).
     """
+    option_keys = ()
+    synthesis_keys = ()
+    carried = ()
+    reported = ()
+    makes_lr = False  # the first stage makes ``state.lq`` from ``state.gt``; only the first one may
 
     def __init__(self, opt):
-        self.scale = opt.get('scale', 4)
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale < 1:
-            raise OptionError('scale', self.scale, 'expected a positive integer')
+        self.opt = opt
+
+    def synthesis_options(self):
+        return {key: getattr(self, key) for key in self.synthesis_keys}
+
+    def draw(self, rng, depth_lq, drawn):
+        raise NotImplementedError
+
+    def apply(self, state, numbers, noise):
+        raise NotImplementedError
+
+
+KERNEL_MODES = ('depth', 'invariant', 'linear', 'rotate', 'block')
+# LR pixels blurred per group on CPU: enough crops to share each tap's call, few enough that their kernels
+# stay near the cache (measured with k = 21 and batches of 16: 8 crops of 32², 3-4 of 48², 2 of 64²)
+CPU_KERNEL_PIXELS = 8192
+
+
+def kernel_params(sigma_major, sigma_minor, theta, shape):
+    """The blur stage's numbers: (σ_major, σ_minor, θ) maps (or numbers) -> one 3×h×w float32 tensor."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32).expand(tuple(shape)[-2:])
+                        for v in (sigma_major, sigma_minor, theta)])
+
+
+def whole_batch_at_once(device):
+    """Accelerators take the batch in one go (few large launches); CPUs in cache-sized groups."""
+    return device.type != 'cpu'
+
+
+@DEGRADATION_STAGE_REGISTRY.register('blur')
+class SVBlurStage(DegradationStage):
+    """The spatially variant blur + ×s subsampling (paper Eq. 1): one anisotropic Gaussian per LR pixel.
+
+    Options: ``scale``, ``kernel_size`` (21), ``kernel_mode`` (``depth`` | ``invariant`` | ``linear`` |
+    ``rotate`` | ``block``), ``sigma_range`` ([0.6, 5.0] for ×4), ``rho_min`` (0.2), ``theta_jitter``
+    (0.3 rad), ``jitter_cells`` (4), ``block_size`` (8). Numbers: ``kernel_params`` 3×h×w float32
+    (σ_major, σ_minor, θ of every LR pixel, whatever the mode); reported ``focus``, ``rho``, ``theta`` (−1
+    where the mode has no such scalar) and ``sigma_mean``.
+    """
+    option_keys = ('scale', 'kernel_size', 'kernel_mode', 'sigma_range', 'rho_min', 'theta_jitter', 'jitter_cells',
+                   'block_size')
+    synthesis_keys = ('scale', 'kernel_size')
+    carried = ('kernel_params', )
+    reported = ('focus', 'rho', 'theta', 'sigma_mean')
+    makes_lr = True
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.scale = check_scale(opt)
         self.kernel_size = K.check_kernel_size(opt.get('kernel_size', 21))
         self.kernel_mode = opt.get('kernel_mode', 'depth')
         if self.kernel_mode not in KERNEL_MODES:
@@ -272,19 +395,9 @@ class SVDegradation:
         self.theta_jitter = float(opt.get('theta_jitter', 0.3))
         self.jitter_cells = int(opt.get('jitter_cells', 4))
         self.block_size = int(opt.get('block_size', 8))
-        self.use_noise = bool(opt.get('use_noise', True))
-        self.noise_range = _pair(opt, 'noise_range', (1.0, 30.0))
-        self.gray_noise_prob = _prob(opt, 'gray_noise_prob', 0.4)
-        self.poisson_prob = _prob(opt, 'poisson_prob', 0.0)
-        self.poisson_scale_range = _pair(opt, 'poisson_scale_range', (0.05, 3.0))
-        self.use_jpeg = bool(opt.get('use_jpeg', True))
-        jr = _pair(opt, 'jpeg_range', (30, 95))
-        if not 1 <= jr[0] <= jr[1] <= 100:
-            raise OptionError('jpeg_range', opt.get('jpeg_range'), 'JPEG qualities are integers in [1, 100]')
-        self.jpeg_range = (int(round(jr[0])), int(round(jr[1])))
 
-    def kernel_params(self, depth_lq, rng):
-        """Per-pixel (σ_major, σ_minor, θ) maps (h×w) and the per-image scalars, for the kernel mode."""
+    def parameter_maps(self, depth_lq, rng):
+        """Per-pixel (σ_major, σ_minor, θ) maps (h×w) for the kernel mode, and the reported scalars."""
         h, w = depth_lq.shape[-2:]
         mode = self.kernel_mode
         if mode == 'depth':
@@ -305,25 +418,304 @@ class SVDegradation:
                   'theta': float(p.get('theta', -1.0)), 'sigma_mean': float(smaj.mean())}
         return smaj, smin, theta, params
 
+    def draw(self, rng, depth_lq, drawn):
+        smaj, smin, theta, params = self.parameter_maps(depth_lq[0], rng)
+        return {'kernel_params': kernel_params(smaj, smin, theta, depth_lq.shape[-2:]), **params}
+
+    def apply(self, state, numbers, noise):
+        state.kernel, state.lq = self.kernels_and_blur(state.gt, numbers['kernel_params'], state.keep_kernels)
+
+    def kernels_and_blur(self, gt, kernel_params, keep_kernels):
+        """Kernel maps (B×k²×h×w, or None) and the clamped blurred, subsampled LR (B×3×h×w).
+
+        On accelerators the whole batch in one go. On CPU, groups of about :data:`CPU_KERNEL_PIXELS` LR pixels:
+        each crop's kernels are written straight into its slice of the map (no copy) and the group is blurred
+        while they are still in cache (a batch of one, the per-sample path, is one group).
+        """
+        b, c, hh, ww = gt.shape
+        s, k = self.scale, self.kernel_size
+        h, w = hh // s, ww // s
+        kernel_params = kernel_params.to(gt.device, torch.float32)
+        if tuple(kernel_params.shape) != (b, 3, h, w):
+            raise ValueError(f'kernel_params {tuple(kernel_params.shape)} do not match the LR grid {b}×3×{h}×{w} of '
+                             f'HR {tuple(gt.shape)} at scale {s}')
+        if whole_batch_at_once(gt.device):
+            kmap = K.kernel_taps(kernel_params[:, 0], kernel_params[:, 1], kernel_params[:, 2], k).transpose(0, 1)
+            lq = sv_blur_downsample(gt, kmap, s)
+            return (kmap.contiguous() if keep_kernels else None), lq.clamp_(0, 1)
+        group = max(1, min(b, CPU_KERNEL_PIXELS // (h * w)))
+        kmap = empty_on_huge_pages((b if keep_kernels else group, k * k, h, w), gt)
+        lq = gt.new_empty((b, c, h, w))
+        for g0 in range(0, b, group):
+            g1 = min(b, g0 + group)
+            dest = kmap[g0:g1] if keep_kernels else kmap[:g1 - g0]
+            for i in range(g0, g1):
+                K.kernel_taps(kernel_params[i, 0], kernel_params[i, 1], kernel_params[i, 2], k, out=dest[i - g0])
+            lq[g0:g1] = sv_blur_downsample(gt[g0:g1], dest, s)
+        return (kmap if keep_kernels else None), lq.clamp_(0, 1)
+
+
+def add_gaussian_noise(lq, sigma, gray, noise):
+    """Gaussian noise of B levels ``sigma`` ([0, 1] scale) on a B×C×h×w batch, one field for all channels
+    where ``gray``; clamped to [0, 1]. Only the draws are per sample (each sample's own stream, its own
+    shape); scaling, the grey copies and the clamp act on the whole batch, a handful of launches on an
+    accelerator."""
+    b, c, h, w = lq.shape
+    if not any(sig > 0 for sig in sigma):
+        return lq
+    fields = lq.new_zeros((b, c, h, w))
+    rows = fields.unbind(0)
+    for i in range(b):
+        if sigma[i] > 0:
+            target = rows[i][:1] if gray[i] else rows[i]
+            target.copy_(noise.normal(i, tuple(target.shape), lq.device))
+    gray_mask = per_sample_column([bool(g) for g in gray], lq).bool()
+    fields = torch.where(gray_mask, fields[:, :1], fields).mul_(per_sample_column([float(x) for x in sigma], lq))
+    return lq.add_(fields).clamp_(0, 1)
+
+
+def add_poisson_noise(lq, scale, gray, noise):
+    """Shot noise on a B×C×h×w batch: counts ~ Poisson(255·x) (of the luma, in every channel, where
+    ``gray``), the deviation from x scaled by the sample's ``scale`` (0: none); clamped to [0, 1]. The
+    deviation is computed in float64, as the per-sample path always has."""
+    b = lq.shape[0]
+    shot_idx = [i for i in range(b) if scale[i] > 0]
+    if not shot_idx:
+        return lq
+    x = lq.double()
+    luma = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    gray_mask = per_sample_column([bool(g) for g in gray], lq).bool()
+    base = torch.where(gray_mask, luma, x)  # grey: the luma in every channel, drawn once (channel 0)
+    rate = base.clamp(0, 1).mul(255.0)
+    counts = torch.zeros_like(rate)
+    rates, rows = rate.unbind(0), counts.unbind(0)
+    for i in shot_idx:
+        target = rows[i][:1] if gray[i] else rows[i]
+        target.copy_(noise.poisson(i, rates[i][:1] if gray[i] else rates[i]))
+    counts = torch.where(gray_mask, counts[:, :1], counts)
+    shot = counts.div_(255.0).sub_(base).mul_(per_sample_column([float(v) for v in scale], x))
+    noisy = (lq + shot.to(lq.dtype)).clamp_(0, 1)
+    return torch.where(per_sample_column([float(v) > 0 for v in scale], lq).bool(), noisy, lq)
+
+
+@DEGRADATION_STAGE_REGISTRY.register('gaussian_noise')
+class GaussianNoiseStage(DegradationStage):
+    """Gaussian noise, σ ~ U(noise_range)/255, one field for all channels with probability
+    ``gray_noise_prob``. Options: ``use_noise`` (true; shared with the Poisson stage), ``noise_range``
+    ([1, 30], 0..255 scale), ``gray_noise_prob`` (0.4). Numbers: ``noise_sigma`` (0: none), ``gray_noise``."""
+    option_keys = ('use_noise', 'noise_range', 'gray_noise_prob')
+    carried = reported = ('noise_sigma', 'gray_noise')
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.use_noise = bool(opt.get('use_noise', True))
+        self.noise_range = _pair(opt, 'noise_range', (1.0, 30.0))
+        self.gray_noise_prob = _prob(opt, 'gray_noise_prob', 0.4)
+
+    def draw(self, rng, depth_lq, drawn):
+        if not self.use_noise:
+            return {'noise_sigma': 0.0, 'gray_noise': 0.0}
+        sigma = float(rng.uniform(*self.noise_range)) / 255.0
+        return {'noise_sigma': sigma, 'gray_noise': float(rng.uniform() < self.gray_noise_prob)}
+
+    def apply(self, state, numbers, noise):
+        b = state.batch_size
+        state.lq = add_gaussian_noise(state.lq, per_sample_values(numbers.get('noise_sigma'), 0.0, b),
+                                      per_sample_values(numbers.get('gray_noise'), 0.0, b), noise)
+
+
+@DEGRADATION_STAGE_REGISTRY.register('poisson_noise')
+class PoissonNoiseStage(DegradationStage):
+    """Poisson (shot) noise with probability ``poisson_prob`` (0), its deviation scaled by
+    U(``poisson_scale_range``) ([0.05, 3.0]); grey where the Gaussian stage drew grey noise. Options:
+    ``use_noise``, ``poisson_prob``, ``poisson_scale_range``. Numbers: ``poisson_scale`` (0: not applied)."""
+    option_keys = ('use_noise', 'poisson_prob', 'poisson_scale_range')
+    carried = reported = ('poisson_scale', )
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.use_noise = bool(opt.get('use_noise', True))
+        self.poisson_prob = _prob(opt, 'poisson_prob', 0.0)
+        self.poisson_scale_range = _pair(opt, 'poisson_scale_range', (0.05, 3.0))
+
+    def draw(self, rng, depth_lq, drawn):
+        if self.use_noise and self.poisson_prob > 0 and rng.uniform() < self.poisson_prob:
+            return {'poisson_scale': float(rng.uniform(*self.poisson_scale_range))}
+        return {'poisson_scale': 0.0}
+
+    def apply(self, state, numbers, noise):
+        b = state.batch_size
+        state.lq = add_poisson_noise(state.lq, per_sample_values(numbers.get('poisson_scale'), 0.0, b),
+                                     per_sample_values(numbers.get('gray_noise'), 0.0, b), noise)
+
+
+JPEG_BACKENDS = ('opencv', 'torch')
+
+
+@DEGRADATION_STAGE_REGISTRY.register('jpeg')
+class JPEGStage(DegradationStage):
+    """The 8-bit LR a saved image would hold: JPEG at an integer quality ~ U{jpeg_range}, or without JPEG
+    the rounding to 8-bit levels. Options: ``use_jpeg`` (true), ``jpeg_range`` ([30, 95]), ``jpeg_backend``
+    (``opencv``: libjpeg-turbo per image on the host, the per-sample path's; ``torch``:
+    :func:`ssr_data.jpeg_sim.simulate_jpeg` on the batch's device, ``degrade_on: model`` only). Numbers:
+    ``jpeg_quality`` (−1: none)."""
+    option_keys = ('use_jpeg', 'jpeg_range', 'jpeg_backend')
+    synthesis_keys = ('jpeg_backend', )
+    carried = reported = ('jpeg_quality', )
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.use_jpeg = bool(opt.get('use_jpeg', True))
+        lo, hi = _pair(opt, 'jpeg_range', (30, 95))
+        if not 1 <= lo <= hi <= 100:
+            raise OptionError('jpeg_range', opt.get('jpeg_range'), 'JPEG qualities are integers in [1, 100]')
+        self.jpeg_range = (int(round(lo)), int(round(hi)))
+        self.jpeg_backend = opt.get('jpeg_backend', 'opencv')
+        if self.jpeg_backend not in JPEG_BACKENDS:
+            raise OptionError('jpeg_backend', self.jpeg_backend, f'expected one of {", ".join(JPEG_BACKENDS)}')
+
+    def draw(self, rng, depth_lq, drawn):
+        if not self.use_jpeg:
+            return {'jpeg_quality': -1}
+        return {'jpeg_quality': int(rng.integers(self.jpeg_range[0], self.jpeg_range[1] + 1))}
+
+    def apply(self, state, numbers, noise):
+        quality = [int(q) for q in per_sample_values(numbers.get('jpeg_quality'), -1, state.batch_size)]
+        lq = state.lq
+        out = quantize(lq)
+        idx = [i for i, q in enumerate(quality) if q >= 0]
+        if idx and self.jpeg_backend == 'torch':
+            out[idx] = simulate_jpeg(lq[idx], [quality[i] for i in idx])
+        elif idx:
+            host = lq[idx].float().cpu()
+            out[idx] = torch.stack([jpeg_compress(host[j], quality[i]) for j, i in enumerate(idx)]).to(lq.device)
+        state.lq = out
+
+
+# -------------------------------------------------------------------------------------------------
+# the recipe: the stages in order, drawn and applied
+# -------------------------------------------------------------------------------------------------
+DEFAULT_STAGES = ('blur', 'gaussian_noise', 'poisson_noise', 'jpeg')
+
+
+def stage_names(opt):
+    """The ``degradation_stages`` option: registered stage names, the first one making the LR."""
+    names = opt.get('degradation_stages')
+    if names is None:
+        return list(DEFAULT_STAGES)
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise OptionError('degradation_stages', names, 'expected a list of stage names')
+    for name in names:
+        if name not in DEGRADATION_STAGE_REGISTRY:
+            raise OptionError('degradation_stages', names, f'no degradation stage {name!r} registered (known: '
+                              f'{", ".join(DEGRADATION_STAGE_REGISTRY.names())})')
+    if len(set(names)) != len(names):
+        raise OptionError('degradation_stages', names, 'a stage is listed twice')
+    makers = [n for n in names if DEGRADATION_STAGE_REGISTRY.get(n).makes_lr]
+    if makers != [names[0]]:
+        raise OptionError('degradation_stages', names, 'the first stage, and only the first, must make the LR '
+                          f'image from the HR crop (e.g. blur); stages that do: {makers or "none"}')
+    return list(names)
+
+
+class DegradationRecipe:
+    """The degradation of a dataset's options: its stages (``degradation_stages``, default
+    :data:`DEFAULT_STAGES`) in order, each built from the same option dict.
+
+    - :meth:`draw`: one sample's numbers, every stage's in stage order from the sample's rng (what a
+      ``degrade_on: model`` sample carries);
+    - :meth:`apply`: the executor, numbers -> the LR of a batch (and its kernel maps), random fields from a
+      noise source: ``degrade_on: model`` runs it on the training device (:class:`SeededNoise`);
+    - :meth:`degrade`: one sample through the same executor, a batch of one, each stage's numbers drawn
+      just before it applies them and its fields from the same rng (:class:`GeneratorNoise`): the per-sample
+      path.
+    """
+
+    def __init__(self, opt):
+        self.scale = check_scale(opt)
+        self.names = stage_names(opt)
+        self.stages = [DEGRADATION_STAGE_REGISTRY.get(name)(opt) for name in self.names]
+
+    def stage(self, name):
+        return self.stages[self.names.index(name)]
+
+    @property
+    def carried(self):
+        return [key for stage in self.stages for key in stage.carried]
+
+    @property
+    def reported(self):
+        return [key for stage in self.stages for key in stage.reported]
+
+    def synthesis_options(self):
+        """What :meth:`apply` needs besides the numbers (JSON-able): the stage names and their apply options."""
+        out = {'scale': self.scale, 'degradation_stages': list(self.names)}
+        for stage in self.stages:
+            out.update(stage.synthesis_options())
+        return out
+
     def lr_depth(self, depth_hr):
         """1×H×W depth -> 1×h×w, the area average over each LR pixel's s×s footprint."""
         return F.avg_pool2d(depth_hr[None].float(), self.scale)[0]
 
-    # The draws below are shared by __call__ and draw_params, in the order __call__ consumes the rng
-    # (the Gaussian noise field of __call__ is drawn between _draw_gaussian and _draw_poisson).
-    def _draw_gaussian(self, rng):
-        sigma = float(rng.uniform(*self.noise_range)) / 255.0
-        gray = float(rng.uniform() < self.gray_noise_prob)
-        return sigma, gray
+    def draw(self, depth_lq, rng):
+        """The numbers of one sample (every stage's, in stage order), then a ``noise_seed`` for its fields."""
+        drawn = {}
+        for stage in self.stages:
+            drawn.update(stage.draw(rng, depth_lq, drawn))
+        return drawn, int(rng.integers(0, 2**63 - 1))
 
-    def _draw_poisson(self, rng):
-        """(applied, scale)."""
-        if self.poisson_prob > 0 and rng.uniform() < self.poisson_prob:
-            return True, float(rng.uniform(*self.poisson_scale_range))
-        return False, 0.0
+    def apply(self, gt, numbers, noise, keep_kernels=True, until=None):
+        """The executor: the stages applied in order to a batch of HR crops (B×3×H×W), up to the stage named
+        ``until`` (excluded). Returns the :class:`DegradationState` (``lq``, ``kernel``)."""
+        state = DegradationState(gt.float(), keep_kernels)
+        for name, stage in zip(self.names, self.stages):
+            if name == until:
+                break
+            stage.apply(state, numbers, noise)
+        return state
 
-    def _draw_quality(self, rng):
-        return int(rng.integers(self.jpeg_range[0], self.jpeg_range[1] + 1))
+    def degrade(self, gt, depth_lq, rng, noise=None):
+        """One sample (``gt`` 3×H×W) through the executor as a batch of one; each stage's numbers are drawn
+        from ``rng`` just before it runs and its random fields from ``rng`` too (``noise``, default
+        ``GeneratorNoise(rng)``), so the whole sample comes from one stream. Returns ``(lq 3×h×w, kernel
+        k²×h×w, numbers)``."""
+        state = DegradationState(gt[None].float(), keep_kernels=True)
+        noise = GeneratorNoise(rng) if noise is None else noise
+        drawn, numbers = {}, {}
+        for stage in self.stages:
+            mine = stage.draw(rng, depth_lq, drawn)
+            drawn.update(mine)
+            # as a batch of one: what the stages drew so far, as degrade_on: model hands them all over
+            numbers.update({key: (value[None] if torch.is_tensor(value) else [value]) for key, value in mine.items()})
+            stage.apply(state, numbers, noise)
+        return state.lq[0], (None if state.kernel is None else state.kernel[0]), drawn
+
+
+class SVDegradation(DegradationRecipe):
+    """Depth-driven spatially variant blur + ×s subsampling + noise + JPEG, drawn from a numpy Generator.
+
+    Option keys (a dataset's option dict; all optional except ``scale``): ``degradation_stages`` (default
+    blur, gaussian_noise, poisson_noise, jpeg) and each stage's own keys:
+        blur: scale, kernel_size (21), kernel_mode (``depth`` | ``invariant`` | ``linear`` | ``rotate`` |
+        ``block``), sigma_range ([0.6, 5.0] for ×4), rho_min (0.2), theta_jitter (0.3 rad),
+        jitter_cells (4), block_size (8);
+        gaussian_noise / poisson_noise: use_noise (true), noise_range ([1, 30], 0..255 scale),
+        gray_noise_prob (0.4), poisson_prob (0.0), poisson_scale_range ([0.05, 3.0]);
+        jpeg: use_jpeg (true), jpeg_range ([30, 95], integer qualities).
+    Paper Table 3: ``w/o noise`` = use_noise false, ``w/o jpeg`` = use_jpeg false, ``noise + jpeg`` = both.
+    """
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        blur = self.stages[0]
+        # the kernel distribution's settings, read by the scripts that sample it
+        self.kernel_size, self.kernel_mode, self.sigma_range = blur.kernel_size, blur.kernel_mode, blur.sigma_range
+        self.rho_min, self.theta_jitter, self.jitter_cells = blur.rho_min, blur.theta_jitter, blur.jitter_cells
+
+    def kernel_params(self, depth_lq, rng):
+        """Per-pixel (σ_major, σ_minor, θ) maps (h×w) and the per-image scalars, for the kernel mode."""
+        return self.stages[0].parameter_maps(depth_lq, rng)
 
     def sample_kernels(self, num, seed=0, map_size=8):
         """``num×k²`` per-pixel kernels drawn from this degradation's kernel distribution (e.g. to fit the
@@ -340,62 +732,42 @@ class SVDegradation:
             have += kernels.shape[0]
         return torch.cat(out)[:num]
 
-    def __call__(self, gt, depth_hr, rng):
-        """Degrade one sample.
+    def _split(self, drawn):
+        return ({key: drawn[key] for key in self.carried}, {key: drawn[key] for key in self.reported})
+
+    def __call__(self, gt, depth_hr, rng, noise=None):
+        """Degrade one sample (the per-sample path: :meth:`degrade`).
 
         Args:
             gt (Tensor): 3×H×W RGB float in [0, 1], H and W multiples of the scale.
             depth_hr (Tensor): 1×H×W depth in [0, 1] (1 = near).
             rng (np.random.Generator): the only randomness used.
+            noise: where the random fields come from (default: ``rng``, :class:`GeneratorNoise`).
 
         Returns:
-            dict: ``lq`` 3×h×w, ``kernel`` k²×h×w, ``depth_lq`` 1×h×w, ``params`` (floats / int).
+            dict: ``lq`` 3×h×w, ``kernel`` k²×h×w (None if no stage makes one), ``depth_lq`` 1×h×w, ``params``
+            (the stages' reported numbers), ``numbers`` (their carried ones: what the batch path applies).
         """
-        s = self.scale
         depth_lq = self.lr_depth(depth_hr)
-        smaj, smin, theta, params = self.kernel_params(depth_lq[0], rng)
-        kmap = K.kernel_map_from_params(smaj, smin, theta, self.kernel_size)  # 1×k²×h×w
-        lq = sv_blur_downsample(gt[None].float(), kmap, s)[0].clamp_(0, 1)
-        noise_sigma, gray, poisson_scale, quality = 0.0, 0.0, 0.0, -1
-        if self.use_noise:
-            noise_sigma, gray = self._draw_gaussian(rng)
-            lq = add_gaussian_noise(lq, noise_sigma, bool(gray), rng)
-            poisson, poisson_scale = self._draw_poisson(rng)
-            if poisson:
-                lq = add_poisson_noise(lq, poisson_scale, bool(gray), rng)
-        if self.use_jpeg:
-            quality = self._draw_quality(rng)
-            lq = jpeg_compress(lq, quality)
-        else:
-            lq = quantize(lq)
-        params.update(noise_sigma=noise_sigma, gray_noise=gray, poisson_scale=poisson_scale, jpeg_quality=quality)
-        return {'lq': lq, 'kernel': kmap[0], 'depth_lq': depth_lq, 'params': params}
+        lq, kernel, drawn = self.degrade(gt, depth_lq, rng, noise)
+        numbers, params = self._split(drawn)
+        return {'lq': lq, 'kernel': kernel, 'depth_lq': depth_lq, 'params': params, 'numbers': numbers}
 
     def draw_params(self, depth_hr, rng):
-        """The numbers of one sample's degradation, drawn as :meth:`__call__` draws them, without applying it
-        (``degrade_on: model``: :class:`ssr_data.batch_degradation.BatchDegradation` applies them).
+        """The numbers of one sample's degradation without applying them (``degrade_on: model``:
+        :class:`ssr_data.batch_degradation.BatchDegradation` applies them with :meth:`apply`).
 
-        The crop, the flips and every kernel parameter come from the same rng positions as in
-        :meth:`__call__`, so a seeded sample gets the same kernel map in both paths; the noise scalars
-        and the JPEG quality follow the same laws (the noise field itself is drawn on the training
-        device from ``noise_seed``, so with noise on the later draws fall at other rng positions).
+        Every number comes from the same rng position as in :meth:`__call__` (the crop, the flips and the
+        kernel parameters included), except after a stage that draws random fields: those fields are drawn
+        on the training device from ``noise_seed``, so with noise on the later numbers fall at other rng
+        positions (same laws).
 
         Returns:
-            dict: ``depth_lq`` 1×h×w, ``kernel_params`` 3×h×w float32 (σ_major, σ_minor, θ per LR pixel),
-            ``params`` (as :meth:`__call__`), ``noise_seed`` (int in [0, 2⁶³)).
+            dict: ``depth_lq`` 1×h×w, ``numbers`` (the stages' :attr:`carried` numbers, e.g.
+            ``kernel_params`` 3×h×w float32), ``params`` (as :meth:`__call__`), ``noise_seed`` (int in
+            [0, 2⁶³)).
         """
         depth_lq = self.lr_depth(depth_hr)
-        smaj, smin, theta, params = self.kernel_params(depth_lq[0], rng)
-        noise_sigma, gray, poisson_scale, quality = 0.0, 0.0, 0.0, -1
-        if self.use_noise:
-            noise_sigma, gray = self._draw_gaussian(rng)
-            poisson, poisson_scale = self._draw_poisson(rng)
-            # a Poisson draw with scale 0 adds nothing; 0 also means "not applied" downstream
-            poisson_scale = poisson_scale if poisson else 0.0
-        if self.use_jpeg:
-            quality = self._draw_quality(rng)
-        params.update(noise_sigma=noise_sigma, gray_noise=gray, poisson_scale=poisson_scale, jpeg_quality=quality)
-        kernel_params = torch.stack([torch.as_tensor(v, dtype=torch.float32).expand(depth_lq.shape[-2:])
-                                     for v in (smaj, smin, theta)])
-        return {'depth_lq': depth_lq, 'kernel_params': kernel_params, 'params': params,
-                'noise_seed': int(rng.integers(0, 2**63 - 1))}
+        drawn, noise_seed = self.draw(depth_lq, rng)
+        numbers, params = self._split(drawn)
+        return {'depth_lq': depth_lq, 'numbers': numbers, 'params': params, 'noise_seed': noise_seed}

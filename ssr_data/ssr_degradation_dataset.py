@@ -9,7 +9,8 @@ from torch.utils import data
 
 from basicsr.utils import FileClient, get_root_logger, imfrombytes
 from basicsr.utils.registry import DATASET_REGISTRY
-from ssr_data.batch_degradation import DEGRADATION_KEY, BatchDegradation, check_degrade_on
+from ssr_data.batch_degradation import (DEGRADATION_KEY, NOISE_SEED_KEY, OPTIONS_KEY, BatchDegradation,
+                                        check_degrade_on)
 from ssr_data.degradations import SVDegradation
 from ssr_data.depth_prior import depth_prior
 from ssr_utils.errors import OptionError
@@ -188,7 +189,8 @@ def check_scale_and_size(opt, gt_size_key='gt_size'):
 class SSRDegradationDataset(data.Dataset):
     """HR crops degraded on the fly by the depth-informed spatially variant model of SSR.
 
-    Options (besides the degradation keys of :class:`ssr_data.degradations.SVDegradation`):
+    Options (besides the degradation keys of :class:`ssr_data.degradations.SVDegradation`: ``degradation_stages``
+    and each stage's keys):
         dataroot_gt: HR LMDB (``*.lmdb``, BasicSR format) or folder of images.
         dataroot_depth: depth LMDB / folder with the same keys / stems (16-bit PNG, 1 = near); made by
             ``scripts/make_depth_lmdb.py``. Without it the weight-free prior runs on each full HR image.
@@ -207,11 +209,25 @@ class SSRDegradationDataset(data.Dataset):
     ``noise_sigma``, ``gray_noise``, ``poisson_scale``, ``jpeg_quality``, ``noise_seed``, ``options``).
     """
 
+    @classmethod
+    def check_options(cls, opt):
+        """The degradation options (every stage's, ``degrade_on``): what the constructor checks first, run by
+        ``ssr_utils.option_check`` at start-up. Returns ``(SVDegradation, synthesis options JSON or None)``."""
+        check_scale_and_size(opt)
+        degradation = SVDegradation(opt)
+        if check_degrade_on(opt) == 'model':
+            return degradation, BatchDegradation(opt).options()  # checked now, not in the model
+        if opt.get('jpeg_backend', 'opencv') != 'opencv':
+            raise OptionError('jpeg_backend', opt['jpeg_backend'], 'only degrade_on: model has a choice of JPEG '
+                              'backend (the per-sample path uses OpenCV)')
+        return degradation, None
+
     def __init__(self, opt):
         super().__init__()
         self.opt = opt
         self.scale, self.gt_size = check_scale_and_size(opt)
-        self.degradation = SVDegradation(opt)
+        self.degradation, self.synthesis_options = self.check_options(opt)
+        self.degrade_on = check_degrade_on(opt)
         if 'dataroot_gt' not in opt or opt['dataroot_gt'] is None:
             raise OptionError('dataroot_gt', None, 'missing')
         self.gt_src = ImageSource(opt['dataroot_gt'], 'gt', 'dataroot_gt')
@@ -222,12 +238,6 @@ class SSRDegradationDataset(data.Dataset):
         self.use_hflip = opt.get('use_hflip', True)
         self.use_rot = opt.get('use_rot', True)
         self.return_kernel = opt.get('return_kernel', True)
-        self.degrade_on = check_degrade_on(opt)
-        if self.degrade_on == 'model':
-            self.synthesis_options = BatchDegradation(opt).options()  # checks the options now, not in the model
-        elif opt.get('jpeg_backend', 'opencv') != 'opencv':
-            raise OptionError('jpeg_backend', opt['jpeg_backend'], 'only degrade_on: model has a choice of JPEG '
-                              'backend (the per-sample path uses OpenCV)')
         if self.gt_src.lmdb:
             self.keys = lmdb_keys(self.gt_src.root, 'dataroot_gt', opt.get('meta_info_file'))
         elif opt.get('meta_info_file'):
@@ -282,17 +292,13 @@ class SSRDegradationDataset(data.Dataset):
         gt_path = self.gt_src.sample_path(key)
         if self.degrade_on == 'model':
             draw = self.degradation.draw_params(depth_t, rng)
-            p = draw['params']
-            numbers = {'kernel_params': draw['kernel_params'], 'noise_sigma': p['noise_sigma'],
-                       'gray_noise': p['gray_noise'], 'poisson_scale': p['poisson_scale'],
-                       'jpeg_quality': p['jpeg_quality'], 'noise_seed': draw['noise_seed'],
-                       'options': self.synthesis_options}
+            numbers = {**draw['numbers'], NOISE_SEED_KEY: draw['noise_seed'], OPTIONS_KEY: self.synthesis_options}
             return {'gt': gt_t, 'depth': depth_t, 'depth_lq': draw['depth_lq'], 'lq_path': gt_path,
-                    'gt_path': gt_path, 'params': p, DEGRADATION_KEY: numbers}
+                    'gt_path': gt_path, 'params': draw['params'], DEGRADATION_KEY: numbers}
         out = self.degradation(gt_t, depth_t, rng)
         sample = {'lq': out['lq'], 'gt': gt_t, 'depth': depth_t, 'depth_lq': out['depth_lq'],
                   'lq_path': gt_path, 'gt_path': gt_path, 'params': out['params']}
-        if self.return_kernel:
+        if self.return_kernel and out['kernel'] is not None:
             sample['kernel'] = out['kernel']
         return sample
 

@@ -182,11 +182,24 @@ def check_options(opt, root_path=None, networks_only=False):
         _model_checks(opt, model_reg)
 
 
+def _check_dataset(dataset_cls, dataset_opt, key_path):
+    """A dataset type's own start-up checks (its ``check_options(dataset_opt)`` classmethod, e.g. the degradation
+    stages of ``SSRDegradationDataset``), the key named from the option file's top."""
+    check = getattr(dataset_cls, 'check_options', None)
+    if not callable(check):
+        return
+    try:
+        check(dataset_opt)
+    except OptionError as err:
+        raise OptionError(f'{key_path}:{err.key}', err.value, err.problem) from None
+
+
 def _check_data_losses_metrics(opt, root_path, dataset_reg, loss_reg, metric_reg):
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         if 'type' not in dataset_opt:
             raise OptionError(f'datasets:{phase}:type', None, 'missing')
         _require_registered(dataset_reg, f'datasets:{phase}:type', dataset_opt['type'])
+        _check_dataset(dataset_reg.get(dataset_opt['type']), dataset_opt, f'datasets:{phase}')
     for key, value in (opt.get('train') or {}).items():
         if isinstance(value, dict) and key.endswith('_opt') and 'type' in value and key not in ('optim_g', 'optim_d'):
             _require_registered(loss_reg, f'train:{key}:type', value['type'])

@@ -8,14 +8,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from conftest import ROOT
-from ssr_data import batch_degradation as BD
+from ssr_data import degradations as D
 from ssr_data.batch_degradation import DEGRADATION_KEY, BatchDegradation, maybe_degrade_batch
-from ssr_data.degradations import jpeg_compress, quantize, sv_blur_downsample
+from ssr_data.degradations import GeneratorNoise, SVDegradation, jpeg_compress, quantize, sv_blur_downsample
 from ssr_data.jpeg_sim import quant_tables, simulate_jpeg
 from ssr_data.lmdb_util import LmdbWriter
 from ssr_data.ssr_degradation_dataset import SSRDegradationDataset
@@ -152,6 +152,58 @@ def test_noise_follows_the_drawn_law_and_the_seed(lmdbs):
         assert torch.equal(batch[i, 0], batch[i, 2]) == bool(mixed[1][i])  # grey: one field for all channels
 
 
+class RecordingNoise:
+    """The per-sample path's random fields (from the sample's rng), kept to hand the batch path the same ones."""
+
+    def __init__(self, rng):
+        self.source, self.fields = GeneratorNoise(rng), []
+
+    def normal(self, index, shape, device):
+        self.fields.append(self.source.normal(index, shape, device))
+        return self.fields[-1].clone()
+
+    def poisson(self, index, rate):
+        self.fields.append(self.source.poisson(index, rate))
+        return self.fields[-1].clone()
+
+
+class ReplayNoise:
+    """Each sample's recorded fields, in the order its stages asked for them."""
+
+    def __init__(self, fields):
+        self.fields = [list(f) for f in fields]
+
+    def normal(self, index, shape, device):
+        field = self.fields[index].pop(0)
+        assert tuple(field.shape) == tuple(shape)
+        return field.to(device)
+
+    def poisson(self, index, rate):
+        counts = self.fields[index].pop(0)
+        assert counts.shape == rate.shape
+        return counts.to(rate)
+
+
+@pytest.mark.parametrize('extra', [{}, {'poisson_prob': 0.7}, {'poisson_prob': 0.7, 'gray_noise_prob': 0.5, 'use_jpeg': False},
+                                   {'use_noise': False, 'kernel_mode': 'block'}, {'kernel_mode': 'invariant'}])
+def test_both_paths_make_the_same_images_from_the_same_numbers(extra):
+    # the per-sample path (a batch of one in the worker) and degrade_on: model (the batch) run one executor:
+    # given one sample's numbers and random fields, the batch gives each sample's image bit for bit
+    opt = {'scale': 4, 'kernel_size': 9, **extra}
+    g = torch.Generator().manual_seed(0)
+    gts, depths = torch.rand(6, 3, 32, 40, generator=g), torch.rand(6, 1, 32, 40, generator=g)
+    deg, samples, recorders = SVDegradation(opt), [], []
+    for i in range(6):
+        rng = np.random.default_rng([5, i])
+        recorders.append(RecordingNoise(rng))
+        samples.append(deg(gts[i], depths[i], rng, noise=recorders[i]))
+    numbers = default_collate([s['numbers'] for s in samples])
+    lq, kernel = BatchDegradation(opt).degrade(gts, numbers, noise=ReplayNoise([r.fields for r in recorders]))
+    assert torch.equal(kernel, torch.stack([s['kernel'] for s in samples]))
+    assert torch.equal(lq, torch.stack([s['lq'] for s in samples]))
+    assert sum(len(r.fields) for r in recorders) > 0 or not deg.stage('gaussian_noise').use_noise
+
+
 def test_dataset_seed_fixes_the_synthesised_sample(lmdbs):
     ds = SSRDegradationDataset(_opt(lmdbs, degrade_on='model', poisson_prob=0.5))
     a = maybe_degrade_batch(next(iter(DataLoader(ds, batch_size=4))), 'cpu')
@@ -169,9 +221,9 @@ def test_dataset_seed_fixes_the_synthesised_sample(lmdbs):
 def test_grouped_cpu_path_equals_the_accelerator_path(lmdbs, monkeypatch, keep):
     # the whole-batch branch is the one accelerators take; run on CPU it must give the CPU path's numbers
     _, raw = _pair_of_batches(lmdbs, n=5, return_kernel=keep)
-    monkeypatch.setattr(BD, '_CPU_KERNEL_PIXELS', 128)  # groups of two crops (8×8 LR), the last one alone
+    monkeypatch.setattr(D, 'CPU_KERNEL_PIXELS', 128)  # groups of two crops (8×8 LR), the last one alone
     chunked = maybe_degrade_batch(raw, 'cpu')
-    monkeypatch.setattr(BD, '_whole_batch_at_once', lambda device: True)
+    monkeypatch.setattr(D, 'whole_batch_at_once', lambda device: True)
     whole = maybe_degrade_batch(raw, 'cpu')
     assert ('kernel' in chunked) == ('kernel' in whole) == keep
     if not keep:

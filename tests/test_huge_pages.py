@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from ssr_data.batch_degradation import BatchDegradation
+from ssr_data.degradations import SVBlurStage
 from ssr_utils.huge_pages import HUGE_PAGE_BYTES, advise_huge_pages, empty_on_huge_pages
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith('linux'), reason='madvise and /proc/self/smaps are Linux')
@@ -58,7 +58,7 @@ def test_the_cpu_kernel_map_of_a_batch_is_on_huge_pages(monkeypatch, keep):
     b, s, k, h = 4, 4, 21, 40
     gt = torch.rand(b, 3, h * s, h * s)
     params = torch.stack([torch.full((b, h, h), 2.0), torch.full((b, h, h), 1.0), torch.zeros(b, h, h)], 1)
-    kmap, lq = BatchDegradation({'scale': s, 'kernel_size': k})._kernels_and_blur(gt, params, keep_kernels=keep)
+    kmap, lq = SVBlurStage({'scale': s, 'kernel_size': k}).kernels_and_blur(gt, params, keep_kernels=keep)
     assert lq.shape == (b, 3, h, h)
     assert advised and advised[0][1] > 0
     if keep:
