@@ -430,7 +430,7 @@ class SVBlurStage(DegradationStage):
 
         On accelerators the whole batch in one go. On CPU, groups of about :data:`CPU_KERNEL_PIXELS` LR pixels:
         each crop's kernels are written straight into its slice of the map (no copy) and the group is blurred
-        while they are still in cache (a batch of one, the per-sample path, is one group).
+        while they are still in cache. A batch of one (the per-sample path) is one map.
         """
         b, c, hh, ww = gt.shape
         s, k = self.scale, self.kernel_size
@@ -439,6 +439,9 @@ class SVBlurStage(DegradationStage):
         if tuple(kernel_params.shape) != (b, 3, h, w):
             raise ValueError(f'kernel_params {tuple(kernel_params.shape)} do not match the LR grid {b}×3×{h}×{w} of '
                              f'HR {tuple(gt.shape)} at scale {s}')
+        if b == 1:  # one sample (the per-sample path): one map, in ordinary memory (too small to gain from huge pages)
+            kmap = K.kernel_map_from_params(kernel_params[:, 0], kernel_params[:, 1], kernel_params[:, 2], k)
+            return (kmap if keep_kernels else None), sv_blur_downsample(gt, kmap, s).clamp_(0, 1)
         if whole_batch_at_once(gt.device):
             kmap = K.kernel_taps(kernel_params[:, 0], kernel_params[:, 1], kernel_params[:, 2], k).transpose(0, 1)
             lq = sv_blur_downsample(gt, kmap, s)
