@@ -1,6 +1,7 @@
 """Monocular depth (the paper's DE) behind one interface: RGB [0, 1] in, normalised inverse depth out.
 
-Backends:
+Backends, the ``backend`` option, each a :class:`DepthBackend` registered once under its name in
+``ssr_utils.registry.DEPTH_BACKEND_REGISTRY`` (the table option checking reads; docs/interfaces.md §12):
 - ``prior`` (default, weight-free): a deterministic heuristic for users without depth weights; see
   :func:`depth_prior`. Its use is logged once per process.
 - ``dpt``: DPT / MiDaS v3.x (``DPTForDepthEstimation``) through ``transformers``.
@@ -25,14 +26,8 @@ from ssr_utils.atomic_file import atomic_directory
 from ssr_utils.compat import own_weights
 from ssr_utils.errors import OptionError
 from ssr_utils.extras import require
+from ssr_utils.registry import DEPTH_BACKEND_REGISTRY
 
-BACKENDS = ('prior', 'dpt', 'depth_anything')
-# (input size, multiple, mean, std, keep aspect ratio) when the folder has no preprocessor_config.json;
-# transformers' ViT DPT needs a square input (its reassemble stage assumes a square patch grid)
-_BACKEND_DEFAULTS = {
-    'dpt': (384, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), False),
-    'depth_anything': (518, 14, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True),
-}
 _PRIOR_LOGGED = False
 PRIOR_SOURCE = 'prior'
 PRIOR_NOTE = ('depth: the weight-free PRIOR (backend: prior; vertical position + local sharpness), not a depth '
@@ -85,6 +80,7 @@ def _log_prior_once():
 
 
 def _load_depth_network(backend, model_path):
+    spec = depth_backend(backend, trainable=True)
     if model_path is None:
         raise OptionError('model_path', model_path, f'backend {backend!r} needs a local model directory')
     if not osp.isdir(model_path):
@@ -96,15 +92,16 @@ def _load_depth_network(backend, model_path):
     # own_weights: the loaded network computes exactly as the one that was saved (ssr_utils/compat.py, fix 9)
     net = own_weights(transformers.AutoModelForDepthEstimation.from_pretrained(model_path, local_files_only=True))
     model_type = getattr(net.config, 'model_type', '')
-    expected = {'dpt': ('dpt', ), 'depth_anything': ('depth_anything', )}[backend]
-    if model_type not in expected:
+    if model_type != spec.model_type:
+        fitting = [name for name, other in DEPTH_BACKEND_REGISTRY.items()
+                   if getattr(other, 'model_type', None) == model_type]
         raise OptionError('backend', backend, f'the model in {model_path} is a {model_type!r} model; '
-                          f'use backend {"depth_anything" if model_type == "depth_anything" else "dpt"}')
+                          f'use backend {" or ".join(fitting) or "dpt"}')
     return net
 
 
 def _preprocessor_stats(model_path, backend):
-    size, multiple, mean, std, keep = _BACKEND_DEFAULTS[backend]
+    size, multiple, mean, std, keep = depth_backend(backend, trainable=True).defaults
     path = osp.join(model_path, 'preprocessor_config.json')
     if osp.isfile(path):
         with open(path) as f:
@@ -121,12 +118,105 @@ def _preprocessor_stats(model_path, backend):
     return size, multiple, mean, std, keep
 
 
+class DepthBackend:
+    """One ``backend`` of :class:`MonocularDepth`, registered once under its option value::
+
+        DEPTH_BACKEND_REGISTRY.register('name')(MyBackend())
+
+    Option checking (``ssr_utils.option_check``) reads :attr:`needs_model_path` (a local ``model_path``
+    folder with a ``config.json`` must exist before training starts) and :attr:`trainable` (what
+    ``TransformersDepthNet`` builds and trains: a ``model_type`` and config / model classes of
+    ``transformers``); :class:`MonocularDepth` calls :meth:`load` once and :meth:`estimate` per batch.
+    """
+    needs_model_path = False
+    trainable = False
+
+    def load(self, depth, model_path, input_size, keep_aspect_ratio):
+        """Set up ``depth`` (the :class:`MonocularDepth` being built): a network goes into ``depth.net`` (frozen
+        by the caller), settings into its attributes."""
+        raise NotImplementedError
+
+    def estimate(self, depth, img):
+        """B×3×H×W RGB in [0, 1] -> B×1×H×W normalised inverse depth in [0, 1] (1 = near), ``img``'s dtype."""
+        raise NotImplementedError
+
+
+class PriorDepthBackend(DepthBackend):
+    """The weight-free heuristic (:func:`depth_prior`); ``input_size``: its working long side (256)."""
+
+    def load(self, depth, model_path, input_size, keep_aspect_ratio):
+        depth.input_size = int(input_size or 256)
+
+    def estimate(self, depth, img):
+        _log_prior_once()
+        return depth_prior(img, work_size=depth.input_size).to(img.dtype)
+
+
+class TransformersDepthBackend(DepthBackend):
+    """A ``transformers`` depth model loaded from a local ``save_pretrained`` folder.
+
+    Args:
+        model_type (str): the ``config.json`` ``model_type`` the backend loads.
+        config_class, model_class (str): the ``transformers`` classes ``TransformersDepthNet`` builds.
+        defaults: (input size, multiple, mean, std, keep aspect ratio) when the folder has no
+            ``preprocessor_config.json``.
+    """
+    needs_model_path = True
+    trainable = True
+
+    def __init__(self, model_type, config_class, model_class, defaults):
+        self.model_type, self.config_class, self.model_class, self.defaults = (model_type, config_class, model_class,
+                                                                                defaults)
+
+    def classes(self, transformers):
+        return getattr(transformers, self.config_class), getattr(transformers, self.model_class)
+
+    def load(self, depth, model_path, input_size, keep_aspect_ratio):
+        depth.net = _load_depth_network(depth.backend, model_path)
+        size, depth.multiple, mean, std, keep = _preprocessor_stats(model_path, depth.backend)
+        depth.input_size = int(input_size or size)
+        depth.keep_aspect_ratio = keep if keep_aspect_ratio is None else bool(keep_aspect_ratio)
+        depth.register_buffer('img_mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        depth.register_buffer('img_std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def estimate(self, depth, img):
+        hh, ww = img.shape[-2:]
+        param = next(depth.net.parameters())
+        size = network_input_size(hh, ww, depth.input_size, depth.multiple, depth.keep_aspect_ratio)
+        x = to_network_input(img.to(param.dtype), size, depth.img_mean, depth.img_std)
+        pred = predicted_inverse_depth(depth.net, x)
+        return minmax_normalise(to_image_size(pred, (hh, ww))).to(img.dtype)
+
+
+# the backends; transformers' ViT DPT needs a square input (its reassemble stage assumes a square patch grid)
+DEPTH_BACKEND_REGISTRY.register('prior')(PriorDepthBackend())
+DEPTH_BACKEND_REGISTRY.register('dpt')(TransformersDepthBackend(
+    'dpt', 'DPTConfig', 'DPTForDepthEstimation', (384, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), False)))
+DEPTH_BACKEND_REGISTRY.register('depth_anything')(TransformersDepthBackend(
+    'depth_anything', 'DepthAnythingConfig', 'DepthAnythingForDepthEstimation',
+    (518, 14, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True)))
+
+
+def depth_backends(trainable=False):
+    """The registered backend names (only those ``TransformersDepthNet`` trains, with ``trainable``)."""
+    return [name for name, spec in DEPTH_BACKEND_REGISTRY.items() if spec.trainable or not trainable]
+
+
+def depth_backend(name, trainable=False):
+    """The :class:`DepthBackend` registered as ``name``; an ``OptionError`` on ``backend`` otherwise."""
+    known = depth_backends(trainable)
+    if name not in known:
+        raise OptionError('backend', name, f'expected one of {", ".join(known)}')
+    return DEPTH_BACKEND_REGISTRY.get(name)
+
+
 @ARCH_REGISTRY.register()
 class MonocularDepth(nn.Module):
     """Frozen monocular depth estimator: ``forward(img B×3×H×W RGB [0,1]) -> B×1×H×W`` in [0, 1], 1 = near.
 
     Args:
-        backend (str): ``prior`` (default), ``dpt`` or ``depth_anything``.
+        backend (str): ``prior`` (default), ``dpt``, ``depth_anything`` or another registered
+            :class:`DepthBackend`.
         model_path (str): local ``save_pretrained`` directory of the network (dpt / depth_anything).
         input_size (int): the network's input size (shorter side; default from the folder's
             preprocessor_config.json, else 384 for DPT and 518 for Depth Anything). For ``prior``: the
@@ -137,21 +227,13 @@ class MonocularDepth(nn.Module):
 
     def __init__(self, backend='prior', model_path=None, input_size=None, keep_aspect_ratio=None):
         super().__init__()
-        if backend not in BACKENDS:
-            raise OptionError('backend', backend, f'expected one of {", ".join(BACKENDS)}')
+        self.estimator = depth_backend(backend)
         self.backend = backend
-        self.model_path = model_path if backend != 'prior' else None
+        self.model_path = model_path if self.estimator.needs_model_path else None
         self.keep_aspect_ratio = keep_aspect_ratio
         self.net = None
-        if backend == 'prior':
-            self.input_size = int(input_size or 256)
-        else:
-            self.net = _load_depth_network(backend, model_path)
-            size, self.multiple, mean, std, keep = _preprocessor_stats(model_path, backend)
-            self.input_size = int(input_size or size)
-            self.keep_aspect_ratio = keep if keep_aspect_ratio is None else bool(keep_aspect_ratio)
-            self.register_buffer('img_mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-            self.register_buffer('img_std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.estimator.load(self, model_path, input_size, keep_aspect_ratio)
+        if self.net is not None:
             for p in self.net.parameters():
                 p.requires_grad_(False)
         self.eval()
@@ -163,21 +245,13 @@ class MonocularDepth(nn.Module):
     @property
     def source(self):
         """What the depth comes from, for logs and tables: ``prior`` or ``<backend> (<model_path>)``."""
-        return PRIOR_SOURCE if self.backend == 'prior' else f'{self.backend} ({self.model_path})'
+        return self.backend if self.model_path is None else f'{self.backend} ({self.model_path})'
 
     @torch.no_grad()
     def forward(self, img):
         if img.dim() != 4 or img.shape[1] != 3:
             raise ValueError(f'MonocularDepth expects B×3×H×W RGB in [0, 1], got {tuple(img.shape)}')
-        hh, ww = img.shape[-2:]
-        if self.backend == 'prior':
-            _log_prior_once()
-            return depth_prior(img, work_size=self.input_size).to(img.dtype)
-        param = next(self.net.parameters())
-        size = network_input_size(hh, ww, self.input_size, self.multiple, self.keep_aspect_ratio)
-        x = to_network_input(img.to(param.dtype), size, self.img_mean, self.img_std)
-        pred = predicted_inverse_depth(self.net, x)
-        return minmax_normalise(to_image_size(pred, (hh, ww))).to(img.dtype)
+        return self.estimator.estimate(self, img)
 
 
 def depth_sources(*modules):
@@ -213,13 +287,6 @@ def depth_note(sources):
 # ------------------------------------------------------------------------------------------------------------
 # a transformers depth model as a trainable BasicSR network
 # ------------------------------------------------------------------------------------------------------------
-_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _config_classes(transformers, backend):
-    if backend == 'dpt':
-        return transformers.DPTConfig, transformers.DPTForDepthEstimation
-    return transformers.DepthAnythingConfig, transformers.DepthAnythingForDepthEstimation
 
 
 def _patch_size(cfg):
@@ -270,8 +337,7 @@ class TransformersDepthNet(nn.Module):
                  keep_aspect_ratio=None, image_mean=None, image_std=None):
         super().__init__()
         transformers = require('transformers', 'TransformersDepthNet')
-        if backend not in BACKENDS[1:]:
-            raise OptionError('backend', backend, f'expected one of {", ".join(BACKENDS[1:])}')
+        spec = depth_backend(backend, trainable=True)
         if (config is None) == (model_path is None):
             raise OptionError('config', config, 'give either config (a new network) or model_path (a '
                               'save_pretrained folder to start from), not both')
@@ -282,7 +348,7 @@ class TransformersDepthNet(nn.Module):
         else:
             if not isinstance(config, dict):
                 raise OptionError('config', config, 'expected a dict of transformers config arguments')
-            config_cls, model_cls = _config_classes(transformers, backend)
+            config_cls, model_cls = spec.classes(transformers)
             try:
                 cfg = config_cls(**deepcopy(config))
                 self.model = model_cls(cfg)
@@ -290,7 +356,7 @@ class TransformersDepthNet(nn.Module):
                 raise OptionError('config', config, f'not a valid {config_cls.__name__}: {err}') from None
             self._init_new_network()
             size, multiple = _image_size(cfg), _patch_size(cfg)
-            mean, std = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)) if backend == 'dpt' else (_IMAGENET_MEAN, _IMAGENET_STD)
+            mean, std = spec.defaults[2:4]
             keep = False
         self.input_size = int(input_size or size)
         self.multiple = int(ensure_multiple_of or multiple)

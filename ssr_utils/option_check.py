@@ -9,6 +9,8 @@ import os
 import os.path as osp
 
 from ssr_utils.errors import OptionError
+from ssr_utils.registry import DEPTH_BACKEND_REGISTRY
+from ssr_utils.registry_scan import import_losses_and_metrics
 
 # old option keys and the key that replaced each
 RENAMED_KEYS = {
@@ -32,6 +34,7 @@ def _registries(networks_only=False):
         import basicsr.losses  # noqa: F401
         import basicsr.metrics  # noqa: F401
         import basicsr.models  # noqa: F401
+        import_losses_and_metrics()  # ours, which the model types need
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
     return ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
@@ -82,15 +85,23 @@ def _check_paths(node, key_path, root_path):
         node[key] = resolved if isinstance(value, (list, tuple)) else resolved[0]
 
 
-# registered types that load a depth network from a local save_pretrained folder (``model_path``)
-_DEPTH_TYPES = ('MonocularDepth', 'TransformersDepthNet')
-_DEPTH_BACKENDS = ('prior', 'dpt', 'depth_anything')
+# registered types whose ``backend`` names an entry of the depth-backend table (ssr_arch/depth_arch.py fills it);
+# the value: whether the type trains its network (only the backends that are ``trainable`` then)
+_DEPTH_TYPES = {'MonocularDepth': False, 'TransformersDepthNet': True}
+
+
+def _depth_backends(trainable):
+    if not len(DEPTH_BACKEND_REGISTRY):
+        raise RuntimeError('no depth backend is registered: import ssr_arch (which fills '
+                           'ssr_utils.registry.DEPTH_BACKEND_REGISTRY) before checking options')
+    return {name: spec for name, spec in DEPTH_BACKEND_REGISTRY.items() if spec.trainable or not trainable}
 
 
 def _check_depth_networks(node, key_path, root_path):
-    """Every ``type: MonocularDepth`` / ``TransformersDepthNet`` block anywhere in the options: a known backend,
-    and for a network backend a ``model_path`` that is an existing save_pretrained folder (resolved like the
-    other input paths). The prior needs nothing (``backend: prior``)."""
+    """Every ``type: MonocularDepth`` / ``TransformersDepthNet`` block anywhere in the options: a registered
+    backend (``DEPTH_BACKEND_REGISTRY``), and for a backend that ``needs_model_path`` a ``model_path`` that is an
+    existing save_pretrained folder (resolved like the other input paths). The prior needs nothing
+    (``backend: prior``)."""
     if isinstance(node, list):
         for i, item in enumerate(node):
             _check_depth_networks(item, f'{key_path}:{i}', root_path)
@@ -98,14 +109,17 @@ def _check_depth_networks(node, key_path, root_path):
     if not isinstance(node, dict):
         return
     if node.get('type') in _DEPTH_TYPES:
-        default = 'prior' if node['type'] == 'MonocularDepth' else 'dpt'
+        trainable = _DEPTH_TYPES[node['type']]
+        default = 'dpt' if trainable else 'prior'
         backend = node.get('backend', default)
         prefix = f'{key_path}:' if key_path else ''
-        if backend not in _DEPTH_BACKENDS or (node['type'] == 'TransformersDepthNet' and backend == 'prior'):
-            raise OptionError(f'{prefix}backend', backend, f'expected one of {", ".join(_DEPTH_BACKENDS)} '
-                              '(TransformersDepthNet: dpt or depth_anything)')
+        backends = _depth_backends(trainable)
+        if backend not in backends:
+            raise OptionError(f'{prefix}backend', backend, f'expected one of {", ".join(backends)} '
+                              f'({node["type"]}: the registered depth backends{" it trains" if trainable else ""})')
+        spec = backends[backend]
         model_path = node.get('model_path')
-        if backend != 'prior' and (node['type'] == 'MonocularDepth' or model_path is not None):
+        if spec.needs_model_path and (not trainable or model_path is not None):
             if not isinstance(model_path, str) or not model_path:
                 raise OptionError(f'{prefix}model_path', model_path, f'backend {backend} needs the local '
                                   'save_pretrained folder of a depth network (MiDaS / DPT / Depth Anything, or one '
