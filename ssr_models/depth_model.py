@@ -13,9 +13,8 @@ from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import MODEL_REGISTRY
 from ssr_models.ssr_base_model import SSRBaseModel, all_finite
-from ssr_utils import relative_depth  # noqa: F401  (registers the SSI loss and the depth metrics)
+from ssr_utils.depth_metrics import DEPTH_METRICS
 from ssr_utils.errors import OptionError
-from ssr_utils.relative_depth import DEPTH_METRICS
 from ssr_utils.visualize import add_tb_image, depth_image
 
 PRETRAINED_FOLDER = 'depth_model'  # experiments/<name>/depth_model/: the network as a save_pretrained folder

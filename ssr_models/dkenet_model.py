@@ -8,7 +8,6 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import MODEL_REGISTRY
 from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_models.ssr_base_model import SSRBaseModel, resize_depth
-from ssr_utils import kernel_metrics  # noqa: F401  (registers calculate_kernel_psnr)
 from ssr_utils.errors import OptionError
 
 

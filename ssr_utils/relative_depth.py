@@ -5,13 +5,14 @@ Anything). Every comparison with ground truth therefore first fits, per image an
 valid pixels, the scale ``s`` and shift ``t`` that bring the prediction closest to the target:
 ``argmin_{s,t} Σ m·(s·p + t − d)²`` (:func:`align_scale_shift`).
 
-- **Loss** (:class:`ScaleShiftInvariantLoss`, registered in BasicSR's LOSS_REGISTRY): MiDaS's
+- **Loss** (:class:`ssr_utils.depth_loss.ScaleShiftInvariantLoss`, registered in BasicSR's LOSS_REGISTRY): MiDaS's
   scale-and-shift-invariant loss (Ranftl et al., TPAMI 2022, section 5): prediction and target are aligned
   per image -- by default each normalised by its median and mean absolute deviation (their Eq. 6-7,
   L_ssimae), or the prediction least-squares fitted to the target (L_ssimse) -- and the mean residual ``R``
   over the valid pixels of the batch is taken, plus ``grad_weight`` × the multi-scale gradient matching term
   (their Eq. 11, four scales): the mean of ``|∂x R| + |∂y R|`` at the residual subsampled by 1, 2, 4, 8.
-- **Metrics** (:func:`depth_accuracy`, registered as ``calculate_depth_absrel`` / ``calculate_depth_delta1``):
+- **Metrics** (:func:`depth_accuracy`, registered as ``calculate_depth_absrel`` / ``calculate_depth_delta1`` in
+  :mod:`ssr_utils.depth_metrics`):
   MiDaS's evaluation of relative depth. The prediction is aligned, in inverse-depth (disparity) space, to the
   ground-truth disparity ``1/Z``; the aligned disparity is clamped below at the image's smallest ground-truth
   disparity (so no predicted depth lies beyond the farthest true depth of the image, MiDaS's depth cap taken
@@ -25,13 +26,7 @@ depth has lost its shift, and with it the depth ratios that AbsRel and δ1 measu
 """
 import numpy as np
 import torch
-from torch import nn
-from torch.nn import functional as F
 
-from basicsr.utils.registry import LOSS_REGISTRY, METRIC_REGISTRY
-
-# metric types that read depth maps (models route their data by this set, like KERNEL_METRICS)
-DEPTH_METRICS = {'calculate_depth_absrel', 'calculate_depth_delta1'}
 DELTA1_THRESHOLD = 1.25
 
 
@@ -69,22 +64,6 @@ def align_scale_shift(pred, target, mask=None, eps=1e-12):
     return scale * pred + shift, scale, shift
 
 
-def _gradient_matching(residual, mask, scales):
-    """MiDaS's multi-scale gradient matching term: Σ_k mean over valid pairs of |∂x R_k| + |∂y R_k|."""
-    total = residual.new_zeros(())
-    for k in range(scales):
-        step = 2**k
-        r, m = residual[:, :, ::step, ::step], mask[:, :, ::step, ::step]
-        if r.shape[-1] < 2 and r.shape[-2] < 2:
-            break
-        mx = m[..., 1:] * m[..., :-1]
-        my = m[..., 1:, :] * m[..., :-1, :]
-        gx = (r[..., 1:] - r[..., :-1]).abs() * mx
-        gy = (r[..., 1:, :] - r[..., :-1, :]).abs() * my
-        total = total + (gx.sum() + gy.sum()) / m.sum().clamp_min(1.0)
-    return total
-
-
 def normalise_median_mad(x, mask=None, eps=1e-8):
     """Per image ``(x − median) / mean|x − median|`` over the valid pixels (MiDaS's scale-and-shift
     normalisation, Eq. 6-7): invariant to any shift and any POSITIVE scale of ``x``; a negative scale flips it."""
@@ -99,60 +78,6 @@ def normalise_median_mad(x, mask=None, eps=1e-8):
         mad = (v - med).abs().mean()
         out[b] = (x[b] - med) / mad.clamp_min(eps)
     return out * m.to(x.dtype)
-
-
-@LOSS_REGISTRY.register()
-class ScaleShiftInvariantLoss(nn.Module):
-    """MiDaS's scale-and-shift-invariant loss with multi-scale gradient matching (see the module doc).
-
-    Args:
-        loss_weight (float): weight of the whole loss.
-        alignment (str): how prediction and target are brought together per image:
-            ``median`` (default; MiDaS's L_ssimae: both normalised by :func:`normalise_median_mad`, then the
-            mean absolute difference) -- invariant to shift and positive scale, and it fixes the sign, so
-            larger outputs always mean nearer (what ``MonocularDepth`` assumes);
-            ``lstsq`` (MiDaS's L_ssimse: the prediction least-squares aligned to the target by
-            :func:`align_scale_shift`, then the mean squared residual) -- invariant to any scale, including a
-            negative one, so only for networks whose sign is already right (fine-tuning a MiDaS model).
-        grad_weight (float): weight α of the gradient matching term (MiDaS: 0.5; 0 = off).
-        grad_scales (int): number of scales K of the gradient term (MiDaS: 4).
-    ``forward(pred, target, mask=None)``: B×1×H×W tensors; ``pred`` is resized (bilinear) to the target's
-    size when they differ; ``mask`` marks valid target pixels.
-    """
-
-    def __init__(self, loss_weight=1.0, alignment='median', grad_weight=0.5, grad_scales=4):
-        super().__init__()
-        if alignment not in ('median', 'lstsq'):
-            raise ValueError(f'ScaleShiftInvariantLoss: alignment must be median or lstsq, got {alignment!r}')
-        if grad_weight < 0 or int(grad_scales) < 1:
-            raise ValueError('ScaleShiftInvariantLoss: grad_weight must be >= 0 and grad_scales >= 1')
-        self.loss_weight = float(loss_weight)
-        self.alignment = alignment
-        self.grad_weight = float(grad_weight)
-        self.grad_scales = int(grad_scales)
-
-    def forward(self, pred, target, mask=None):
-        if pred.dim() == 3:
-            pred = pred.unsqueeze(1)
-        if target.dim() == 3:
-            target = target.unsqueeze(1)
-        pred = pred.float()
-        target = target.float()
-        if pred.shape[-2:] != target.shape[-2:]:
-            pred = F.interpolate(pred, size=target.shape[-2:], mode='bilinear', align_corners=False)
-        m = torch.ones_like(target) if mask is None else mask.to(target.dtype)
-        n = m.sum().clamp_min(1.0)
-        if self.alignment == 'median':
-            residual = (normalise_median_mad(pred, m) - normalise_median_mad(target, m)) * m
-            data = residual.abs().sum() / n
-        else:
-            aligned, _, _ = align_scale_shift(pred, target, m)
-            residual = (aligned - target) * m
-            data = residual.square().sum() / n
-        loss = data
-        if self.grad_weight > 0:
-            loss = loss + self.grad_weight * _gradient_matching(residual, m, self.grad_scales)
-        return self.loss_weight * loss
 
 
 def depth_accuracy(pred, disparity, mask=None):
@@ -186,17 +111,3 @@ def depth_accuracy(pred, disparity, mask=None):
         ratio = torch.maximum(z_pred / z_true, z_true / z_pred)
         delta1.append(float((ratio < DELTA1_THRESHOLD).double().mean()))
     return {'absrel': np.asarray(absrel), 'delta1': np.asarray(delta1)}
-
-
-@METRIC_REGISTRY.register()
-def calculate_depth_absrel(depth, depth2, mask=None, **kwargs):
-    """AbsRel (lower is better) of ``depth`` (relative inverse-depth prediction) against ``depth2`` (true
-    disparity), mean over the batch; see :func:`depth_accuracy`. Extra keys (e.g. ``better``) are ignored."""
-    return float(depth_accuracy(depth, depth2, mask)['absrel'].mean())
-
-
-@METRIC_REGISTRY.register()
-def calculate_depth_delta1(depth, depth2, mask=None, **kwargs):
-    """δ1 = fraction of pixels with max(Ẑ/Z, Z/Ẑ) < 1.25 (higher is better), mean over the batch; see
-    :func:`depth_accuracy`."""
-    return float(depth_accuracy(depth, depth2, mask)['delta1'].mean())

@@ -19,8 +19,8 @@ from ssr_arch.depth_arch import MonocularDepth, TransformersDepthNet, minmax_nor
 from ssr_data.scene_depth_dataset import SceneDepthDataset
 from ssr_utils.errors import OptionError
 from ssr_utils.option_check import check_options
-from ssr_utils.relative_depth import (ScaleShiftInvariantLoss, align_scale_shift, depth_accuracy,
-                                      normalise_median_mad)
+from ssr_utils.depth_loss import ScaleShiftInvariantLoss
+from ssr_utils.relative_depth import align_scale_shift, depth_accuracy, normalise_median_mad
 
 transformers = pytest.importorskip('transformers')
 

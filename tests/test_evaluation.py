@@ -15,7 +15,8 @@ import ssr_arch  # noqa: F401
 import ssr_models  # noqa: F401
 from ssr_arch.ssr_unet_arch import tiny_config
 from ssr_data.kernels import KernelPCA, random_kernels
-from ssr_utils.evaluation import MetricSuite, ResultTable, calculate_pyiqa, MetricUnavailable, side_by_side
+from ssr_utils.evaluation import MetricSuite, ResultTable, side_by_side
+from ssr_utils.pyiqa_metrics import MetricUnavailable, calculate_pyiqa
 
 from conftest import ROOT, run_python
 

@@ -52,3 +52,44 @@ def test_a_name_clash_with_basicsr_is_refused():
         @ARCH_REGISTRY.register()
         class RRDBNet:  # noqa: F811  (BasicSR already registers this name)
             pass
+
+
+def test_losses_and_metrics_register_through_the_scan():
+    # a fresh process: importing ssr_models alone registers every loss / metric of ssr_utils/*_loss.py and
+    # ssr_utils/*_metrics.py, and each registered name is the object its scanned module defines
+    from conftest import run_python
+    code = '''
+import inspect
+import ssr_models
+from basicsr.utils.registry import LOSS_REGISTRY, METRIC_REGISTRY
+from ssr_utils.registry_scan import import_losses_and_metrics
+names = []
+for module in import_losses_and_metrics():
+    registry = LOSS_REGISTRY if module.__name__.endswith('_loss') else METRIC_REGISTRY
+    for name, obj in vars(module).items():
+        if (inspect.isclass(obj) or inspect.isfunction(obj)) and obj.__module__ == module.__name__ and name in registry:
+            assert registry.get(name) is obj, name
+            names.append(name)
+print(sorted(names))
+'''
+    out = run_python(['-c', code])
+    assert out.returncode == 0, out.stdout
+    found = eval(out.stdout.strip().splitlines()[-1])
+    assert set(found) >= {'ScaleShiftInvariantLoss', 'calculate_kernel_psnr', 'calculate_depth_absrel',
+                          'calculate_depth_delta1', 'calculate_pyiqa'}
+
+
+def test_no_module_registers_by_a_side_effect_import():
+    # losses and metrics register where they are scanned, not through "from ssr_utils import x  # noqa (registers)"
+    # lines (importing a package whose __init__ scans, e.g. ssr_arch, is the convention itself)
+    import os
+    from conftest import ROOT
+    offenders = []
+    for package in ('ssr_utils', 'ssr_data', 'ssr_arch', 'ssr_pipelines', 'ssr_models', 'ssr_app'):
+        for name in sorted(os.listdir(os.path.join(ROOT, package))):
+            if name.endswith('.py'):
+                with open(os.path.join(ROOT, package, name), encoding='utf-8') as f:
+                    for number, line in enumerate(f, 1):
+                        if line.lstrip().startswith(('import ssr_utils', 'from ssr_utils')) and '(registers' in line:
+                            offenders.append(f'{package}/{name}:{number}: {line.strip()}')
+    assert not offenders, offenders
