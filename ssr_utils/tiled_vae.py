@@ -203,7 +203,8 @@ class _LayerwiseTiles:
                 self.store.write(name, y0, x0, x[..., y0:y1, x0:x1].to(self.dtype))
         self.factor[name] = Fraction(1)
 
-    def _core(self, t, factor):
+    def core_box(self, t, factor):
+        """Tile ``t``'s core ``[y0, y1, x0, x1]`` in the pixels of a tensor at ``factor`` × the input's size."""
         y0, y1, x0, x1 = t.core
         vals = [y0 * factor, y1 * factor, x0 * factor, x1 * factor]
         if any(v.denominator != 1 for v in vals):
@@ -262,7 +263,7 @@ class _LayerwiseTiles:
         for row in self.rows:
             pieces = []
             for t in row:
-                cy0, cy1, cx0, cx1 = self._core(t, f_in)
+                cy0, cy1, cx0, cx1 = self.core_box(t, f_in)
                 wy0, wy1 = max(0, cy0 - halo), min(h_in, cy1 + halo)
                 wx0, wx1 = max(0, cx0 - halo), min(w_in, cx1 + halo)
                 if ratio < 1:  # strided steps: the window must start on the stride grid
@@ -273,11 +274,11 @@ class _LayerwiseTiles:
                     x = self._normalise(x, affine)
                 y = fn(x)
                 del x
-                oy0, oy1, ox0, ox1 = self._core(t, f_out)
+                oy0, oy1, ox0, ox1 = self.core_box(t, f_out)
                 ry, rx = oy0 - int(wy0 * ratio), ox0 - int(wx0 * ratio)
                 y = y[..., ry:ry + oy1 - oy0, rx:rx + ox1 - ox0]
                 if residual is not None:
-                    r = self.store.read(residual, *self._core(t, self.factor[residual])).to(self.device, self.dtype)
+                    r = self.store.read(residual, *self.core_box(t, self.factor[residual])).to(self.device, self.dtype)
                     if residual_fn is not None:
                         r = residual_fn(r)
                     y = r + y
@@ -325,7 +326,7 @@ class _LayerwiseTiles:
         heads = attn.heads
 
         def tokens(t):
-            x = self.store.read(src, *self._core(t, f)).to(self.device, self.dtype)
+            x = self.store.read(src, *self.core_box(t, f)).to(self.device, self.dtype)
             if affine is not None:
                 x = self._normalise(x, affine)
             b, c, h, w = x.shape
@@ -339,7 +340,7 @@ class _LayerwiseTiles:
         for row in self.rows:
             for t in row:
                 tok, (h, w) = tokens(t)
-                y0, _, x0, _ = self._core(t, f)
+                y0, _, x0, _ = self.core_box(t, f)
                 for name, proj in (('k', attn.to_k), ('v', attn.to_v)):
                     z = proj(tok)
                     full = f'{dst}.{name}'
@@ -384,9 +385,9 @@ class _LayerwiseTiles:
                 out = out.transpose(1, 2).reshape(b, n, heads * d)
                 out = attn.to_out[1](attn.to_out[0](out))
                 out = out.transpose(1, 2).reshape(b, -1, h, w)
-                y0, _, x0, _ = self._core(t, f)
+                y0, _, x0, _ = self.core_box(t, f)
                 if attn.residual_connection:
-                    out = out + self.store.read(src, *self._core(t, f)).to(self.device, self.dtype)
+                    out = out + self.store.read(src, *self.core_box(t, f)).to(self.device, self.dtype)
                 out = out / attn.rescale_output_factor
                 if not created:
                     self.store.create(tmp, (out.shape[0], out.shape[1], hb, wb), self.dtype)
@@ -537,11 +538,11 @@ def tiled_decode(vae, latents, tile_size=64, out=None, out_device=None, store='m
             _unsupported(dec, 'without a GroupNorm conv_norm_out (e.g. a SpatialNorm decoder)')
 
         def sink(pieces, f_out):
-            oy0, oy1 = ex._core(pieces[0][0], f_out)[:2]
+            oy0, oy1 = ex.core_box(pieces[0][0], f_out)[:2]
             band = torch.empty((b, pieces[0][1].shape[1], oy1 - oy0, w * factor), dtype=torch.float32,
                                device=out_device)
             for t, y in pieces:
-                _, _, ox0, ox1 = ex._core(t, f_out)
+                _, _, ox0, ox1 = ex.core_box(t, f_out)
                 band[..., ox0:ox1] = y.to(out_device, torch.float32)
             if callable(target):
                 target(oy0, oy1, band)
@@ -609,7 +610,7 @@ def tiled_encode(vae, images, tile_size=512, out_device=None, store='memory', st
                 if moments.shape[1] != y.shape[1]:
                     moments = torch.empty((b, y.shape[1], h // factor, w // factor), dtype=torch.float32,
                                           device=out_device)
-                oy0, oy1, ox0, ox1 = ex._core(t, f_out)
+                oy0, oy1, ox0, ox1 = ex.core_box(t, f_out)
                 moments[..., oy0:oy1, ox0:ox1] = y.to(out_device, torch.float32)
 
         ex.spatial('x', 'out', conv_out, halo=enc.conv_out.kernel_size[0] // 2, norm=enc.conv_norm_out, sink=sink)

@@ -113,3 +113,34 @@ def test_importing_the_pipeline_imports_no_training_machinery():
                          timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ['[]', 'True']
+
+
+def _is_own_object(node):
+    """``self`` / ``cls`` / ``super()``: the one place a class's underscore attributes are used."""
+    return (isinstance(node, ast.Name) and node.id in ('self', 'cls')) or (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'super')
+
+
+def test_no_object_is_reached_into_for_its_underscore_attributes():
+    """An underscore attribute or method the project defines (``def _core``, ``self._points = ...``) is used
+    through ``self`` / ``cls`` / ``super()`` only, never on another object (``ex._core``, ``net._points``): what
+    another object offers is its public names. Third-party underscore names (``torch._foreach_mul_``, BasicSR's)
+    are not ours and are left to ``ssr_utils/compat.py``'s reasons."""
+    paths = _sources(*(f'{p}/**/*.py' for p in LAYERS), 'scripts/**/*.py', 'basicsr/*.py')
+    trees = {}
+    private = set()
+    for path in paths:
+        with open(path) as f:
+            trees[path] = tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith('_'):
+                private.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and _is_own_object(node.value):
+                private.add(node.attr)
+    private = {name for name in private if name.startswith('_') and not name.startswith('__')}
+    bad = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in private and not _is_own_object(node.value):
+                bad.append(f'{osp.relpath(path, ROOT)}:{node.lineno} uses {ast.unparse(node)}')
+    assert not bad, '\n'.join(bad)

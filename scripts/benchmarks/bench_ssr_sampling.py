@@ -267,7 +267,7 @@ def ssr_sampling(args, device, dtype):
     n_ssr = sum(p.numel() for k, p in net.named_parameters() if not k.startswith(('unet.', 'vae.')))
     print(f'config={args.config} device={dev_name} dtype={args.dtype} output={size}x{size} latent={lat}x{lat} '
           f'steps={args.steps} repeats={args.repeats} svkr={"yes" if svkr is not None else "no"}')
-    print(f'UNet params {n_unet / 1e6:.2f}M, SSR encoders+AMF params {n_ssr / 1e6:.2f}M, AMF points {len(net._points)}')
+    print(f'UNet params {n_unet / 1e6:.2f}M, SSR encoders+AMF params {n_ssr / 1e6:.2f}M, AMF points {len(net.injection_points())}')
     print(f'bare UNet sampling: {b:.3f} s   SSR sampling: {s:.3f} s   ratio SSR/bare = {s / b:.3f} (target <= 1.10, issue 13; SPEC budget <= 1.15)')
     step_b, step_s = b / args.steps, max(s - c, 0.0) / args.steps
     print(f'breakdown: once per image (VAE encode + encoders + AMF modulations{" + SVKR" if svkr is not None else ""}) '
