@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ssr_data.ssr_degradation_dataset import ImageSource, encode_depth_png, list_images, lmdb_keys  # noqa: E402
+from ssr_data.dataset_io import ImageSource, encode_depth_png, list_image_names, lmdb_keys  # noqa: E402
 from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def make_depth_lmdb(input_path, output_path, backend='prior', model_path=None, i
         raise OptionError('--output', output_path, "an LMDB path must end with '.lmdb'")
     src = ImageSource(input_path, 'gt', '--input')
     names = lmdb_keys(input_path, '--input') if src.lmdb else \
-        [osp.splitext(n)[0] for n in list_images(input_path, '--input')]
+        [osp.splitext(n)[0] for n in list_image_names(input_path, '--input')]
     meta_path = osp.join(output_path, 'meta_info.txt')
     if osp.exists(output_path) and overwrite:
         import shutil

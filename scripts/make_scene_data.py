@@ -39,7 +39,7 @@ from tqdm import tqdm  # noqa: E402
 from ssr_data.lmdb_util import LmdbExistsError, LmdbWriter, encode_png  # noqa: E402
 from ssr_data.scenes import SPLITS, SceneConfig, SceneGenerator, default_texture_photos, \
     texture_photos_from_folder  # noqa: E402
-from ssr_data.ssr_degradation_dataset import depth_to_uint16, encode_depth_png  # noqa: E402
+from ssr_data.dataset_io import depth_to_uint16, encode_depth_png  # noqa: E402
 from ssr_utils.atomic_file import atomic_write  # noqa: E402
 from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 

@@ -44,8 +44,7 @@ from tqdm import tqdm  # noqa: E402
 
 from ssr_data import kernels as K  # noqa: E402
 from ssr_data.degradations import DegradationRecipe, GeneratorNoise, kernel_params  # noqa: E402
-from ssr_data.ssr_degradation_dataset import (ImageSource, decode_depth, list_images, lmdb_keys,  # noqa: E402
-                                              write_depth_png)
+from ssr_data.dataset_io import ImageSource, decode_depth, list_image_names, lmdb_keys, write_depth_png  # noqa: E402
 from ssr_utils.atomic_file import atomic_directory  # noqa: E402
 from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 
@@ -70,7 +69,7 @@ def iter_hr_images(path):
 
 def hr_names(path):
     src = ImageSource(path, 'gt', '--input')
-    return lmdb_keys(path, '--input') if src.lmdb else [osp.splitext(n)[0] for n in list_images(path, '--input')]
+    return lmdb_keys(path, '--input') if src.lmdb else [osp.splitext(n)[0] for n in list_image_names(path, '--input')]
 
 
 def read_hr_images(path):

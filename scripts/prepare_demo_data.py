@@ -42,7 +42,7 @@ from make_sv_testset import make_sv_testset  # noqa: E402
 from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_data import kernels as K  # noqa: E402
 from ssr_data.lmdb_util import LmdbWriter, extract_subimages  # noqa: E402
-from ssr_data.ssr_degradation_dataset import encode_depth_png  # noqa: E402
+from ssr_data.dataset_io import encode_depth_png  # noqa: E402
 from ssr_utils.install import project_root  # noqa: E402
 from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 

@@ -8,8 +8,8 @@ import torch
 from torch.utils import data
 
 from basicsr.utils.registry import DATASET_REGISTRY
-from ssr_data.ssr_degradation_dataset import (ImageSource, decode_depth_raw, decode_image, depth_to_float, list_images,
-                                              lmdb_keys, rng_for)
+from ssr_data.dataset_io import (ImageSource, decode_bgr, decode_depth_raw, depth_to_float, list_image_names,
+                                 lmdb_keys, rng_for)
 from ssr_utils.errors import OptionError
 
 
@@ -129,7 +129,7 @@ class SceneDepthDataset(data.Dataset):
         if self.img_src.lmdb:
             self.keys = lmdb_keys(self.img_src.root, 'dataroot_gt', opt.get('meta_info_file'))
         else:
-            self.keys = [osp.splitext(n)[0] for n in list_images(self.img_src.root, 'dataroot_gt')]
+            self.keys = [osp.splitext(n)[0] for n in list_image_names(self.img_src.root, 'dataroot_gt')]
         scenes_json = opt.get('scenes_json')
         if scenes_json is None:
             scenes_json = osp.join(osp.dirname(osp.abspath(opt['dataroot_gt'].rstrip('/'))), 'scenes.json')
@@ -151,7 +151,7 @@ class SceneDepthDataset(data.Dataset):
             rgb, depth, meta = self._generator_of_worker().generate((self.scene_seed, index))
             return rgb, depth.astype(np.float32), tuple(meta['inv_depth_range'])
         where = self.img_src.path_of(key)
-        bgr = decode_image(self.img_src.get(key), where, float32=False)
+        bgr = decode_bgr(self.img_src.get(key), where, float32=False)
         depth = decode_depth_raw(self.depth_src.get(key), self.depth_src.path_of(key))
         if depth.shape != bgr.shape[:2]:
             raise ValueError(f'depth map {self.depth_src.path_of(key)} is {depth.shape[0]}×{depth.shape[1]} but '

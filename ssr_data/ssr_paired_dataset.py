@@ -9,8 +9,8 @@ from torch.utils import data
 
 from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
-from ssr_data.ssr_degradation_dataset import (ImageSource, apply_flips, check_scale_and_size, decode_depth,
-                                              decode_image, draw_flips, list_images, lmdb_keys, rng_for)
+from ssr_data.dataset_io import (ImageSource, apply_flips, check_scale_and_size, decode_bgr, decode_depth, draw_flips,
+                                 list_image_names, lmdb_keys, rng_for)
 from ssr_utils.errors import OptionError
 
 
@@ -64,7 +64,7 @@ class SSRPairedDataset(data.Dataset):
         if self.gt_src.lmdb:
             self.keys = lmdb_keys(self.gt_src.root, 'dataroot_gt', opt.get('meta_info_file'))
         else:
-            self.keys = [osp.splitext(n)[0] for n in list_images(self.gt_src.root, 'dataroot_gt')]
+            self.keys = [osp.splitext(n)[0] for n in list_image_names(self.gt_src.root, 'dataroot_gt')]
         for key in self.keys:  # a missing partner is a set error: report it now, by name
             if not self.lq_src.has(key):
                 raise FileNotFoundError(f'no LR image for {key!r} in {self.lq_src.root} (dataroot_lq)')
@@ -114,8 +114,8 @@ class SSRPairedDataset(data.Dataset):
         key = self.keys[index]
         s = self.scale
         gt_path, lq_path = self.gt_src.path_of(key), self.lq_src.path_of(key)  # for messages
-        gt = decode_image(self.gt_src.get(key), gt_path)
-        lq = decode_image(self.lq_src.get(key), lq_path)
+        gt = decode_bgr(self.gt_src.get(key), gt_path)
+        lq = decode_bgr(self.lq_src.get(key), lq_path)
         h, w = lq.shape[:2]
         if gt.shape[0] != h * s or gt.shape[1] != w * s:
             raise ValueError(f'HR {gt_path} is {gt.shape[0]}×{gt.shape[1]} but LR {lq_path} is {h}×{w}: '

@@ -184,7 +184,8 @@ class ReplayNoise:
         return counts.to(rate)
 
 
-@pytest.mark.parametrize('extra', [{}, {'poisson_prob': 0.7}, {'poisson_prob': 0.7, 'gray_noise_prob': 0.5, 'use_jpeg': False},
+@pytest.mark.parametrize('extra', [{}, {'poisson_prob': 0.7},
+                                   {'poisson_prob': 0.7, 'gray_noise_prob': 0.5, 'use_jpeg': False},
                                    {'use_noise': False, 'kernel_mode': 'block'}, {'kernel_mode': 'invariant'}])
 def test_both_paths_make_the_same_images_from_the_same_numbers(extra):
     # the per-sample path (a batch of one in the worker) and degrade_on: model (the batch) run one executor:
@@ -304,7 +305,7 @@ def test_simulated_jpeg_is_close_to_opencv(quality):
 # ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope='module')
 def folder_data(tmp_path_factory):
-    from ssr_data.ssr_degradation_dataset import write_depth_png
+    from ssr_data.dataset_io import write_depth_png
     root = tmp_path_factory.mktemp('bd_folder')
     (root / 'hr').mkdir()
     (root / 'depth').mkdir()

@@ -38,7 +38,7 @@ class FixtureData:
     def hr_lmdb(self):
         def make():
             from ssr_data.lmdb_util import LmdbWriter
-            from ssr_data.ssr_degradation_dataset import depth_to_uint16
+            from ssr_data.dataset_io import depth_to_uint16
             hr, depth = str(self.root / 'hr.lmdb'), str(self.root / 'hr_depth.lmdb')
             with LmdbWriter(hr) as w_hr, LmdbWriter(depth, compress_level=0) as w_depth:
                 for i in range(2):  # large enough for the biggest training crop (512)

@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, run_python
 from ssr_data.scenes import (BACKDROP, GROUND, TEST_PHOTOS, SceneConfig, SceneGenerator, TexturePhoto,
                              default_texture_photos, texture_photos_from_folder)
-from ssr_data.ssr_degradation_dataset import depth_to_uint16
+from ssr_data.dataset_io import depth_to_uint16
 
 if osp.join(ROOT, 'scripts') not in sys.path:
     sys.path.insert(0, osp.join(ROOT, 'scripts'))

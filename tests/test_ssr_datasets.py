@@ -97,7 +97,7 @@ def test_depth_lmdb_round_trip_16bit(tmp_path):
         w.put('a', d)
     back = read_lmdb_image(str(tmp_path / 'd.lmdb'), 'a')
     assert back.dtype == np.uint16 and np.array_equal(back, d)
-    from ssr_data.ssr_degradation_dataset import ImageSource, decode_depth
+    from ssr_data.dataset_io import ImageSource, decode_depth
     src = ImageSource(str(tmp_path / 'd.lmdb'), 'depth', 'dataroot_depth')
     assert np.allclose(decode_depth(src.get('a'), 'a'), d / 65535.0, atol=1e-7)
 

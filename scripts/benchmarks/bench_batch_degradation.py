@@ -188,7 +188,7 @@ def bench_breakdown(root, gt_size, batch, scale, jpeg_backend, repeats=5):
     from torch.utils.data import default_collate
 
     from ssr_data.batch_degradation import BatchDegradation
-    from ssr_data.ssr_degradation_dataset import ImageSource, decode_depth_raw
+    from ssr_data.dataset_io import ImageSource, decode_depth_raw
     sets = make_datasets(root, gt_size, scale, jpeg_backend)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what each DataLoader worker runs with

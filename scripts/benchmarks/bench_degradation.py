@@ -143,7 +143,7 @@ def build_lmdbs(root, num, size, scale, seed=0):
     from ssr_arch.depth_arch import MonocularDepth
     from ssr_data.degradations import SVDegradation
     from ssr_data.lmdb_util import LmdbWriter
-    from ssr_data.ssr_degradation_dataset import depth_to_uint16, encode_depth_png
+    from ssr_data.dataset_io import depth_to_uint16, encode_depth_png
     images = _source_images(num, size)
     depth_net = MonocularDepth('prior')
     deg = SVDegradation({'scale': scale})

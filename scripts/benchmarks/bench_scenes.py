@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from ssr_data.lmdb_util import encode_png  # noqa: E402
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
-from ssr_data.ssr_degradation_dataset import depth_to_uint16, encode_depth_png  # noqa: E402
+from ssr_data.dataset_io import depth_to_uint16, encode_depth_png  # noqa: E402
 from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 

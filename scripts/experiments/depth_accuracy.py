@@ -54,7 +54,7 @@ from tqdm import tqdm  # noqa: E402
 from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_data.degradations import SVDegradation  # noqa: E402
 from ssr_data.scene_depth_dataset import SceneDepthDataset  # noqa: E402
-from ssr_data.ssr_degradation_dataset import write_depth_png  # noqa: E402
+from ssr_data.dataset_io import write_depth_png  # noqa: E402
 from ssr_pipelines.builder import build_svkr_from_options  # noqa: E402
 from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 from ssr_utils.evaluation import ResultTable  # noqa: E402
