@@ -1,21 +1,20 @@
 """DepthModel: trains a monocular depth network on images with exact depth and writes it as a
 ``save_pretrained`` folder that ``MonocularDepth(backend, model_path=<folder>)`` loads (SPEC item 5)."""
 import os.path as osp
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from basicsr.metrics import calculate_metric
-from basicsr.utils import get_root_logger, imwrite, tensor2img
+from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import MODEL_REGISTRY
 from ssr_models.ssr_base_model import SSRBaseModel, all_finite
 from ssr_utils.depth_metrics import DEPTH_METRICS
 from ssr_utils.errors import OptionError
-from ssr_utils.visualize import add_tb_image, depth_image
+from ssr_utils.visualize import depth_image
 
 PRETRAINED_FOLDER = 'depth_model'  # experiments/<name>/depth_model/: the network as a save_pretrained folder
 
@@ -101,62 +100,41 @@ class DepthModel(SSRBaseModel):
                                f'folder: {folder} (load: MonocularDepth backend: {net.backend}, model_path: {folder})')
 
     # ---------------------------------------------------------------------------------------- validation
-    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        """Depth metrics of ``val.metrics`` on every validation image (its whole size, the way
-        ``MonocularDepth`` predicts), and ``image | prediction | ground truth`` strips saved and logged to
-        TensorBoard (the first ``val.tb_images``)."""
-        logger = get_root_logger()
-        dataset_name = dataloader.dataset.opt['name']
-        metrics_opt = self.opt['val'].get('metrics') or {}
-        for name, mopt in metrics_opt.items():
+    # the base class's validation loop, scoring depth: the metrics of ``val.metrics`` on every validation image
+    # (its whole size, the way ``MonocularDepth`` predicts) against its true disparity, and ``image | prediction
+    # | ground truth`` strips saved and logged to TensorBoard (the first ``val.tb_images``)
+    def validation_start(self, dataset_name, suite):
+        for name, mopt in (self.opt['val'].get('metrics') or {}).items():
             if mopt.get('type') not in DEPTH_METRICS:
                 raise OptionError(f'val:metrics:{name}:type', mopt.get('type'),
                                   f'DepthModel scores depth only: {", ".join(sorted(DEPTH_METRICS))}')
-        num_tb = int(self.opt['val'].get('tb_images', 2))
-        sums, counts = defaultdict(float), defaultdict(int)
-        no_disparity = 0
-        shown = 0
-        pbar = tqdm(total=len(dataloader), unit='image') if self.opt['val'].get('pbar', False) else None
-        for val_data in dataloader:
-            self.feed_data(val_data)
-            self.test()
-            pred = self.output['depth']
-            b = pred.shape[0]
-            if self.disparity is None:
-                no_disparity += b
-            else:
-                for name, mopt in metrics_opt.items():
-                    sums[name] += b * calculate_metric({'depth': pred, 'depth2': self.disparity}, mopt)
-                    counts[name] += b
-            if save_img:
-                for i in range(b):
-                    key = osp.splitext(osp.basename(val_data['lq_path'][i]))[0]
-                    strip = self._strip(i, pred)
-                    if self.opt['is_train']:
-                        path = osp.join(self.opt['path']['visualization'], key, f'{key}_{current_iter}.png')
-                    else:
-                        tag = self.opt['val'].get('suffix') or self.opt['name']
-                        path = osp.join(self.opt['path']['visualization'], dataset_name, f'{key}_{tag}.png')
-                    imwrite(strip, path)
-                    if shown < num_tb:
-                        add_tb_image(tb_logger, f'val/{dataset_name}/{key}', strip, current_iter)
-                        shown += 1
-            self.output = None
-            if pbar is not None:
-                pbar.update(1)
-        if pbar is not None:
-            pbar.close()
-        if no_disparity:
-            logger.warning(f'Validation {dataset_name}: {no_disparity} image(s) without a true disparity (no '
-                           'scenes.json inverse-depth range): not scored.')
-        self.metric_results = {name: sums[name] / counts[name] for name in metrics_opt if counts[name]}
-        if self.metric_results:
-            self._initialize_best_metric_results(dataset_name)
-            for name, value in self.metric_results.items():
-                self._update_best_metric_result(dataset_name, name, value, current_iter)
-        self.log_validation_results(current_iter, dataset_name, self.metric_results, tb_logger)
+        self.no_disparity = 0
 
-    def _strip(self, i, pred):
+    def score_item(self, b, suite, gt_img):
+        scores = OrderedDict((name, None) for name in suite.names)
+        if self.disparity is None:
+            self.no_disparity += 1
+        else:
+            pred, disparity = self.output['depth'][b:b + 1], self.disparity[b:b + 1]
+            for name in suite.names:
+                scores[name] = calculate_metric({'depth': pred, 'depth2': disparity}, suite.metrics[name])
+        return OrderedDict([('', scores)])
+
+    def validation_images(self, b):
+        return OrderedDict([('', self.depth_strip(b, self.output['depth']))])
+
+    def tb_image_tag(self, dataset_name, img_name, suffix):
+        return f'val/{dataset_name}/{img_name}'
+
+    def log_tb_references(self, tb_logger, dataset_name, img_name, b, gt_img, current_iter):
+        """None: the strip holds the image and the ground truth."""
+
+    def validation_end(self, dataset_name, suite, results):
+        if self.no_disparity:
+            get_root_logger().warning(f'Validation {dataset_name}: {self.no_disparity} image(s) without a true '
+                                      'disparity (no scenes.json inverse-depth range): not scored.')
+
+    def depth_strip(self, i, pred):
         """``image | prediction | ground truth`` (depth in the inferno colour map, 1 = near = bright)."""
         panels = [tensor2img(self.lq[i:i + 1].detach().float().cpu(), rgb2bgr=True, min_max=(0, 1)),
                   depth_image(pred[i:i + 1])]

@@ -469,6 +469,26 @@ class SSRBaseModel(BaseModel):
         tag = self.opt['val'].get('suffix') or self.opt['name']
         return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{tag}{suffix}.png')
 
+    def score_item(self, b, suite, gt_img):
+        """``OrderedDict(suffix -> OrderedDict(metric -> value or None))`` of item ``b`` of the fed batch: by
+        default every :meth:`scored_outputs` entry scored by ``suite`` against ``gt_img`` (H×W×3 uint8 BGR, or
+        None) and the ground-truth kernels. A model that scores something else (e.g. ``DepthModel``, depth
+        against the true disparity) gives its own; the loop averages, logs and keeps the best values alike."""
+        kernel_gt = self.ground_truth_kernel()
+        kgt = kernel_gt[b:b + 1] if kernel_gt is not None else None
+        scores = OrderedDict()
+        for suffix, sr, kernel in self.scored_outputs(b):
+            sr_img = tensor2img(sr.detach().float().cpu(), rgb2bgr=True, min_max=(0, 1)) if sr is not None else None
+            ref = gt_img
+            if ref is not None and sr_img is not None and ref.shape != sr_img.shape:
+                ref = ref[:sr_img.shape[0], :sr_img.shape[1]]
+            scores[suffix] = suite.score(sr_img, ref, kernel, kgt)
+        return scores
+
+    def tb_image_tag(self, dataset_name, img_name, suffix):
+        """TensorBoard tag of a validation image (``val/<set>/<image>/<sr | depth | kvar ...>``)."""
+        return f'val/{dataset_name}/{img_name}/{suffix.lstrip("_") or "sr"}'
+
     def validation_start(self, dataset_name, suite):
         """Called before the first batch of a validation run."""
 
@@ -494,21 +514,13 @@ class SSRBaseModel(BaseModel):
             self.feed_data(val_data)
             self.test()
             gt = getattr(self, 'gt', None)
-            kernel_gt = self.ground_truth_kernel()
             for b, path in enumerate(val_data['lq_path']):
                 img_name = osp.splitext(osp.basename(path))[0]
                 gt_img = tensor2img(gt[b:b + 1].detach().float().cpu(), rgb2bgr=True, min_max=(0, 1)) \
                     if gt is not None else None
-                kgt = kernel_gt[b:b + 1] if kernel_gt is not None else None
-                scores = OrderedDict()
-                for suffix, sr, kernel in self.scored_outputs(b):
-                    sr_img = tensor2img(sr.detach().float().cpu(), rgb2bgr=True, min_max=(0, 1)) \
-                        if sr is not None else None
-                    ref = gt_img
-                    if ref is not None and sr_img is not None and ref.shape != sr_img.shape:
-                        ref = ref[:sr_img.shape[0], :sr_img.shape[1]]
-                    scores[suffix] = suite.score(sr_img, ref, kernel, kgt)
-                    for name, value in scores[suffix].items():
+                scores = self.score_item(b, suite, gt_img)
+                for suffix, values in scores.items():
+                    for name, value in values.items():
                         if value is None:
                             continue
                         scored.add(name)
@@ -522,8 +534,7 @@ class SSRBaseModel(BaseModel):
                     if save_img:
                         imwrite(img, self.visual_path(dataset_name, img_name, current_iter, suffix))
                     if log_tb:
-                        add_tb_image(tb_logger, f'val/{dataset_name}/{img_name}/{suffix.lstrip("_") or "sr"}', img,
-                                     current_iter)
+                        add_tb_image(tb_logger, self.tb_image_tag(dataset_name, img_name, suffix), img, current_iter)
                 self.validation_item(dataset_name, img_name, b, scores, images)
                 count += 1
             self.output = None

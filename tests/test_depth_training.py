@@ -397,3 +397,12 @@ def test_validation_log_names_the_prior(tmp_path):
     opt['depth_estimator'] = {'type': 'MonocularDepth', 'backend': 'dpt', 'model_path': folder}
     log = _logged(lambda: _validate(build_model(opt), _TinySet(1, name='val3')))
     assert f'Validation val3 [depth: dpt ({folder})]' in log and 'PRIOR' not in log
+
+
+def test_depth_model_validates_through_the_base_loop():
+    # DepthModel gives the base class's hooks (what to score, which images) and keeps its loop: averaging,
+    # best values, saving, TensorBoard and the log line are the base's
+    from ssr_models.depth_model import DepthModel
+    from ssr_models.ssr_base_model import SSRBaseModel
+    assert DepthModel.nondist_validation is SSRBaseModel.nondist_validation
+    assert DepthModel.score_item is not SSRBaseModel.score_item
