@@ -4,7 +4,8 @@
     ssr-test -opt options/test_ssr_demo.yml        = python basicsr/test.py -opt ...
     ssr-infer --model_path models/x4 -i photos -o out   = python scripts/inference_ssr.py ...
     ssr-export, ssr-create-lmdb, ssr-make-sv-testset, ssr-fit-kernel-pca, ssr-make-depth-lmdb,
-    ssr-prepare-demo-data                          = the scripts of the same names
+    ssr-prepare-demo-data                          = the scripts of the same names (both call main(argv) of
+                                                     ssr_app.tools.<name>)
     ssr-options [--copy NAME]                      list (or copy here) the shipped option files
 
 In a checkout the commands behave as the scripts do (experiments and results under the repository root);
@@ -12,22 +13,22 @@ installed, they write under the current directory and find the shipped option fi
 (``ssr_utils.install``).
 """
 import argparse
+import importlib
 import os
 import os.path as osp
-import runpy
 import shutil
 import sys
 
 from ssr_utils.errors import exit_on_option_error
-from ssr_utils.install import options_dir, project_root, scripts_dir, shipped_option_files
+from ssr_utils.install import options_dir, project_root, shipped_option_files
 
-# console command -> script of scripts/ it runs as __main__
-SCRIPT_COMMANDS = {
-    'ssr-create-lmdb': 'create_lmdb.py',
-    'ssr-make-sv-testset': 'make_sv_testset.py',
-    'ssr-fit-kernel-pca': 'fit_kernel_pca.py',
-    'ssr-make-depth-lmdb': 'make_depth_lmdb.py',
-    'ssr-prepare-demo-data': 'prepare_demo_data.py',
+# console command -> the tool module whose main(argv) it runs (scripts/<tool>.py runs the same)
+TOOL_COMMANDS = {
+    'ssr-create-lmdb': 'ssr_app.tools.create_lmdb',
+    'ssr-make-sv-testset': 'ssr_app.tools.make_sv_testset',
+    'ssr-fit-kernel-pca': 'ssr_app.tools.fit_kernel_pca',
+    'ssr-make-depth-lmdb': 'ssr_app.tools.make_depth_lmdb',
+    'ssr-prepare-demo-data': 'ssr_app.tools.prepare_demo_data',
 }
 
 
@@ -57,42 +58,39 @@ def export(argv=None):
     return run(args)
 
 
-def run_script(command, argv=None):
-    """Run the script behind ``command`` as ``python scripts/<script> <argv>`` would (its folder first on
-    ``sys.path``, so it imports its neighbours). Returns its exit status."""
-    folder = scripts_dir()
-    script = osp.join(folder, SCRIPT_COMMANDS[command]) if folder else None
-    if script is None or not osp.isfile(script):
-        print(f'{command}: the script {SCRIPT_COMMANDS[command]} is not installed (reinstall the package)')
-        return 2
-    saved_argv, saved_path = sys.argv, list(sys.path)
-    sys.argv = [command] + list(sys.argv[1:] if argv is None else argv)
-    sys.path.insert(0, folder)
+def run_tool(command, argv=None):
+    """Run ``main(argv)`` of the tool behind ``command`` (default argv: the command line), with the command as
+    the program name. Returns its exit status; an exit with a message (an option error's line) is printed to
+    stderr and gives 1, as Python does for a script."""
+    tool_main = importlib.import_module(TOOL_COMMANDS[command]).main
+    args = list(sys.argv[1:] if argv is None else argv)
+    saved_argv = sys.argv
+    sys.argv = [command] + args
     try:
-        runpy.run_path(script, run_name='__main__')
+        status = tool_main(args)
     except SystemExit as exc:
         if isinstance(exc.code, int) or exc.code is None:
             return exc.code or 0
-        print(exc.code, file=sys.stderr, flush=True)  # as Python prints a message exit (an option error's line)
+        print(exc.code, file=sys.stderr, flush=True)
         return 1
     finally:
-        sys.argv, sys.path[:] = saved_argv, saved_path
-    return 0
+        sys.argv = saved_argv
+    return status or 0
 
 
-def _script_entry(command):
+def _tool_entry(command):
     def main():
-        return run_script(command)
+        return run_tool(command)
 
     main.__name__ = command.replace('-', '_')
     return main
 
 
-create_lmdb = _script_entry('ssr-create-lmdb')
-make_sv_testset = _script_entry('ssr-make-sv-testset')
-fit_kernel_pca = _script_entry('ssr-fit-kernel-pca')
-make_depth_lmdb = _script_entry('ssr-make-depth-lmdb')
-prepare_demo_data = _script_entry('ssr-prepare-demo-data')
+create_lmdb = _tool_entry('ssr-create-lmdb')
+make_sv_testset = _tool_entry('ssr-make-sv-testset')
+fit_kernel_pca = _tool_entry('ssr-fit-kernel-pca')
+make_depth_lmdb = _tool_entry('ssr-make-depth-lmdb')
+prepare_demo_data = _tool_entry('ssr-prepare-demo-data')
 
 
 def options(argv=None):

@@ -1,8 +1,5 @@
 """Capabilities that declare themselves once: a depth backend and a degradation stage added inside a test, one
 registration each, run through option checking, the networks and the datasets (and the batch path)."""
-import os
-import sys
-
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +9,6 @@ from torch.utils.data import DataLoader
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from basicsr.archs import build_network
-from conftest import ROOT
 from ssr_arch.depth_arch import DepthBackend, MonocularDepth
 from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_data.degradations import DegradationStage, per_sample_column, per_sample_values
@@ -96,8 +92,7 @@ def test_a_depth_backend_added_in_one_registration(vertical_backend, tmp_path):
     assert depth.shape == (2, 1, 20, 12) and net.source == vertical_backend
     assert torch.equal(depth[:, :, :, 0], torch.linspace(0, 1, 20).expand(2, 1, 20))
     # through a test set made with it and the dataset that reads it back
-    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-    from make_sv_testset import make_sv_testset
+    from ssr_app.tools.make_sv_testset import make_sv_testset
     images = [(f'a{i}', np.full((32, 24, 3), 60 * i + 20, np.uint8)) for i in range(2)]
     make_sv_testset(images, str(tmp_path / 'set'), kernel_size=7, depth_net=MonocularDepth(vertical_backend),
                     show_progress=False, report=None)

@@ -132,7 +132,7 @@ def test_depth_accuracy_by_hand():
 # --------------------------------------------------------------------------------------------- dataset
 def test_scene_depth_dataset_generated_matches_stored(tmp_path):
     sys.path.insert(0, osp.join(ROOT, 'scripts'))
-    from make_scene_data import make_scene_data
+    from ssr_app.tools.make_scene_data import make_scene_data
     from ssr_data.scenes import SceneGenerator, default_texture_photos
     opts = dict(use_hflip=False)
     gen = SceneDepthDataset(dict(scenes=dict(num=3, seed=5, size=48, split='test', shared_dir=None), **opts))

@@ -91,7 +91,7 @@ def test_result_table_and_crops(tmp_path):
 @pytest.fixture(scope='module')
 def tiny_bench(tmp_path_factory):
     """A 3-image SV test set (make_sv_testset) and option files of tiny random SVKR + SSR models."""
-    from make_sv_testset import make_sv_testset
+    from ssr_app.tools.make_sv_testset import make_sv_testset
     root = tmp_path_factory.mktemp('bench')
     rng = np.random.default_rng(0)
     base = cv2.resize(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8), (112, 112), interpolation=cv2.INTER_CUBIC)

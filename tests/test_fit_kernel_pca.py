@@ -9,7 +9,7 @@ from ssr_data.degradations import SVDegradation
 from ssr_data.kernels import KernelPCA
 
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
-from fit_kernel_pca import degradation_options, main  # noqa: E402
+from ssr_app.tools.fit_kernel_pca import degradation_options, main  # noqa: E402
 
 
 def _second_moment(kernels, k):

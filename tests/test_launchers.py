@@ -21,7 +21,7 @@ from conftest import ROOT, run_python, subprocess_env
 @pytest.fixture(scope='module')
 def smoke_data(tmp_path_factory):
     sys.path.insert(0, osp.join(ROOT, 'scripts'))
-    from make_smoke_lmdb import make_smoke_lmdb
+    from ssr_app.tools.make_smoke_lmdb import make_smoke_lmdb
     out = tmp_path_factory.mktemp('smoke')
     make_smoke_lmdb(str(out), count=8)
     return out

@@ -110,7 +110,7 @@ def test_reads_the_shared_basicsr_lmdb(shared_data):
 
 def test_workers_give_the_same_lmdb_in_the_same_order(tmp_path):
     sys.path.insert(0, osp.join(ROOT, 'scripts'))
-    from create_lmdb import create_lmdb
+    from ssr_app.tools.create_lmdb import create_lmdb
     _write_images(tmp_path / 'imgs' / 'b', count=3, size=(40, 36))
     _write_images(tmp_path / 'imgs' / 'a', count=4, size=(33, 50))
     (tmp_path / 'imgs' / 'a' / 'bad.png').write_bytes(b'broken')

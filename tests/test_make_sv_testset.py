@@ -15,7 +15,7 @@ from ssr_data.ssr_paired_dataset import SSRPairedDataset
 from ssr_utils.errors import OptionError
 
 sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-from make_sv_testset import main, make_sv_testset  # noqa: E402
+from ssr_app.tools.make_sv_testset import main, make_sv_testset  # noqa: E402
 
 
 def _photo(h, w, seed):

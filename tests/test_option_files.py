@@ -62,7 +62,7 @@ class FixtureData:
     def sv_set(self, scale):
         def make():
             sys.path.insert(0, osp.join(ROOT, 'scripts'))
-            from make_sv_testset import make_sv_testset
+            from ssr_app.tools.make_sv_testset import make_sv_testset
             path = str(self.root / f'sv_x{scale}')
             make_sv_testset([(f'v{i}', self._photo(64, 10 + i)) for i in range(2)], path, scale=scale, kernel_size=21,
                             show_progress=False, report=None, noise_range=(1, 30), jpeg_range=(30, 95))

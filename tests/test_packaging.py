@@ -58,15 +58,16 @@ def test_wheel_ships_commands_option_files_and_scripts(installed):
     names = zipfile.ZipFile(wheel).namelist()
     for yml in sorted(os.listdir(osp.join(ROOT, 'options'))):
         assert f'ssr_options/{yml}' in names, yml
-    from ssr_app.console import SCRIPT_COMMANDS
-    for script in SCRIPT_COMMANDS.values():
-        assert f'ssr_scripts/{script}' in names, script
+    from ssr_app.console import TOOL_COMMANDS
+    for module in TOOL_COMMANDS.values():  # the scripts, thin wrappers of the tools, travel too
+        assert f'ssr_scripts/{module.rsplit(".", 1)[1]}.py' in names, module
+        assert f'{module.replace(".", "/")}.py' in names, module
     info, = glob.glob(str(site / '*.dist-info'))
     entry = configparser.ConfigParser()
     entry.read(osp.join(info, 'entry_points.txt'))
     commands = dict(entry['console_scripts'])
     for command in ('ssr-train', 'ssr-test', 'ssr-infer', 'ssr-export', 'ssr-create-lmdb', 'ssr-options',
-                    *SCRIPT_COMMANDS):
+                    *TOOL_COMMANDS):
         assert command in commands, command
     for command, target in commands.items():  # every entry point resolves to a callable (here, checkout code)
         module, _, attr = target.partition(':')
@@ -102,7 +103,7 @@ def test_installed_commands_run_outside_the_checkout(installed, tmp_path):
         '    console.infer(["--help"])\n'
         'except SystemExit as e:\n'
         '    assert e.code == 0\n'
-        'print("CREATE", console.run_script("ssr-create-lmdb", ["-i", "imgs", "-o", "imgs.lmdb"]))\n'
+        'print("CREATE", console.run_tool("ssr-create-lmdb", ["-i", "imgs", "-o", "imgs.lmdb"]))\n'
         'print("OPTIONS", console.options(["--copy", "train_svkr_demo.yml"]))\n')
     (tmp_path / 'imgs').mkdir()
     import cv2

@@ -236,7 +236,7 @@ def test_bad_inputs_are_named(tmp_path):
 
 
 def test_lmdb_round_trip_through_ssr_degradation_dataset(tmp_path, photos):
-    from make_scene_data import make_scene_data
+    from ssr_app.tools.make_scene_data import make_scene_data
     from ssr_data.lmdb_util import read_lmdb_image, read_meta_info
     from ssr_data.ssr_degradation_dataset import SSRDegradationDataset
     out = tmp_path / 'scenes'
@@ -268,7 +268,7 @@ def test_lmdb_round_trip_through_ssr_degradation_dataset(tmp_path, photos):
 
 
 def test_workers_give_the_same_data(tmp_path, photos):
-    from make_scene_data import make_scene_data
+    from ssr_app.tools.make_scene_data import make_scene_data
     from ssr_data.lmdb_util import read_lmdb_image
     for workers in (1, 2):
         make_scene_data(str(tmp_path / f'w{workers}'), 5, size=48, seed=1, textures=photos, workers=workers,
@@ -300,7 +300,7 @@ def test_script_writes_held_out_folders(tmp_path):
         assert np.array_equal(labels, meta['labels'])
         used = {s['texture'] for s in info['scenes'][i]['surfaces'] if 'texture' in s}
         assert used <= {'chelsea', 'coffee'}
-    from make_scene_data import main
+    from ssr_app.tools.make_scene_data import main
     before = (out / 'depth' / 'scene_000000.png').read_bytes()
     with pytest.raises(SystemExit, match='--overwrite'):  # an existing set is never replaced silently
         main(args[1:])

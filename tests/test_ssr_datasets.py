@@ -139,7 +139,7 @@ def test_folder_input_without_depth_uses_the_prior(tmp_path):
 
 
 def test_sv_testset_and_paired_dataset(tmp_path):
-    from make_sv_testset import make_sv_testset
+    from ssr_app.tools.make_sv_testset import make_sv_testset
     images = [(f'img{i}', im) for i, im in enumerate(_images(4, 36, 44, seed=5))]
     out = tmp_path / 'set'
     meta = make_sv_testset(images, str(out), scale=4, kernel_size=7, pattern='mixed', seed=2, show_progress=False)
@@ -208,7 +208,7 @@ def test_shared_val_pairs_lmdb(shared_data):
 
 
 def test_make_depth_lmdb_resumes(lmdbs, tmp_path):
-    from make_depth_lmdb import make_depth_lmdb
+    from ssr_app.tools.make_depth_lmdb import make_depth_lmdb
     root, keys = lmdbs
     out = str(tmp_path / 'depth_out.lmdb')
     assert make_depth_lmdb(str(root / 'hr.lmdb'), out, batch_size=2, limit=2, show_progress=False) == 2
@@ -228,7 +228,7 @@ def test_make_depth_lmdb_resumes(lmdbs, tmp_path):
 
 
 def test_prepare_demo_data_layout(tmp_path):
-    from prepare_demo_data import prepare_demo_data
+    from ssr_app.tools.prepare_demo_data import prepare_demo_data
     from ssr_data.kernels import KernelPCA
     root = str(tmp_path / 'demo')
     prepare_demo_data(root, train_photos=('astronaut', 'rocket'), val_photos=('chelsea', ), max_side=128, crop_size=64,
@@ -254,7 +254,7 @@ def test_prepare_demo_data_layout(tmp_path):
 
 def test_prepare_demo_data_scenes_have_exact_depth(tmp_path):
     """The default demo data: scenes with their exact depth in depth.lmdb and in the validation set."""
-    from prepare_demo_data import prepare_demo_data
+    from ssr_app.tools.prepare_demo_data import prepare_demo_data
     from ssr_data.scene_depth_dataset import SceneDepthDataset
     from ssr_data.scenes import SceneGenerator, default_texture_photos
     root = str(tmp_path / 'demo')
@@ -278,7 +278,7 @@ def test_prepare_demo_data_scenes_have_exact_depth(tmp_path):
 
 def test_mixing_option_file_trains_stock_srmodel_rrdbnet(tmp_path):
     """options/train_rrdb_sv_baseline_demo.yml through `python basicsr/train.py`, on tiny data, 2 iterations."""
-    from prepare_demo_data import prepare_demo_data
+    from ssr_app.tools.prepare_demo_data import prepare_demo_data
     data = str(tmp_path / 'demo')
     prepare_demo_data(data, train_photos=('astronaut', ), val_photos=('chelsea', ), max_side=96, crop_size=48, step=48,
                       val_crop=32, val_per_photo=1, pca_samples=200, show_progress=False, source='photos')

@@ -157,7 +157,7 @@ def test_console_commands_and_scripts_stop_with_the_option_errors_one_line(tmp_p
     (tmp_path / 'hr').mkdir()
     cv2.imwrite(str(tmp_path / 'hr' / 'a.png'), np.zeros((16, 16, 3), np.uint8))
     args = ['--input', str(tmp_path / 'hr'), '--output', str(tmp_path / 'set'), '--pattern', 'spiral']
-    assert console.run_script('ssr-make-sv-testset', args) == 1
+    assert console.run_tool('ssr-make-sv-testset', args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["Option error: --pattern = 'spiral': expected one of linear, rotate, block, depth, mixed"]
     line = _one_option_error(run_python(['scripts/make_sv_testset.py'] + args))

@@ -251,7 +251,7 @@ def _stage_data(root):
     import skimage.data
 
     sys.path.insert(0, osp.join(ROOT, 'scripts'))
-    from make_sv_testset import make_sv_testset
+    from ssr_app.tools.make_sv_testset import make_sv_testset
     from ssr_data.kernels import KernelPCA, random_kernels
     hr = root / 'hr'
     hr.mkdir()

@@ -131,7 +131,7 @@ def _source_images(num, size):
                 images.append(np.ascontiguousarray(img[:size, :size]))
     if not images:
         sys.path.insert(0, osp.join(ROOT, 'scripts'))
-        from prepare_demo_data import TRAIN_PHOTOS, load_photo
+        from ssr_app.tools.prepare_demo_data import TRAIN_PHOTOS, load_photo
         for name in TRAIN_PHOTOS:
             img = load_photo(name, 2 * size)
             if min(img.shape[:2]) >= size:
