@@ -18,6 +18,7 @@ import ssr_arch  # noqa: F401
 import ssr_models  # noqa: F401
 from basicsr.models import build_model
 from conftest import ROOT, run_python
+from ssr_arch.nbsr_arch import NBSR
 from ssr_data.kernels import kernel_map_from_params
 from test_svkr_archs import TINY_KE, TINY_SR, K, _TestDepth  # noqa: F401  (registers _TestDepth)
 
@@ -160,6 +161,20 @@ def test_nbsr_model_trains_resumes_validates(tmp_path):
     assert 'val/val/img00/sr' in tb.images
     with pytest.raises(KeyError, match='kernel'):
         model.feed_data(_batches(_TinySet(1, with_kernel=False))[0])
+
+
+def test_nbsr_model_draws_the_code_scale_from_its_training_kernels(tmp_path):
+    """Without network_g:kernel_distribution, NBSRModel builds NBSR on the kernel keys of datasets:train."""
+    narrow = {'sigma_range': [0.2, 1.5], 'rho_min': 0.5}
+    opt = _opt(tmp_path, 'NBSRModel', dict(TINY_SR, scale=SCALE), {'pixel_opt': {'type': 'L1Loss'}}, {})
+    opt['datasets'] = {'train': dict(narrow, type='SSRDegradationDataset', gt_size=32, use_noise=False)}
+    model = build_model(deepcopy(opt))
+    net_kw = {k: v for k, v in TINY_SR.items() if k != 'type'}
+    expected = NBSR(scale=SCALE, kernel_distribution=narrow, **net_kw).code_scale
+    assert torch.equal(model.net_g.code_scale, expected)
+    assert not torch.allclose(expected, NBSR(scale=SCALE, **net_kw).code_scale, rtol=0.05)
+    opt['network_g']['kernel_distribution'] = {}  # an explicit network option wins
+    assert torch.equal(build_model(opt).net_g.code_scale, NBSR(scale=SCALE, **net_kw).code_scale)
 
 
 def test_svkr_model_per_iterate_metrics(tmp_path):
