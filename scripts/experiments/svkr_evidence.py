@@ -28,7 +28,11 @@ Rows (kernel PSNR over every pixel's 21x21 kernel, ``ssr_utils/kernel_metrics.py
 4. Paper Fig. 8 / 9: SR PSNR with the kernel map deviated in both directions (every kernel made narrower
    or wider by a width factor a: K^(1/a^2), renormalised, exact for Gaussians) and with the depth map
    deviated in both directions (D^g: g < 1 pushes depths nearer, g > 1 farther; 0 and 1 stay fixed, so
-   the map keeps the min-max convention), plotted to ``row4_deviation.png``.
+   the map keeps the min-max convention), on every test scene, plotted to ``row4_deviation.png``. For the
+   curves around the truth (ground-truth kernels, exact depth) the script prints how far the true value
+   beats each end and a DEFECT line for an end within the noise of that drop (2 standard errors of the
+   paired per-scene drops, seeds pooled; ``ssr_utils/deviation_curves.py``): a network that does not read
+   the condition.
 5. Depth accuracy (issue 10 item 2): the depth network's error against the exact depth on the HR image,
    on the LR image, on its bicubic upsampling and on SVKR's SR images per T.
 6. (``--photo-rows``) the old setting of issue 4, kept for comparison: row 1 on photographs whose depth is
@@ -50,6 +54,14 @@ full run's seed 0 contains the quick run's networks.
 
     python scripts/experiments/svkr_evidence.py --quick [--depth-model <folder>]
     nohup python scripts/experiments/svkr_evidence.py --jobs 2 [--photo-rows] [--depth-model <folder>] > evidence.log &
+
+``--sr-finetune N`` (full run) trains NBSR N more iterations inside the loop before rows 2-5 (stage 3 with a
+frozen DKENet): the L1 of every iterate's SR image plus ``--sr-finetune-gt-weight`` times the L1 of NBSR given
+the ground-truth kernels, at ``--sr-finetune-lr``; it records the SR PSNR with ground-truth kernels undeviated
+and 2x narrower / wider before and along the way, the kernel codes' statistics and each parameter group's
+gradients and weight change (``stage3`` in the JSON, printed after the table). ``--reuse DIR`` loads the
+DKENets and stage 2 NBSRs that an earlier run saved in its ``--out`` DIR (same seeds and settings) instead of
+training them, e.g. to compare stage 3 settings.
 
 ``--depth-model`` is a ``save_pretrained`` folder loaded by ``MonocularDepth(backend=--depth-backend)``;
 without it the "estimated depth" rows use the weight-free prior and say so. ``--iters`` / ``--sr-iters``
@@ -532,6 +544,12 @@ def finetune_nbsr_in_loop(ke, sr_net, depth_opt, pca_path, sampler, cfg, seed, t
     svkr = build_svkr(ke, sr_net, depth_opt, pca_path)
     for p in svkr.kernel_net.parameters():
         p.requires_grad_(False)
+    trained_groups = cfg.get('sr_finetune_train', 'all')
+    if trained_groups != 'all':  # a diagnosis: which part of NBSR stops it reading its kernels
+        for group, params in nbsr_parameter_groups(svkr.sr_net).items():
+            if group != trained_groups:
+                for _, p in params:
+                    p.requires_grad_(False)
     gt_weight = float(cfg['sr_finetune_gt_weight'])
     with torch.no_grad():
         k0 = [svkr.kernel_net(t['lq'], svkr.estimate_depth(t['lq'], t['lq'].shape[-2:])) for t in tests]
@@ -562,7 +580,8 @@ def finetune_nbsr_in_loop(ke, sr_net, depth_opt, pca_path, sampler, cfg, seed, t
     def after_backward(net):
         steps[0] += 1
         for g, ps in groups.items():
-            grad_sums[g] += float(torch.sqrt(sum(p.grad.double().square().sum() for _, p in ps if p.grad is not None)))
+            grad_sums[g] += float(torch.sqrt(sum((p.grad.double().square().sum() for _, p in ps if p.grad is not None),
+                                                 torch.zeros((), dtype=torch.float64))))
 
     curve = [[0, probe(svkr)]]
     tuned = train(svkr, loss_fn, sampler, cfg['sr_finetune'], cfg['sr_finetune_lr'], seed,
@@ -573,7 +592,8 @@ def finetune_nbsr_in_loop(ke, sr_net, depth_opt, pca_path, sampler, cfg, seed, t
         delta = sum(float((tuned_params[n].detach() - start[n]).double().square().sum()) for n, _ in ps)
         norm = sum(float(start[n].double().square().sum()) for n, _ in ps)
         change[g] = math.sqrt(delta / max(norm, 1e-30))
-    diagnostics = {'gt_kernel_weight': gt_weight, 'lr': cfg['sr_finetune_lr'], 'sensitivity': curve,
+    diagnostics = {'gt_kernel_weight': gt_weight, 'lr': cfg['sr_finetune_lr'], 'trained': trained_groups,
+                   'sensitivity': curve,
                    'kernel_codes': codes,
                    'parameter_groups': {g: {'parameters': sum(p.numel() for _, p in ps),
                                             'mean gradient norm': grad_sums[g] / max(steps[0], 1),
@@ -774,7 +794,9 @@ def stage3_lines(runs):
         (_, before), (_, after) = st['sensitivity'][0], st['sensitivity'][-1]
         codes, groups = st['kernel_codes'], st['parameter_groups']
         lines.append('')
-        lines.append(f'stage 3, seed {r["seed"]} (lr {st["lr"]:g}, ground-truth kernel loss weight {st["gt_kernel_weight"]:g}), '
+        trained = '' if st.get('trained', 'all') == 'all' else f', only the {st["trained"]} trains'
+        lines.append(f'stage 3, seed {r["seed"]} (lr {st["lr"]:g}, ground-truth kernel loss weight {st["gt_kernel_weight"]:g}'
+                     f'{trained}), '
                      'test SR PSNR before -> after: ' + ', '.join(f'{k} {before[k]:.2f} -> {after[k]:.2f}' for k in before))
         lines.append(f'  kernel codes (PCA code / code_scale, every test pixel): spread of the ground truth '
                      f'{codes["ground-truth code spread"]:.2f}, of the estimates K0 {codes["estimated code spread"]:.2f}, '
@@ -956,6 +978,8 @@ def main():
                              f'loss (default {SR_FINETUNE_GT_WEIGHT:g}; 0 = the loop alone, as before issue 20)')
     parser.add_argument('--sr-finetune-lr', type=float, default=None,
                         help=f'stage 3 learning rate (default {SR_FINETUNE_LR:g}, cosine decay)')
+    parser.add_argument('--sr-finetune-train', default='all', choices=('all', 'kernel path', 'image trunk'),
+                        help='stage 3: which of NBSR\'s parameters train (a diagnosis; default all)')
     parser.add_argument('--reuse', default=None,
                         help='an earlier run\'s --out: load its DKENets and stage 2 NBSRs (same seeds and network '
                              'settings) instead of training them, e.g. to compare stage 3 settings')
@@ -993,6 +1017,7 @@ def main():
     cfg['sr_finetune'] = 0 if args.quick else args.sr_finetune
     cfg['sr_finetune_gt_weight'] = args.sr_finetune_gt_weight
     cfg['sr_finetune_lr'] = args.sr_finetune_lr or SR_FINETUNE_LR
+    cfg['sr_finetune_train'] = args.sr_finetune_train
     cfg['reuse'] = args.reuse
     cfg['photo_rows'] = args.photo_rows and not args.quick
     if args.seeds:
@@ -1013,7 +1038,9 @@ def main():
         f'depth-driven SV blur{" + noise + JPEG" if args.noise else " (blur only)"}; estimated depth: {depth_desc}')
     sr_budget = (f', {cfg["sr_iters"]} per NBSR' if cfg['sr_iters'] else '') + (
         f' + {cfg["sr_finetune"]} inside the loop (stage 3, frozen DKENet, lr {cfg["sr_finetune_lr"]:g}, '
-        f'ground-truth kernel loss weight {cfg["sr_finetune_gt_weight"]:g})' if cfg['sr_finetune'] else '')
+        f'ground-truth kernel loss weight {cfg["sr_finetune_gt_weight"]:g}'
+        + ('' if cfg['sr_finetune_train'] == 'all' else f', only the {cfg["sr_finetune_train"]} of NBSR trains')
+        + ')' if cfg['sr_finetune'] else '')
     log(f'train: {cfg["train_scenes"]} scenes of {cfg["scene_size"]} px per seed (training photographs), crops of '
         f'{cfg["crop"]} px HR, batch {cfg["batch"]}, {cfg["ke_iters"]} iterations per DKENet (lr {cfg.get("ke_lr", KE_LR):g}, kernel loss '
         f'{cfg["kernel_loss"]} x {cfg["kernel_loss_weight"]:g}){sr_budget}; '
