@@ -130,7 +130,9 @@ class SVKR(nn.Module):
                 depth = F.interpolate(depth, size=size, mode='bilinear', align_corners=False, antialias=shrink)
             return depth.clamp_(0, 1).to(img.dtype)
 
-    def forward(self, lr, return_all=False, need_sr=True):
+    def forward(self, lr, return_all=False, need_sr=True, sr_with_kernel=None):
+        """``sr_with_kernel``: a kernel map (e.g. the sample's ground truth) NBSR also runs on, returned as
+        ``out['sr_with_kernel']``; through forward, so that DDP sees it (stage 3's ground-truth kernel loss)."""
         size = tuple(lr.shape[-2:])
         depth = self.estimate_depth(lr, size)  # D⁰ = DE(I⁰), I⁰ = LR
         kernel = self.kernel_net(lr, depth)  # K⁰
@@ -163,4 +165,6 @@ class SVKR(nn.Module):
         out = {'depth': depth, 'kernel': kernel, 'sr': sr}
         if return_all:
             out.update(depths=depths, kernels=kernels, srs=srs)
+        if sr_with_kernel is not None:
+            out['sr_with_kernel'] = self.sr_net(lr, sr_with_kernel)
         return out

@@ -196,6 +196,34 @@ def test_svkr_model_per_iterate_metrics(tmp_path):
     assert {'img00_7.png', 'img00_7_depth.png', 'img00_7_kvar.png', 'img00_7_kvar_gt.png'} <= set(files)
 
 
+def test_svkr_model_ground_truth_kernel_loss_trains_nbsr_on_the_true_kernels(tmp_path):
+    """train:gt_kernel_pixel_opt adds the L1 of NBSR given the sample's ground-truth kernels (through SVKR's
+    forward, so DDP sees it) to the loop's losses."""
+    torch.manual_seed(0)
+    net = {'type': 'SVKR', 'num_iter': 1, 'scale': SCALE, 'depth_opt': {'type': '_TestDepth'},
+           'kernel_opt': TINY_KE, 'sr_opt': TINY_SR}
+    opt = _opt(tmp_path, 'SVKRModel', net, {'pixel_opt': {'type': 'L1Loss'},
+                                            'gt_kernel_pixel_opt': {'type': 'L1Loss', 'loss_weight': 0.5}}, {})
+    model = build_model(opt)
+    batch = _batches(_TinySet(2))[0]
+    model.feed_data(batch)
+    with torch.no_grad():
+        expected = 0.5 * F.l1_loss(model.net_g.sr_net(model.lq, model.kernel_gt), model.gt)
+        _, losses = model.compute_losses()
+    assert torch.allclose(losses['l_pix_gt_kernel'], expected)
+    # the term alone moves NBSR towards what it gives with the true kernels: its gradient is that loss's
+    model.net_g.zero_grad()
+    model.compute_losses()[1]['l_pix_gt_kernel'].backward()
+    grads = {n: p.grad for n, p in model.net_g.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith('sr_net.') for n in grads)
+    model.optimize_parameters(1)
+    assert 'l_pix_gt_kernel' in model.get_current_log()
+    batch.pop('kernel')
+    model.feed_data(batch)
+    with pytest.raises(KeyError, match='gt_kernel_pixel_opt'):
+        model.compute_losses()
+
+
 def test_svkr_model_validates_without_gt_kernel(tmp_path):
     net = {'type': 'SVKR', 'num_iter': 1, 'scale': SCALE, 'depth_opt': {'type': '_TestDepth'},
            'kernel_opt': TINY_KE, 'sr_opt': TINY_SR}

@@ -133,7 +133,7 @@ ARCHS = {'paper': dict(global_context=False), 'context': dict(global_context=Tru
          'paper_defocus': dict(global_context=False, defocus_input=True)}
 KE_LR, SR_LR, EMA_DECAY = 2e-3, 1e-3, 0.98
 SR_FINETUNE_LR = SR_LR * 0.5
-SR_FINETUNE_GT_WEIGHT = 0.0
+SR_FINETUNE_GT_WEIGHT = 1.0
 # The stage 1 loss is the option files' L1 over the kernel map (mean over taps and pixels, loss_weight 1).
 # Kernel taps are ~1e-3, so it gives the depth path initial gradients of ~1e-8, Adam's eps; weighting it by
 # k^2 (the per-pixel L1 distance between kernels, summed over taps) lifts them far above eps. Measured with
