@@ -224,6 +224,22 @@ def test_svkr_model_ground_truth_kernel_loss_trains_nbsr_on_the_true_kernels(tmp
         model.compute_losses()
 
 
+def test_shipped_stage3_files_keep_nbsr_on_the_true_kernels():
+    """Every shipped file that trains SVKR with a trainable NBSR keeps stage 2's loss on the ground-truth kernels:
+    without it NBSR stops reading its kernels (issue 20; docs/svkr.md, "Stage 3 and the kernel input")."""
+    import glob
+    checked = []
+    for path in sorted(glob.glob(osp.join(ROOT, 'options', 'train_*.yml'))):
+        with open(path) as f:
+            opt = yaml.safe_load(f)
+        if opt.get('model_type') != 'SVKRModel' or opt['network_g'].get('freeze_sr'):
+            continue
+        loss = (opt.get('train') or {}).get('gt_kernel_pixel_opt')
+        assert loss and loss.get('loss_weight', 1.0) > 0, f'{osp.basename(path)}: train:gt_kernel_pixel_opt'
+        checked.append(osp.basename(path))
+    assert {'train_svkr.yml', 'train_svkr_demo.yml'} <= set(checked)
+
+
 def test_svkr_model_validates_without_gt_kernel(tmp_path):
     net = {'type': 'SVKR', 'num_iter': 1, 'scale': SCALE, 'depth_opt': {'type': '_TestDepth'},
            'kernel_opt': TINY_KE, 'sr_opt': TINY_SR}
