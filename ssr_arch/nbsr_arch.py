@@ -7,7 +7,8 @@ from basicsr.archs.arch_util import default_init_weights
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from ssr_arch.maconv_arch import SFTLayer
-from ssr_data.kernels import KernelPCA, default_sigma_range, random_kernels
+from ssr_data.degradations import distribution_kernels
+from ssr_data.kernels import KernelPCA
 
 
 class _DenseBlock(nn.Module):
@@ -56,22 +57,26 @@ class NBSR(nn.Module):
         scale (int): 2, 3 or 4.
         kernel_size (int): k of the kernel map.
         pca_dim (int): code length L when no ``pca_path`` is given.
-        pca_path (str | None): a KernelPCA file (``KernelPCA.save``). Without it, a PCA is fit on
-            kernels of the default distribution for ``scale`` (seed 0); loading a checkpoint replaces it
-            either way, because the basis is part of the state dict.
+        pca_path (str | None): a KernelPCA file (``KernelPCA.save``). Without it, a PCA is fit on 4000
+            kernels of ``kernel_distribution`` (seed 0); loading a checkpoint replaces it either way,
+            because the basis is part of the state dict.
+        kernel_distribution (dict | None): the distribution of the kernels the network is trained on, in
+            the degradation's own keys (``kernel_mode``, ``sigma_range``, ``rho_min``, ``theta_jitter``, ...;
+            ``ssr_data.degradations.KERNEL_DISTRIBUTION_KEYS``); None: the default one for ``scale``.
+            NBSRModel fills it from ``datasets:train`` when the option file leaves it out.
         global_residual (bool): add the bicubic upsampled LR to the output (the network learns the
             difference, which trains much faster at small budgets).
 
     The PCA codes are divided by ``code_scale`` before the condition convs: the spread of each code
-    component over reference kernels of the default distribution for ``scale`` (2000, seed 0), saved in
-    the state dict. Raw codes are small (spread 0.01-0.17 for k = 21 at x4), and with them a demo NBSR
+    component over 2000 reference kernels of ``kernel_distribution`` (seed 0), saved in the state dict, so
+    that the codes of the kernels the network sees have unit spread. Raw codes are small (spread 0.01-0.17 for k = 21 at x4), and with them a demo NBSR
     (300 iterations) ignored its kernels: ground-truth, estimated and mean kernels gave the same PSNR to
     0.02 dB (scripts/experiments/demo_conditions.py). A checkpoint saved without ``code_scale`` loads
     with a scale of one, the codes it was trained on.
     """
 
     def __init__(self, in_nc=3, out_nc=3, num_feat=64, num_block=6, num_grow_ch=32, num_cond=64, scale=4,
-                 kernel_size=21, pca_dim=10, pca_path=None, global_residual=True):
+                 kernel_size=21, pca_dim=10, pca_path=None, kernel_distribution=None, global_residual=True):
         super().__init__()
         if scale not in (2, 3, 4):
             raise ValueError(f'NBSR: scale must be 2, 3 or 4, got {scale}')
@@ -82,13 +87,14 @@ class NBSR(nn.Module):
             if pca.kernel_size != kernel_size:
                 raise ValueError(f'NBSR: {pca_path} holds a PCA for kernel_size {pca.kernel_size}, '
                                  f'but kernel_size is {kernel_size}')
-        else:
-            get_root_logger().info(f'NBSR: no pca_path given; fitting a {pca_dim}-d kernel PCA on the default '
-                                   f'x{scale} kernel distribution (a loaded checkpoint replaces it).')
-            pca = KernelPCA.fit(random_kernels(4000, kernel_size, default_sigma_range(scale), seed=0), pca_dim)
+        distribution = dict(kernel_distribution or {})
+        if pca_path is None:
+            get_root_logger().info(f'NBSR: no pca_path given; fitting a {pca_dim}-d kernel PCA on the x{scale} kernel '
+                                   f'distribution {distribution or "(default)"} (a loaded checkpoint replaces it).')
+            pca = KernelPCA.fit(distribution_kernels(4000, kernel_size, scale, distribution), pca_dim)
         self.pca = pca
         self.kernel_size = kernel_size
-        reference = torch.as_tensor(random_kernels(2000, kernel_size, default_sigma_range(scale), seed=0)).float()
+        reference = torch.as_tensor(distribution_kernels(2000, kernel_size, scale, distribution)).float()
         spread = pca.encode(reference.t().reshape(1, kernel_size**2, 40, 50)).std(dim=(0, 2, 3))
         self.register_buffer('code_scale', spread.clamp_min(1e-6) if pca.components.abs().sum() > 0
                              else torch.ones(pca.dim))

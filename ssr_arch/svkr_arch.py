@@ -73,15 +73,10 @@ class SVKR(nn.Module):
         self.num_iter = num_iter
         self.gamma = float(gamma)
         self.use_depth = bool(use_depth)
-        kernel_opt = deepcopy(kernel_opt) if kernel_opt else {'type': 'DKENet'}
-        sr_opt = deepcopy(sr_opt) if sr_opt else {'type': 'NBSR'}
-        kernel_opt['use_depth'] = self.use_depth
-        for key, value in (('scale', scale), ('kernel_size', kernel_size)):
-            if value is not None:
-                kernel_opt[key] = value
-                sr_opt[key] = value
+        depth_opt, kernel_opt, sr_opt = self.network_options(use_depth, depth_opt, kernel_opt, sr_opt, scale,
+                                                             kernel_size)
         if self.use_depth:
-            self.depth_net = build_network(deepcopy(depth_opt) if depth_opt else {'type': 'MonocularDepth'})
+            self.depth_net = build_network(depth_opt)
             for p in self.depth_net.parameters():
                 p.requires_grad_(False)
             self.depth_net.eval()
@@ -102,6 +97,22 @@ class SVKR(nn.Module):
                 for p in net.parameters():
                     p.requires_grad_(False)
 
+    @staticmethod
+    def network_options(use_depth=True, depth_opt=None, kernel_opt=None, sr_opt=None, scale=None, kernel_size=None):
+        """The option dicts SVKR builds its three sub-networks from (copies): the defaults filled in,
+        ``use_depth`` set in ``kernel_opt``, ``scale`` / ``kernel_size`` (when given) in ``kernel_opt`` and
+        ``sr_opt``; ``depth_opt`` is None without depth. E.g. to compare an SVKR's DKENet with the stage 1
+        network whose checkpoint it loads."""
+        kernel_opt = deepcopy(kernel_opt) if kernel_opt else {'type': 'DKENet'}
+        sr_opt = deepcopy(sr_opt) if sr_opt else {'type': 'NBSR'}
+        kernel_opt['use_depth'] = bool(use_depth)
+        for key, value in (('scale', scale), ('kernel_size', kernel_size)):
+            if value is not None:
+                kernel_opt[key] = value
+                sr_opt[key] = value
+        depth_opt = (deepcopy(depth_opt) if depth_opt else {'type': 'MonocularDepth'}) if use_depth else None
+        return depth_opt, kernel_opt, sr_opt
+
     def train(self, mode=True):
         super().train(mode)
         if self.depth_net is not None:
@@ -119,7 +130,9 @@ class SVKR(nn.Module):
                 depth = F.interpolate(depth, size=size, mode='bilinear', align_corners=False, antialias=shrink)
             return depth.clamp_(0, 1).to(img.dtype)
 
-    def forward(self, lr, return_all=False, need_sr=True):
+    def forward(self, lr, return_all=False, need_sr=True, sr_with_kernel=None):
+        """``sr_with_kernel``: a kernel map (e.g. the sample's ground truth) NBSR also runs on, returned as
+        ``out['sr_with_kernel']``; through forward, so that DDP sees it (stage 3's ground-truth kernel loss)."""
         size = tuple(lr.shape[-2:])
         depth = self.estimate_depth(lr, size)  # D⁰ = DE(I⁰), I⁰ = LR
         kernel = self.kernel_net(lr, depth)  # K⁰
@@ -152,4 +165,6 @@ class SVKR(nn.Module):
         out = {'depth': depth, 'kernel': kernel, 'sr': sr}
         if return_all:
             out.update(depths=depths, kernels=kernels, srs=srs)
+        if sr_with_kernel is not None:
+            out['sr_with_kernel'] = self.sr_net(lr, sr_with_kernel)
         return out

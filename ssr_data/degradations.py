@@ -774,3 +774,36 @@ class SVDegradation(DegradationRecipe):
         drawn, noise_seed = self.draw(depth_lq, rng)
         numbers, params = self._split(drawn)
         return {'depth_lq': depth_lq, 'numbers': numbers, 'params': params, 'noise_seed': noise_seed}
+
+
+# the SVDegradation keys that set the blur kernels' distribution (not the noise, JPEG or data keys)
+KERNEL_DISTRIBUTION_KEYS = ('kernel_mode', 'sigma_range', 'rho_min', 'theta_jitter', 'jitter_cells', 'block_size')
+
+
+def kernel_distribution_options(opt, key='kernel_distribution'):
+    """The kernel-distribution keys of a degradation's (or a dataset's) option dict, the others dropped;
+    ``key`` names the dict in errors. ``None`` gives ``{}``: the default distribution for the scale."""
+    if opt is None:
+        return {}
+    if not isinstance(opt, dict):
+        raise OptionError(key, opt, f'expected a dict of {", ".join(KERNEL_DISTRIBUTION_KEYS)}')
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in opt.items() if k in KERNEL_DISTRIBUTION_KEYS}
+
+
+def distribution_kernels(num, kernel_size, scale, distribution=None, seed=0, key='kernel_distribution'):
+    """``num×k²`` kernels of the distribution that ``distribution`` (SVDegradation's kernel keys, see
+    ``KERNEL_DISTRIBUTION_KEYS``; None or ``{}``: the defaults for ``scale``) gives, e.g. to fit a kernel PCA or
+    to measure the spread of its codes. The depth-driven mode (the default) draws the kernels' marginal with
+    :func:`ssr_data.kernels.random_kernels` (depth and focus plane uniform, one kernel per draw); the other
+    modes draw per-pixel kernels of random LR maps (:meth:`SVDegradation.sample_kernels`). ``key`` names the
+    option in errors."""
+    distribution = dict(distribution or {})
+    unknown = sorted(set(distribution) - set(KERNEL_DISTRIBUTION_KEYS))
+    if unknown:
+        raise OptionError(f'{key}:{unknown[0]}', distribution[unknown[0]],
+                          f'not a kernel-distribution key (expected {", ".join(KERNEL_DISTRIBUTION_KEYS)})')
+    degradation = SVDegradation(dict(distribution, scale=scale, kernel_size=kernel_size))
+    if degradation.kernel_mode == 'depth':
+        return K.random_kernels(num, kernel_size, degradation.sigma_range, degradation.rho_min,
+                                degradation.theta_jitter, seed=seed)
+    return degradation.sample_kernels(num, seed=seed)

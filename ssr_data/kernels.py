@@ -228,6 +228,16 @@ def pattern_params(pattern, h, w, seed, sigma_range=(0.6, 5.0), rho_min=0.2, dep
     return sigma_major, sigma_major * rho, theta, params
 
 
+def widen_kernel_map(kernel_map, factor):
+    """Every kernel of a ``B×k²×h×w`` map raised to ``1/factor²`` and renormalised: for a Gaussian, both sigmas
+    times ``factor`` (exact up to the k×k window), so ``factor`` < 1 makes the kernels narrower and > 1 wider
+    (the kernel deviations of paper Fig. 8). ``factor`` 1 returns the map itself."""
+    if factor == 1:
+        return kernel_map
+    k = kernel_map.double().clamp_min(1e-30).pow(1.0 / factor**2)
+    return (k / k.sum(dim=1, keepdim=True)).to(kernel_map.dtype)
+
+
 class KernelPCA(nn.Module):
     """PCA code of kernels: ``encode(kmap) = components @ (k - mean)`` per pixel, ``decode`` the inverse.
 

@@ -1,8 +1,12 @@
 """NBSRModel: stage 2, non-blind SR trained with L1 on the image, conditioned on ground-truth kernels."""
 from collections import OrderedDict
+from copy import deepcopy
 
+from basicsr.archs import build_network
+from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 from ssr_data.batch_degradation import maybe_degrade_batch
+from ssr_data.degradations import kernel_distribution_options
 from ssr_models.ssr_base_model import SSRBaseModel, resize_depth
 from ssr_utils.errors import OptionError
 
@@ -15,7 +19,18 @@ class NBSRModel(SSRBaseModel):
         train.pixel_opt: image loss (e.g. ``{type: L1Loss}``).
         train.perceptual_opt: optional BasicSR perceptual loss.
     Validation and testing need the ground-truth ``kernel`` of each sample (the network is non-blind).
+    An NBSR's ``kernel_distribution`` (what its fallback PCA and ``code_scale`` are drawn from) defaults to
+    the kernel keys of ``datasets:train``: the kernels it is trained on.
     """
+
+    def build_network_g(self):
+        net_opt = deepcopy(self.opt['network_g'])
+        train_set = (self.opt.get('datasets') or {}).get('train')
+        if net_opt.get('type') == 'NBSR' and net_opt.get('kernel_distribution') is None and train_set:
+            net_opt['kernel_distribution'] = kernel_distribution_options(train_set, 'datasets:train')
+            get_root_logger().info('NBSR: kernel_distribution from datasets:train: '
+                                   f'{net_opt["kernel_distribution"] or "(the default for the scale)"}')
+        return build_network(net_opt)
 
     def setup_losses(self, train_opt):
         self.cri_pix = self.build_optional_loss(train_opt, 'pixel_opt')

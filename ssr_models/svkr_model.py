@@ -16,6 +16,10 @@ class SVKRModel(SSRBaseModel):
         train.kernel_opt: optional loss on the final kernel map Kᵀ (needs the sample's ``kernel``).
         train.all_iterates (bool, default false): apply both losses to every iterate t = 0..T (averaged)
             instead of the final one only.
+        train.gt_kernel_pixel_opt: optional loss on NBSR given the sample's ground-truth kernel map (stage 2's
+            loss, needs the sample's ``kernel``). Trained on its own estimates only, NBSR learns to discount
+            its kernel input, and SR with true kernels then scores about as with kernels twice too narrow or
+            wide (README, SVKR evidence); this term keeps it reading them.
     Validation scores every iterate: ``<metric>_t<t>`` for t = 0..T, and ``<metric>`` for the final
     output; SR image Iᵀ, depth Dᵀ and the variance heat map of Kᵀ are saved and logged.
     """
@@ -26,6 +30,7 @@ class SVKRModel(SSRBaseModel):
         if self.cri_pix is None and self.cri_kernel is None:
             raise OptionError('train:pixel_opt', None, 'SVKRModel needs pixel_opt and/or kernel_opt')
         self.all_iterates = bool(train_opt.get('all_iterates', False))
+        self.cri_gt_kernel = self.build_optional_loss(train_opt, 'gt_kernel_pixel_opt')
 
     def feed_data(self, data):
         data = maybe_degrade_batch(data, self.device)  # degrade_on: model batches are synthesised here
@@ -34,7 +39,10 @@ class SVKRModel(SSRBaseModel):
         self.kernel_gt = data['kernel'].to(self.device) if 'kernel' in data else None
 
     def compute_losses(self):
-        out = self.net_g(self.lq, return_all=self.all_iterates)
+        if self.cri_gt_kernel is not None and (self.kernel_gt is None or self.gt is None):
+            raise KeyError("SVKRModel: train:gt_kernel_pixel_opt is set but the data has no 'kernel' and 'gt' entries")
+        out = self.net_g(self.lq, return_all=self.all_iterates,
+                         sr_with_kernel=self.kernel_gt if self.cri_gt_kernel is not None else None)
         self.output = out
         srs = out['srs'] if self.all_iterates else [out['sr']]
         kernels = out['kernels'] if self.all_iterates else [out['kernel']]
@@ -51,6 +59,10 @@ class SVKRModel(SSRBaseModel):
             l_kernel = sum(self.cri_kernel(k, self.kernel_gt) for k in kernels) / len(kernels)
             l_total = l_total + l_kernel
             loss_dict['l_kernel'] = l_kernel
+        if self.cri_gt_kernel is not None:
+            l_gt_kernel = self.cri_gt_kernel(out['sr_with_kernel'], self.gt)
+            l_total = l_total + l_gt_kernel
+            loss_dict['l_pix_gt_kernel'] = l_gt_kernel
         return l_total, loss_dict
 
     def run_network(self, net):

@@ -403,6 +403,40 @@ def test_nbsr_scales_its_kernel_codes_and_loads_checkpoints_saved_before():
     assert torch.equal(fresh.code_scale, net.code_scale)
 
 
+def test_nbsr_pca_and_code_scale_come_from_the_configured_kernel_distribution(tmp_path):
+    """Narrower kernels (sigma 0.2-1.5 instead of the default 0.6-5.0 at x4) have other principal components and
+    other code spreads: the fallback PCA is fit on the configured distribution, and its codes have unit spread
+    with the configured network's code_scale, not with the default network's."""
+    from ssr_data.degradations import distribution_kernels
+    from ssr_utils.errors import OptionError
+    narrow = {'sigma_range': [0.2, 1.5], 'rho_min': 0.5}
+    default = build_network(dict(TINY_SR))
+    configured = build_network(dict(TINY_SR, kernel_distribution=narrow))
+    # the basis is the PCA of that distribution's kernels (4000, seed 0), not the default one's
+    fitted = KernelPCA.fit(distribution_kernels(4000, K, 4, narrow), TINY_SR['pca_dim'])
+    assert torch.allclose(configured.pca.components, fitted.components, atol=1e-6)
+    assert not torch.allclose(configured.pca.components, default.pca.components, atol=1e-2)
+    # held-out kernels of the configured distribution: unit code spread with the configured scale only
+    held_out = torch.as_tensor(distribution_kernels(1000, K, 4, narrow, seed=5)).float().t().reshape(1, K * K, 25, 40)
+    spread = (configured.kernel_code(held_out) / configured.code_scale.view(1, -1, 1, 1)).std(dim=(0, 2, 3))
+    assert ((spread > 0.8) & (spread < 1.25)).all(), spread
+    # with a PCA file, code_scale is still the spread of the configured kernels' codes (in that basis)
+    default.pca.save(str(tmp_path / 'pca.pth'))
+    with_file = build_network(dict(TINY_SR, kernel_distribution=narrow, pca_path=str(tmp_path / 'pca.pth')))
+    reference = torch.as_tensor(distribution_kernels(2000, K, 4, narrow)).float().t().reshape(1, K * K, 40, 50)
+    assert torch.equal(with_file.pca.components, default.pca.components)
+    assert torch.allclose(with_file.code_scale, default.kernel_code(reference).std(dim=(0, 2, 3)))
+    assert not torch.allclose(with_file.code_scale, default.code_scale, rtol=0.05)
+    mismatched = (default.kernel_code(held_out) / default.code_scale.view(1, -1, 1, 1)).std(dim=(0, 2, 3))
+    assert not ((mismatched > 0.8) & (mismatched < 1.25)).all(), mismatched
+    # the default (None or {}) is the distribution NBSR always used: the depth-driven one at the scale's range
+    assert torch.equal(build_network(dict(TINY_SR, kernel_distribution={})).code_scale, default.code_scale)
+    reference = torch.as_tensor(random_kernels(2000, K, (0.6, 5.0), seed=0)).float().t().reshape(1, K * K, 40, 50)
+    assert torch.allclose(default.code_scale, default.kernel_code(reference).std(dim=(0, 2, 3)))
+    with pytest.raises(OptionError, match='kernel_distribution:sigma'):
+        build_network(dict(TINY_SR, kernel_distribution={'sigma': [0.2, 1.5]}))
+
+
 def test_dkenet_depth_zero_init_starts_independent_of_depth_and_learns_to_use_it():
     kw = {k: v for k, v in TINY_KE.items() if k != 'type'}
     torch.manual_seed(0)

@@ -108,7 +108,7 @@ def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):
     assert 'weight-free PRIOR' not in text and 'depth network dpt' in text
     # NBSR was also trained inside the loop (stage 3) before rows 2-5
     everything = '\n'.join(lines)
-    assert '+ 2 inside the loop (stage 3, frozen DKENet)' in everything
+    assert '+ 2 inside the loop (stage 3, frozen DKENet, lr 0.0005, ground-truth kernel loss weight ' in everything
     assert 'NBSR in the loop (stage 3), seed 1' in everything
     for arch in ('paper', HEADLINE):
         rows = [line for line in lines if line.startswith(f'| 1 | DKENet {arch},')]
@@ -137,5 +137,44 @@ def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):
         i = run['row4']['kernel_width_factors'].index(1.0)
         assert abs(curves['K: ground truth'][i] - run['row3']['ground-truth kernels']) < 1e-6
         assert {'HR image', 'LR image (what K0 uses)', 'bicubic LR', 'SVKR SR, T = 3'} <= set(run['row5'])
+        # row 4 keeps every test scene's scores: the curves are their means, the noise of a drop comes from them
+        per_image = run['row4']['per_image']
+        assert all(np.asarray(v).shape == (run['row4']['test_scenes'], 5) for v in per_image.values())
+        assert np.allclose(np.mean(per_image['K: ground truth'], axis=0), curves['K: ground truth'])
+        # stage 3 measured what it did to NBSR: sensitivity before and at every quarter, codes, parameter groups
+        st = run['stage3']
+        assert st['sensitivity'][0][0] == 0 and st['sensitivity'][-1][0] == 2
+        assert set(st['sensitivity'][0][1]) == {'GT a=0.5', 'GT a=1', 'GT a=2', 'K0'}
+        assert abs(st['sensitivity'][-1][1]['GT a=1'] - run['row3']['ground-truth kernels']) < 1e-6
+        assert set(st['parameter_groups']) == {'kernel path', 'image trunk'}
+        assert all(g['mean gradient norm'] > 0 and g['relative weight change'] > 0 for g in st['parameter_groups'].values())
+        assert 0 < st['kernel_codes']['ground-truth code spread'] < 10
+    assert sum(line.startswith('stage 3, seed ') for line in lines) == 2
+    # each reference curve of row 4: one line on its ends, and a DEFECT line for each end within the noise
+    for label, name in (('width of the ground-truth kernels', 'a'), ('gamma of the exact depth', 'g')):
+        summary = [line for line in lines if line.startswith(f'SR PSNR against the {label} (row 4): true ')]
+        assert len(summary) == 1
+        ends = re.findall(r'= (\S+): ([+-]\d+\.\d\d) dB \(noise (\d+\.\d\d)\)', summary[0])
+        assert len(ends) == 2
+        for x, drop, noise in ends:
+            defect = any(line.startswith(f'DEFECT: SR PSNR against the {label} (row 4) is flat towards {name} = {x}:')
+                         for line in lines)
+            if abs(float(drop) - float(noise)) > 0.01:  # away from the boundary, where the rounding could decide
+                assert defect == (float(drop) <= float(noise)), summary[0]
     png = cv2.imread(str(out / 'row4_deviation.png'))
     assert png is not None and png.shape[0] > 100 and png.shape[1] > 400
+    # --reuse: the same DKENets and stage 2 NBSRs loaded instead of trained give the same rows, bit for bit
+    again = tmp_path / 'again'
+    proc = run_python([SCRIPT, '--tiny', '--threads', '1', '--seeds', '0,1', '--depth-model', dpt, '--depth-input-size',
+                       '32', '--sr-finetune', '2', '--reuse', str(out), '--out', str(again)], timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert 'loaded from' in proc.stdout
+    with open(again / 'svkr_evidence_full.json') as f:
+        reused = json.load(f)
+    for run, rerun in zip(res['runs'], reused['runs']):
+        for key in ('row1', 'row2', 'row3', 'row4'):
+            assert run[key] == rerun[key], key
+        assert run['stage3']['sensitivity'] == rerun['stage3']['sensitivity']
+    proc = run_python([SCRIPT, '--tiny', '--threads', '1', '--seeds', '0', '--iters', '3', '--reuse', str(out),
+                       '--out', str(tmp_path / 'other')], timeout=600)
+    assert proc.returncode != 0 and 'other settings' in proc.stdout

@@ -18,6 +18,7 @@ import ssr_arch  # noqa: F401
 import ssr_models  # noqa: F401
 from basicsr.models import build_model
 from conftest import ROOT, run_python
+from ssr_arch.nbsr_arch import NBSR
 from ssr_data.kernels import kernel_map_from_params
 from test_svkr_archs import TINY_KE, TINY_SR, K, _TestDepth  # noqa: F401  (registers _TestDepth)
 
@@ -162,6 +163,20 @@ def test_nbsr_model_trains_resumes_validates(tmp_path):
         model.feed_data(_batches(_TinySet(1, with_kernel=False))[0])
 
 
+def test_nbsr_model_draws_the_code_scale_from_its_training_kernels(tmp_path):
+    """Without network_g:kernel_distribution, NBSRModel builds NBSR on the kernel keys of datasets:train."""
+    narrow = {'sigma_range': [0.2, 1.5], 'rho_min': 0.5}
+    opt = _opt(tmp_path, 'NBSRModel', dict(TINY_SR, scale=SCALE), {'pixel_opt': {'type': 'L1Loss'}}, {})
+    opt['datasets'] = {'train': dict(narrow, type='SSRDegradationDataset', gt_size=32, use_noise=False)}
+    model = build_model(deepcopy(opt))
+    net_kw = {k: v for k, v in TINY_SR.items() if k != 'type'}
+    expected = NBSR(scale=SCALE, kernel_distribution=narrow, **net_kw).code_scale
+    assert torch.equal(model.net_g.code_scale, expected)
+    assert not torch.allclose(expected, NBSR(scale=SCALE, **net_kw).code_scale, rtol=0.05)
+    opt['network_g']['kernel_distribution'] = {}  # an explicit network option wins
+    assert torch.equal(build_model(opt).net_g.code_scale, NBSR(scale=SCALE, **net_kw).code_scale)
+
+
 def test_svkr_model_per_iterate_metrics(tmp_path):
     torch.manual_seed(0)
     net = {'type': 'SVKR', 'num_iter': 2, 'gamma': 0.9, 'scale': SCALE, 'depth_opt': {'type': '_TestDepth'},
@@ -179,6 +194,50 @@ def test_svkr_model_per_iterate_metrics(tmp_path):
     assert {f'metrics/val/{k}' for k in expected} <= set(tb.scalars)
     files = os.listdir(osp.join(opt['path']['visualization'], 'img00'))
     assert {'img00_7.png', 'img00_7_depth.png', 'img00_7_kvar.png', 'img00_7_kvar_gt.png'} <= set(files)
+
+
+def test_svkr_model_ground_truth_kernel_loss_trains_nbsr_on_the_true_kernels(tmp_path):
+    """train:gt_kernel_pixel_opt adds the L1 of NBSR given the sample's ground-truth kernels (through SVKR's
+    forward, so DDP sees it) to the loop's losses."""
+    torch.manual_seed(0)
+    net = {'type': 'SVKR', 'num_iter': 1, 'scale': SCALE, 'depth_opt': {'type': '_TestDepth'},
+           'kernel_opt': TINY_KE, 'sr_opt': TINY_SR}
+    opt = _opt(tmp_path, 'SVKRModel', net, {'pixel_opt': {'type': 'L1Loss'},
+                                            'gt_kernel_pixel_opt': {'type': 'L1Loss', 'loss_weight': 0.5}}, {})
+    model = build_model(opt)
+    batch = _batches(_TinySet(2))[0]
+    model.feed_data(batch)
+    with torch.no_grad():
+        expected = 0.5 * F.l1_loss(model.net_g.sr_net(model.lq, model.kernel_gt), model.gt)
+        _, losses = model.compute_losses()
+    assert torch.allclose(losses['l_pix_gt_kernel'], expected)
+    # the term alone moves NBSR towards what it gives with the true kernels: its gradient is that loss's
+    model.net_g.zero_grad()
+    model.compute_losses()[1]['l_pix_gt_kernel'].backward()
+    grads = {n: p.grad for n, p in model.net_g.named_parameters() if p.grad is not None}
+    assert grads and all(n.startswith('sr_net.') for n in grads)
+    model.optimize_parameters(1)
+    assert 'l_pix_gt_kernel' in model.get_current_log()
+    batch.pop('kernel')
+    model.feed_data(batch)
+    with pytest.raises(KeyError, match='gt_kernel_pixel_opt'):
+        model.compute_losses()
+
+
+def test_shipped_stage3_files_keep_nbsr_on_the_true_kernels():
+    """Every shipped file that trains SVKR with a trainable NBSR keeps stage 2's loss on the ground-truth kernels:
+    without it NBSR stops reading its kernels (issue 20; docs/svkr.md, "Stage 3 and the kernel input")."""
+    import glob
+    checked = []
+    for path in sorted(glob.glob(osp.join(ROOT, 'options', 'train_*.yml'))):
+        with open(path) as f:
+            opt = yaml.safe_load(f)
+        if opt.get('model_type') != 'SVKRModel' or opt['network_g'].get('freeze_sr'):
+            continue
+        loss = (opt.get('train') or {}).get('gt_kernel_pixel_opt')
+        assert loss and loss.get('loss_weight', 1.0) > 0, f'{osp.basename(path)}: train:gt_kernel_pixel_opt'
+        checked.append(osp.basename(path))
+    assert {'train_svkr.yml', 'train_svkr_demo.yml'} <= set(checked)
 
 
 def test_svkr_model_validates_without_gt_kernel(tmp_path):

@@ -2,7 +2,7 @@
 changed one at a time.
 
     python scripts/experiments/demo_conditions.py [--dkenet-opt options/train_dkenet_demo.yml]
-        [--nbsr-opt options/train_nbsr_demo.yml] [--val datasets/demo/val_x4]
+        [--nbsr-opt options/train_nbsr_demo.yml] [--svkr-opt options/train_svkr_demo.yml] [--val datasets/demo/val_x4]
         [--depth-backend dpt --depth-model-path experiments/train_Depth_demo/depth_model]
         [--output results/demo_conditions]
 
@@ -19,7 +19,13 @@ validation metrics):
 - ``DKENet + flat depth``: the same DKENet given a constant depth map (0.5): what is left without depth;
 - ``ground-truth kernels``: NBSR given the true kernel maps (its upper bound);
 - ``bicubic``: the LR image upsampled, for scale.
-A DKENet whose rows with and without depth are equal ignores its depth input: the script says so.
+The NBSR column is the stage 2 network (``--nbsr-opt``); the next one the NBSR inside the stage 3 SVKR
+(``--svkr-opt``, its ``sr_net``, fine-tuned inside the loop; ``--svkr-opt ''`` leaves it out). Below the table,
+each NBSR's SR PSNR with the ground-truth kernels made narrower or wider (every kernel ``K^(1/a^2)``,
+renormalised: both sigmas of a Gaussian times ``a``; paper Fig. 8), and how far the true width beats each end.
+A DKENet whose rows with and without depth are equal ignores its depth input, and an NBSR whose width curve
+is flat towards either end (within the noise of the per-image drop, ``ssr_utils.deviation_curves``) does not
+read its kernels: the script prints a DEFECT line for each.
 Writes ``<output>/<set>_conditions.md`` and ``.csv`` and prints the table.
 """
 import argparse
@@ -48,10 +54,13 @@ from basicsr.archs import build_network  # noqa: E402
 from basicsr.metrics import calculate_psnr  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
+from ssr_arch.svkr_arch import SVKR  # noqa: E402
+from ssr_data.kernels import widen_kernel_map  # noqa: E402
 from ssr_data.ssr_degradation_dataset import SSRDegradationDataset  # noqa: E402
 from ssr_data.ssr_paired_dataset import SSRPairedDataset  # noqa: E402
 from ssr_utils.atomic_file import atomic_write  # noqa: E402
 from ssr_utils.checkpoint import read_state_dict  # noqa: E402
+from ssr_utils.deviation_curves import describe_ends, flat_curve_defects  # noqa: E402
 from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 from ssr_utils.kernel_metrics import calculate_kernel_psnr  # noqa: E402
 
@@ -61,6 +70,8 @@ EQUAL_DB = 0.01
 # NBSR given ground-truth kernels and given the mean kernel everywhere: closer than this in SR PSNR, and
 # NBSR ignores its kernels (the demo NBSR did, 0.02 dB apart, until its PCA codes were scaled: NBSR docstring)
 NBSR_EQUAL_DB = 0.05
+WIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0)  # the ground-truth kernels' width deviations (svkr_evidence.py's row 4)
+STAGE2, STAGE3 = 'NBSR', 'NBSR after stage 3'
 
 
 def _abs(path):
@@ -79,6 +90,23 @@ def load_trained(opt_path, device):
     net = build_network(net_opt)
     net.load_state_dict(state)
     return net.to(device).eval().requires_grad_(False), opt
+
+
+def load_stage3_nbsr(svkr_opt_path, device):
+    """The NBSR inside a trained stage 3 SVKR (``sr_net`` of ``experiments/<name>/models/net_g_latest.pth``,
+    ``params_ema``), built from the file's ``sr_opt`` as SVKR builds it (no depth network needed)."""
+    with open(_abs(svkr_opt_path)) as f:
+        opt = yaml.safe_load(f)
+    net = opt['network_g']
+    _, _, sr_opt = SVKR.network_options(net.get('use_depth', True), None, net.get('kernel_opt'), net.get('sr_opt'),
+                                        net.get('scale'), net.get('kernel_size'))
+    if sr_opt.get('pca_path'):
+        sr_opt['pca_path'] = _abs(sr_opt['pca_path'])
+    ckpt = osp.join(ROOT, 'experiments', opt['name'], 'models', 'net_g_latest.pth')
+    state, _ = read_state_dict(ckpt, 'params_ema', f'{svkr_opt_path}: experiments/{opt["name"]}/models/net_g_latest.pth')
+    nbsr = build_network(sr_opt)
+    nbsr.load_state_dict({k[len('sr_net.'):]: v for k, v in state.items() if k.startswith('sr_net.')})
+    return nbsr.to(device).eval().requires_grad_(False)
 
 
 def mean_training_kernel(dkenet_opt, samples, seed=0):
@@ -105,12 +133,14 @@ def sr_psnr(sr, gt, scale):
     return calculate_psnr(_img(sr), _img(gt), crop_border=scale, test_y_channel=True)
 
 
-def evaluate(dkenet, nbsr, dataset, mean_kernel, depth_net, scale, device='cpu'):
-    """``{row: {'kernel_psnr': [...], 'psnr': [...]}}`` per image (see the module doc)."""
-    rows = {}
+def evaluate(dkenet, nbsrs, dataset, mean_kernel, depth_net, scale, device='cpu'):
+    """``{row: {'kernel_psnr': [...], <NBSR label>: [...]}}`` per image (see the module doc), ``nbsrs`` a dict
+    label -> NBSR; and per NBSR label the SR PSNR of every image with the ground-truth kernels widened by each
+    of ``WIDTH_FACTORS`` (rows = images)."""
+    rows, curves = {}, {label: [] for label in nbsrs}
 
     def add(row, key, value):
-        rows.setdefault(row, {'kernel_psnr': [], 'psnr': []})[key].append(value)
+        rows.setdefault(row, {'kernel_psnr': [], **{label: [] for label in nbsrs}})[key].append(value)
 
     depth_rows = dkenet.use_depth
     for i in range(len(dataset)):
@@ -133,30 +163,49 @@ def evaluate(dkenet, nbsr, dataset, mean_kernel, depth_net, scale, device='cpu')
                 calculate_kernel_psnr(kernels['DKENet + exact depth'], kernels['DKENet + flat depth']))
         for row, kmap in kernels.items():
             add(row, 'kernel_psnr', calculate_kernel_psnr(kmap, kgt))
-            add(row, 'psnr', sr_psnr(nbsr(lq, kmap).clamp(0, 1), gt, scale))
-        add('ground-truth kernels', 'psnr', sr_psnr(nbsr(lq, kgt).clamp(0, 1), gt, scale))
+            for label, nbsr in nbsrs.items():
+                add(row, label, sr_psnr(nbsr(lq, kmap).clamp(0, 1), gt, scale))
+        for label, nbsr in nbsrs.items():
+            add('ground-truth kernels', label, sr_psnr(nbsr(lq, kgt).clamp(0, 1), gt, scale))
+            curves[label].append([sr_psnr(nbsr(lq, widen_kernel_map(kgt, a)).clamp(0, 1), gt, scale)
+                                  for a in WIDTH_FACTORS])
         bic = F.interpolate(lq, scale_factor=scale, mode='bicubic', align_corners=False).clamp(0, 1)
-        add('bicubic', 'psnr', sr_psnr(bic, gt, scale))
-    return rows
+        for label in nbsrs:
+            add('bicubic', label, sr_psnr(bic, gt, scale))
+    return rows, curves
 
 
-def table(rows, depth_note):
-    """Markdown lines and CSV rows of the means."""
+def table(rows, depth_note, labels=(STAGE2, )):
+    """Markdown lines and CSV rows of the means, one SR column per NBSR label."""
     base = np.mean(rows['mean training kernel everywhere']['kernel_psnr'])
-    md = [f'**{depth_note}**', '', '| condition | kernel PSNR (dB) | vs mean kernel (dB) | NBSR PSNR (dB) |',
-          '| --- | --- | --- | --- |']
+    md = [f'**{depth_note}**', '', '| condition | kernel PSNR (dB) | vs mean kernel (dB) | '
+          + ' | '.join(f'{label} PSNR (dB)' for label in labels) + ' |', '| --- | --- | --- |' + ' --- |' * len(labels)]
     out = []
     for row, vals in rows.items():
         if row.startswith('_'):
             continue
         k = np.mean(vals['kernel_psnr']) if vals['kernel_psnr'] else None
-        p = np.mean(vals['psnr']) if vals['psnr'] else None
+        ps = [np.mean(vals[label]) if vals.get(label) else None for label in labels]
         gain = None if k is None else k - base
-        md.append(f'| {row} | {"—" if k is None else f"{k:.2f}"} | '
-                  f'{"—" if gain is None else f"{gain:+.2f}"} | {"—" if p is None else f"{p:.2f}"} |')
-        out.append([row, '' if k is None else repr(float(k)), '' if gain is None else repr(float(gain)),
-                    '' if p is None else repr(float(p))])
+        md.append(f'| {row} | {"—" if k is None else f"{k:.2f}"} | {"—" if gain is None else f"{gain:+.2f}"} | '
+                  + ' | '.join("—" if p is None else f"{p:.2f}" for p in ps) + ' |')
+        out.append([row, '' if k is None else repr(float(k)), '' if gain is None else repr(float(gain))]
+                   + ['' if p is None else repr(float(p)) for p in ps])
     return md, out
+
+
+def width_curve_lines(curves):
+    """Per NBSR: the mean SR PSNR at each width factor of the ground-truth kernels, how far the true width
+    beats each end, and DEFECT lines for a flat end."""
+    lines, defects = [], []
+    for label, per_image in curves.items():
+        means = np.mean(per_image, axis=0)
+        lines.append(f'{label} given the ground-truth kernels made narrower / wider (a = '
+                     + ' / '.join(f'{a:g}' for a in WIDTH_FACTORS) + '): '
+                     + ' / '.join(f'{m:.2f}' for m in means) + f' dB; {describe_ends(per_image, WIDTH_FACTORS, 1.0, "a")}.')
+        defects += flat_curve_defects(f'{label}\'s SR PSNR against the width of the ground-truth kernels', per_image,
+                                      WIDTH_FACTORS, 1.0, 'a')
+    return lines, defects
 
 
 def ignored_conditions(rows):
@@ -175,11 +224,12 @@ def ignored_conditions(rows):
             notes.append(f'DEFECT: "{row}" and "DKENet + flat depth" differ by {diff:.3f} dB kernel PSNR: the '
                          'trained DKENet ignores its depth input.')
     gt, mean = rows.get('ground-truth kernels'), rows.get('mean training kernel everywhere')
-    if gt and mean and gt.get('psnr') and mean.get('psnr'):
-        diff = abs(np.mean(gt['psnr']) - np.mean(mean['psnr']))
-        if diff < NBSR_EQUAL_DB:
-            notes.append(f'DEFECT: NBSR with ground-truth kernels and with the mean kernel everywhere differ by '
-                         f'{diff:.3f} dB SR PSNR: the trained NBSR ignores its kernel input.')
+    for label in (STAGE2, STAGE3):
+        if gt and mean and gt.get(label) and mean.get(label):
+            diff = abs(np.mean(gt[label]) - np.mean(mean[label]))
+            if diff < NBSR_EQUAL_DB:
+                notes.append(f'DEFECT: {label} with ground-truth kernels and with the mean kernel everywhere differ by '
+                             f'{diff:.3f} dB SR PSNR: the trained {label} ignores its kernel input.')
     return notes
 
 
@@ -188,6 +238,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--dkenet-opt', default='options/train_dkenet_demo.yml')
     parser.add_argument('--nbsr-opt', default='options/train_nbsr_demo.yml')
+    parser.add_argument('--svkr-opt', default='options/train_svkr_demo.yml',
+                        help="stage 3: the NBSR inside this SVKR gets a column too ('' leaves it out)")
     parser.add_argument('--val', default='datasets/demo/val_x4', help='an SSRPairedDataset folder with kernels')
     parser.add_argument('--depth-backend', default='dpt', help='dpt | depth_anything | prior')
     parser.add_argument('--depth-model-path', default='experiments/train_Depth_demo/depth_model')
@@ -198,7 +250,9 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(0)
     dkenet, dkenet_opt = load_trained(args.dkenet_opt, device)
-    nbsr, _ = load_trained(args.nbsr_opt, device)
+    nbsrs = {STAGE2: load_trained(args.nbsr_opt, device)[0]}
+    if args.svkr_opt:
+        nbsrs[STAGE3] = load_stage3_nbsr(args.svkr_opt, device)
     scale = int(dkenet_opt.get('scale', 4))
     if args.depth_backend == 'prior':
         depth_net = MonocularDepth('prior')
@@ -211,14 +265,15 @@ def main(argv=None):
     dataset = SSRPairedDataset({'dataroot': _abs(args.val), 'scale': scale, 'phase': 'val', 'name': 'val'})
     with torch.no_grad():
         mean_kernel = mean_training_kernel(dkenet_opt, args.mean_samples)
-        rows = evaluate(dkenet, nbsr, dataset, mean_kernel, depth_net, scale, device)
+        rows, curves = evaluate(dkenet, nbsrs, dataset, mean_kernel, depth_net, scale, device)
     note = ('depth network: ' + depth_net.source if args.depth_backend != 'prior' else
             'depth network row: the weight-free PRIOR (backend: prior), not a depth network')
-    md, csv_rows = table(rows, note)
+    md, csv_rows = table(rows, note, tuple(nbsrs))
     name = osp.basename(osp.normpath(args.val))
-    notes = ignored_conditions(rows)
+    curve_lines, curve_defects = width_curve_lines(curves)
+    notes = ignored_conditions(rows) + curve_defects
     lines = [f'# {name}: {len(dataset)} image(s), what each condition contributes (scripts/experiments/'
-             'demo_conditions.py)', ''] + md + ([''] + notes if notes else [])
+             'demo_conditions.py)', ''] + md + [''] + curve_lines + ([''] + notes if notes else [])
     out_dir = _abs(args.output)
     os.makedirs(out_dir, exist_ok=True)
     md_path, csv_path = osp.join(out_dir, f'{name}_conditions.md'), osp.join(out_dir, f'{name}_conditions.csv')
@@ -226,9 +281,14 @@ def main(argv=None):
         f.write('\n'.join(lines) + '\n')
     with atomic_write(csv_path, 'w', newline='') as f:
         writer = csv.writer(f)
-        writer.writerow(['condition', 'kernel_psnr', 'kernel_psnr_gain_over_mean', 'psnr', 'depth'])
+        writer.writerow(['condition', 'kernel_psnr', 'kernel_psnr_gain_over_mean']
+                        + [f'psnr {label}' for label in nbsrs] + ['depth'])
         for row in csv_rows:
             writer.writerow(row + [depth_net.source if 'depth network' in row[0] else ''])
+        for label, per_image in curves.items():
+            for a, value in zip(WIDTH_FACTORS, np.mean(per_image, axis=0)):
+                writer.writerow([f'ground-truth kernels widened by a = {a:g}', '', '']
+                                + [repr(float(value)) if other == label else '' for other in nbsrs] + [''])
     print('\n'.join(lines))
     print(f'tables: {md_path}, {csv_path}')
 

@@ -28,7 +28,11 @@ Rows (kernel PSNR over every pixel's 21x21 kernel, ``ssr_utils/kernel_metrics.py
 4. Paper Fig. 8 / 9: SR PSNR with the kernel map deviated in both directions (every kernel made narrower
    or wider by a width factor a: K^(1/a^2), renormalised, exact for Gaussians) and with the depth map
    deviated in both directions (D^g: g < 1 pushes depths nearer, g > 1 farther; 0 and 1 stay fixed, so
-   the map keeps the min-max convention), plotted to ``row4_deviation.png``.
+   the map keeps the min-max convention), on every test scene, plotted to ``row4_deviation.png``. For the
+   curves around the truth (ground-truth kernels, exact depth) the script prints how far the true value
+   beats each end and a DEFECT line for an end within the noise of that drop (2 standard errors of the
+   paired per-scene drops, seeds pooled; ``ssr_utils/deviation_curves.py``): a network that does not read
+   the condition.
 5. Depth accuracy (issue 10 item 2): the depth network's error against the exact depth on the HR image,
    on the LR image, on its bicubic upsampling and on SVKR's SR images per T.
 6. (``--photo-rows``) the old setting of issue 4, kept for comparison: row 1 on photographs whose depth is
@@ -50,6 +54,14 @@ full run's seed 0 contains the quick run's networks.
 
     python scripts/experiments/svkr_evidence.py --quick [--depth-model <folder>]
     nohup python scripts/experiments/svkr_evidence.py --jobs 2 [--photo-rows] [--depth-model <folder>] > evidence.log &
+
+``--sr-finetune N`` (full run) trains NBSR N more iterations inside the loop before rows 2-5 (stage 3 with a
+frozen DKENet): the L1 of every iterate's SR image plus ``--sr-finetune-gt-weight`` times the L1 of NBSR given
+the ground-truth kernels, at ``--sr-finetune-lr``; it records the SR PSNR with ground-truth kernels undeviated
+and 2x narrower / wider before and along the way, the kernel codes' statistics and each parameter group's
+gradients and weight change (``stage3`` in the JSON, printed after the table). ``--reuse DIR`` loads the
+DKENets and stage 2 NBSRs that an earlier run saved in its ``--out`` DIR (same seeds and settings) instead of
+training them, e.g. to compare stage 3 settings.
 
 ``--depth-model`` is a ``save_pretrained`` folder loaded by ``MonocularDepth(backend=--depth-backend)``;
 without it the "estimated depth" rows use the weight-free prior and say so. ``--iters`` / ``--sr-iters``
@@ -90,9 +102,10 @@ from ssr_arch.nbsr_arch import NBSR  # noqa: E402
 from ssr_arch.svkr_arch import SVKR  # noqa: E402
 from ssr_data.degradations import SVDegradation  # noqa: E402
 from ssr_data.kernels import (KernelPCA, default_sigma_range, depth_defocus_sigma, kernel_map_from_params,  # noqa: E402
-                              random_kernels, sample_depth_kernel_params)
+                              random_kernels, sample_depth_kernel_params, widen_kernel_map)
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
 from ssr_utils.atomic_file import atomic_torch_save, atomic_write  # noqa: E402
+from ssr_utils.deviation_curves import describe_ends, flat_curve_defects  # noqa: E402
 from ssr_utils.errors import exit_on_option_error  # noqa: E402
 from ssr_utils.kernel_metrics import calculate_kernel_psnr  # noqa: E402
 
@@ -119,6 +132,8 @@ ARCHS = {'paper': dict(global_context=False), 'context': dict(global_context=Tru
          'defocus': dict(global_context=True, defocus_input=True),
          'paper_defocus': dict(global_context=False, defocus_input=True)}
 KE_LR, SR_LR, EMA_DECAY = 2e-3, 1e-3, 0.98
+SR_FINETUNE_LR = SR_LR * 0.5
+SR_FINETUNE_GT_WEIGHT = 1.0
 # The stage 1 loss is the option files' L1 over the kernel map (mean over taps and pixels, loss_weight 1).
 # Kernel taps are ~1e-3, so it gives the depth path initial gradients of ~1e-8, Adam's eps; weighting it by
 # k^2 (the per-pixel L1 distance between kernels, summed over taps) lifts them far above eps. Measured with
@@ -128,7 +143,6 @@ KERNEL_TAPS = KSIZE ** 2
 NUM_ITER, GAMMA = 3, 0.9
 KERNEL_WIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0)  # row 4, K1 (< 1, narrower) and K2 (> 1, wider)
 DEPTH_GAMMAS = (0.4, 0.63, 1.0, 1.6, 2.5)  # row 4, D1 (< 1, nearer) and D2 (> 1, farther)
-ROW4_TESTS = 5  # row 4 scores the first test scenes only (it is the costliest row on CPU)
 
 
 def log(msg=''):
@@ -266,11 +280,12 @@ def focus_in_view(tests, window, tol=0.05):
 # -------------------------------------------------------------------------------------------------
 # training
 # -------------------------------------------------------------------------------------------------
-def train(net, loss_fn, sampler, iters, lr, seed, label, probe=None, curve=None):
+def train(net, loss_fn, sampler, iters, lr, seed, label, probe=None, curve=None, after_backward=None):
     """Adam + cosine decay; returns the EMA copy of the weights (what is scored, like BasicSR's net_g_ema).
 
-    ``probe(ema) -> float`` is called at every quarter of the budget and appended to ``curve`` as
-    ``[iteration, value]`` (the learning curve of the EMA weights)."""
+    ``probe(ema) -> float or dict`` is called at every quarter of the budget and appended to ``curve`` as
+    ``[iteration, value]`` (the learning curve of the EMA weights). ``after_backward(net)`` sees every
+    step's gradients before the optimiser uses them."""
     torch.manual_seed(seed)
     ema = copy.deepcopy(net).eval()
     for p in ema.parameters():
@@ -283,6 +298,8 @@ def train(net, loss_fn, sampler, iters, lr, seed, label, probe=None, curve=None)
         loss = loss_fn(net, sampler())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if after_backward is not None:
+            after_backward(net)
         opt.step()
         sched.step()
         with torch.no_grad():
@@ -293,7 +310,8 @@ def train(net, loss_fn, sampler, iters, lr, seed, label, probe=None, curve=None)
             if probe is not None:
                 value = probe(ema)
                 curve.append([it, value])
-                msg = f'  test kernel PSNR {value:.2f} dB'
+                msg = ('  test ' + ', '.join(f'{k} {v:.2f}' for k, v in value.items()) if isinstance(value, dict)
+                       else f'  test kernel PSNR {value:.2f} dB')
             log(f'  [{label}] iter {it}/{iters}  loss {loss.item():.3e}{msg}  ({time.time() - t0:.0f} s)')
     return ema
 
@@ -405,15 +423,6 @@ def resize_depth(depth, size):
                          antialias=depth.shape[-2] > size[0]).clamp(0, 1)
 
 
-def widen(kernel, factor):
-    """Every kernel of the map ``K^(1/factor^2)``, renormalised: for a Gaussian, both sigmas times ``factor``.
-    ``factor`` 1 returns the map itself (the undeviated point of row 4 is row 3's input, bit for bit)."""
-    if factor == 1:
-        return kernel
-    k = kernel.double().clamp_min(1e-30).pow(1.0 / factor**2)
-    return (k / k.sum(dim=1, keepdim=True)).to(kernel.dtype)
-
-
 def depth_errors(pred, exact):
     """MAE of the normalised inverse depth and r^2 (squared Pearson correlation), per image, averaged."""
     mae, r2 = [], []
@@ -492,22 +501,105 @@ def build_svkr(ke, sr_net, depth_opt, pca_path):
     return svkr
 
 
-def finetune_nbsr_in_loop(ke, sr_net, depth_opt, pca_path, sampler, iters, seed):
+def nbsr_parameter_groups(sr_net):
+    """NBSR's parameters by what they read: the kernel path (the 1x1 convs of the kernel code and the SFT
+    layer before every RRDB) and the image trunk (everything else)."""
+    groups = {'kernel path': [], 'image trunk': []}
+    for name, p in sr_net.named_parameters():
+        groups['kernel path' if name.startswith('cond.') or '.sft.' in name else 'image trunk'].append((name, p))
+    return groups
+
+
+@torch.no_grad()
+def kernel_code_stats(sr_net, tests, estimates):
+    """What NBSR's condition input holds, in its own units (PCA code / ``code_scale``), over every LR pixel of
+    the test scenes: the spread of the codes of the ground-truth kernels and of the estimates, and how much
+    of the ground-truth codes' variance the estimates explain (1 - MSE / variance, per component, averaged).
+    A condition that explains little of what it stands for is one a network learns to discount."""
+    def codes(kmaps):
+        scale = sr_net.code_scale.view(1, -1, 1, 1)
+        return torch.cat([(sr_net.kernel_code(k.float()) / scale).flatten(2) for k in kmaps], dim=2)[0].double()
+
+    gt, est = codes([t['kernel'] for t in tests]), codes(estimates)
+    var = gt.var(dim=1)
+    mse = (est - gt).square().mean(dim=1)
+    return {'ground-truth code spread': float(gt.std(dim=1).mean()), 'estimated code spread': float(est.std(dim=1).mean()),
+            'estimate error (RMS)': float(mse.sqrt().mean()),
+            'variance explained by the estimates': float((1 - mse / var.clamp_min(1e-12)).mean()),
+            'per component': {'ground-truth spread': gt.std(dim=1).tolist(), 'estimated spread': est.std(dim=1).tolist(),
+                              'variance explained': (1 - mse / var.clamp_min(1e-12)).tolist()}}
+
+
+def finetune_nbsr_in_loop(ke, sr_net, depth_opt, pca_path, sampler, cfg, seed, tests):
     """Stage 3 with a frozen DKENet (``train_svkr.yml``'s ``freeze_kernel``): NBSR trained inside the loop
-    on the kernels SVKR estimates (K^0..K^T from DE's depth), L1 on every iterate's SR image. Stage 2 trains
-    NBSR on ground-truth kernels only. Returns the fine-tuned NBSR (EMA weights)."""
+    on the kernels SVKR estimates (K^0..K^T from DE's depth), L1 on every iterate's SR image, plus
+    ``cfg['sr_finetune_gt_weight']`` times the L1 of NBSR given the sample's ground-truth kernels (stage 2's
+    loss, which keeps NBSR reading its kernels; 0 = the loop alone, the setting before issue 20). Learning
+    rate ``cfg['sr_finetune_lr']`` with cosine decay.
+
+    Returns the fine-tuned NBSR (EMA weights) and what was measured along the way: the test scenes' SR PSNR
+    with ground-truth kernels undeviated and made 2x narrower / wider, and with the estimate K^0, before
+    and at every quarter (``sensitivity``); the gradient norm of each parameter group, averaged over the
+    steps, and each group's relative weight change (``parameter_groups``); the kernel codes' statistics
+    (``kernel_codes``)."""
     svkr = build_svkr(ke, sr_net, depth_opt, pca_path)
     for p in svkr.kernel_net.parameters():
         p.requires_grad_(False)
+    trained_groups = cfg.get('sr_finetune_train', 'all')
+    if trained_groups != 'all':  # a diagnosis: which part of NBSR stops it reading its kernels
+        for group, params in nbsr_parameter_groups(svkr.sr_net).items():
+            if group != trained_groups:
+                for _, p in params:
+                    p.requires_grad_(False)
+    gt_weight = float(cfg['sr_finetune_gt_weight'])
+    with torch.no_grad():
+        k0 = [svkr.kernel_net(t['lq'], svkr.estimate_depth(t['lq'], t['lq'].shape[-2:])) for t in tests]
+    codes = kernel_code_stats(svkr.sr_net, tests, k0)
 
     def loss_fn(net, b):
         net.depth_net.eval()  # frozen networks stay in eval mode (DE's BatchNorm statistics)
         net.kernel_net.eval()
         srs = net(b['lq'], return_all=True)['srs']
-        return sum(F.l1_loss(sr, b['gt']) for sr in srs) / len(srs)
+        loss = sum(F.l1_loss(sr, b['gt']) for sr in srs) / len(srs)
+        if gt_weight > 0:
+            loss = loss + gt_weight * F.l1_loss(net.sr_net(b['lq'], b['kernel']), b['gt'])
+        return loss
 
-    tuned = train(svkr, loss_fn, sampler, iters, SR_LR * 0.5, seed, f'NBSR in the loop (stage 3), seed {seed}')
-    return tuned.sr_net
+    @torch.no_grad()
+    def probe(net):
+        nb = net.sr_net
+        out = {f'GT a={a:g}': float(np.mean([sr_psnr(nb(t['lq'], widen_kernel_map(t['kernel'], a)), t['gt'])
+                                             for t in tests])) for a in (0.5, 1.0, 2.0)}
+        out['K0'] = float(np.mean([sr_psnr(nb(t['lq'], k), t['gt']) for t, k in zip(tests, k0)]))
+        return out
+
+    groups = nbsr_parameter_groups(svkr.sr_net)
+    start = {name: p.detach().clone() for ps in groups.values() for name, p in ps}
+    grad_sums = {g: 0.0 for g in groups}
+    steps = [0]
+
+    def after_backward(net):
+        steps[0] += 1
+        for g, ps in groups.items():
+            grad_sums[g] += float(torch.sqrt(sum((p.grad.double().square().sum() for _, p in ps if p.grad is not None),
+                                                 torch.zeros((), dtype=torch.float64))))
+
+    curve = [[0, probe(svkr)]]
+    tuned = train(svkr, loss_fn, sampler, cfg['sr_finetune'], cfg['sr_finetune_lr'], seed,
+                  f'NBSR in the loop (stage 3), seed {seed}', probe, curve, after_backward)
+    tuned_params = dict(tuned.sr_net.named_parameters())
+    change = {}
+    for g, ps in groups.items():
+        delta = sum(float((tuned_params[n].detach() - start[n]).double().square().sum()) for n, _ in ps)
+        norm = sum(float(start[n].double().square().sum()) for n, _ in ps)
+        change[g] = math.sqrt(delta / max(norm, 1e-30))
+    diagnostics = {'gt_kernel_weight': gt_weight, 'lr': cfg['sr_finetune_lr'], 'trained': trained_groups,
+                   'sensitivity': curve,
+                   'kernel_codes': codes,
+                   'parameter_groups': {g: {'parameters': sum(p.numel() for _, p in ps),
+                                            'mean gradient norm': grad_sums[g] / max(steps[0], 1),
+                                            'relative weight change': change[g]} for g, ps in groups.items()}}
+    return tuned.sr_net, diagnostics
 
 
 @torch.no_grad()
@@ -549,20 +641,41 @@ def loop_rows(ke, sr_net, depth_opt, tests, pca_path):
 @torch.no_grad()
 def row4(svkr, tests, finals):
     """SR PSNR against kernel-width factors (estimated K^T and GT kernels) and depth gammas (D^T and exact),
-    on the first ``ROW4_TESTS`` test scenes (20 SR runs per scene and point)."""
+    on every test scene (20 SR runs per scene and point): the mean curves and, per curve, the scores of
+    every scene (``per_image``, rows = scenes), from which the curve's noise is measured
+    (``ssr_utils.deviation_curves``)."""
     ke, sr_net = svkr.kernel_net, svkr.sr_net
-    tests, finals = tests[:ROW4_TESTS], finals[:ROW4_TESTS]
-    curves = {'K: estimated K^T': [], 'K: ground truth': [], 'D: estimated D^T': [], 'D: exact': []}
-    for a in KERNEL_WIDTH_FACTORS:
-        curves['K: estimated K^T'].append(float(np.mean([sr_psnr(sr_net(t['lq'], widen(f['kernel'], a)), t['gt'])
-                                                         for t, f in zip(tests, finals)])))
-        curves['K: ground truth'].append(float(np.mean([sr_psnr(sr_net(t['lq'], widen(t['kernel'], a)), t['gt'])
-                                                        for t in tests])))
-    for g in DEPTH_GAMMAS:
-        for key, base in (('D: estimated D^T', [f['depth'] for f in finals]), ('D: exact', [t['depth_lq'] for t in tests])):
-            curves[key].append(float(np.mean([sr_psnr(sr_net(t['lq'], ke(t['lq'], d.clamp(0, 1).pow(g))), t['gt'])
-                                               for t, d in zip(tests, base)])))
-    return {'kernel_width_factors': list(KERNEL_WIDTH_FACTORS), 'depth_gammas': list(DEPTH_GAMMAS), 'curves': curves}
+    per_image = {'K: estimated K^T': [], 'K: ground truth': [], 'D: estimated D^T': [], 'D: exact': []}
+    for t, f in zip(tests, finals):
+        per_image['K: estimated K^T'].append([sr_psnr(sr_net(t['lq'], widen_kernel_map(f['kernel'], a)), t['gt'])
+                                              for a in KERNEL_WIDTH_FACTORS])
+        per_image['K: ground truth'].append([sr_psnr(sr_net(t['lq'], widen_kernel_map(t['kernel'], a)), t['gt'])
+                                             for a in KERNEL_WIDTH_FACTORS])
+        for key, depth in (('D: estimated D^T', f['depth']), ('D: exact', t['depth_lq'])):
+            per_image[key].append([sr_psnr(sr_net(t['lq'], ke(t['lq'], depth.clamp(0, 1).pow(g))), t['gt'])
+                                   for g in DEPTH_GAMMAS])
+    curves = {key: np.mean(rows, axis=0).tolist() for key, rows in per_image.items()}
+    return {'kernel_width_factors': list(KERNEL_WIDTH_FACTORS), 'depth_gammas': list(DEPTH_GAMMAS), 'curves': curves,
+            'per_image': per_image, 'test_scenes': len(tests)}
+
+
+# the curves of row 4 whose undeviated point is the truth: a network that reads its condition peaks there
+ROW4_REFERENCE_CURVES = (('K: ground truth', 'kernel_width_factors', 'a',
+                          'SR PSNR against the width of the ground-truth kernels (row 4)'),
+                         ('D: exact', 'depth_gammas', 'g', 'SR PSNR against the gamma of the exact depth (row 4)'))
+
+
+def row4_checks(runs):
+    """Lines on the reference curves of row 4, pooled over the seeds (every seed's scenes are rows of the
+    paired differences): how far the true point beats each end, and a DEFECT line for an end within the
+    noise (``ssr_utils.deviation_curves``)."""
+    lines = []
+    for key, xs_key, name, label in ROW4_REFERENCE_CURVES:
+        per_image = [row for r in runs for row in r['row4']['per_image'][key]]
+        xs = runs[0]['row4'][xs_key]
+        lines.append(f'{label}: {describe_ends(per_image, xs, 1.0, name)}')
+        lines += flat_curve_defects(label, per_image, xs, 1.0, name)
+    return lines
 
 
 def plot_row4(r4, path, title):
@@ -672,6 +785,29 @@ def table(runs, depth_desc, references):
     return lines
 
 
+def stage3_lines(runs):
+    """What stage 3 did to NBSR, per seed (``finetune_nbsr_in_loop``'s measurements)."""
+    lines = []
+    for r in runs:
+        st = r.get('stage3')
+        if not st:
+            continue
+        (_, before), (_, after) = st['sensitivity'][0], st['sensitivity'][-1]
+        codes, groups = st['kernel_codes'], st['parameter_groups']
+        lines.append('')
+        trained = '' if st.get('trained', 'all') == 'all' else f', only the {st["trained"]} trains'
+        lines.append(f'stage 3, seed {r["seed"]} (lr {st["lr"]:g}, ground-truth kernel loss weight {st["gt_kernel_weight"]:g}'
+                     f'{trained}), '
+                     'test SR PSNR before -> after: ' + ', '.join(f'{k} {before[k]:.2f} -> {after[k]:.2f}' for k in before))
+        lines.append(f'  kernel codes (PCA code / code_scale, every test pixel): spread of the ground truth '
+                     f'{codes["ground-truth code spread"]:.2f}, of the estimates K0 {codes["estimated code spread"]:.2f}, '
+                     f'estimate error (RMS) {codes["estimate error (RMS)"]:.2f}, variance of the ground-truth codes '
+                     f'explained by the estimates {codes["variance explained by the estimates"]:.2f}')
+        lines.append('  ' + '; '.join(f'{g} ({v["parameters"]} parameters): mean gradient norm {v["mean gradient norm"]:.2e}, '
+                                      f'relative weight change {v["relative weight change"]:.3f}' for g, v in groups.items()))
+    return lines
+
+
 # -------------------------------------------------------------------------------------------------
 def depth_options(args):
     if args.depth_model:
@@ -682,12 +818,59 @@ def depth_options(args):
     return {'type': 'MonocularDepth'}, 'weight-free PRIOR (no --depth-model given)'
 
 
-def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, out_dir):
+# the settings that determine the trained DKENets and stage 2 NBSR of a seed: --reuse loads them only when
+# these agree
+NETWORK_SETTINGS = ('train_scenes', 'scene_size', 'crop', 'batch', 'ke_iters', 'ke_lr', 'kernel_loss',
+                    'kernel_loss_weight', 'sr_iters', 'sr_crop', 'sr_batch')
+
+
+def network_settings(cfg, noise):
+    return {**{k: cfg.get(k) for k in NETWORK_SETTINGS}, 'noise': noise}
+
+
+def dkenet_file(out_dir, arch, use_depth, seed):
+    return osp.join(out_dir, f'dkenet_{arch}_{"depth" if use_depth else "nodepth"}_seed{seed}.pth')
+
+
+def load_reused(reuse_dir, cfg, noise, seed, archs):
+    """The DKENets and stage 2 NBSR of ``seed`` saved by an earlier run in ``reuse_dir`` (None where absent);
+    stops when that run's network settings differ from this run's."""
+    meta_path = osp.join(reuse_dir, f'networks_seed{seed}.json')
+    if not osp.isfile(meta_path):
+        raise SystemExit(f'--reuse {reuse_dir}: no networks_seed{seed}.json (run once without --reuse, with --out there)')
+    with open(meta_path) as f:
+        saved = json.load(f)
+    wanted = network_settings(cfg, noise)
+    if saved != wanted:
+        diff = {k: (saved.get(k), wanted.get(k)) for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)}
+        raise SystemExit(f'--reuse {reuse_dir}: seed {seed} was trained with other settings (saved, now): {diff}')
+    ke_nets = {}
+    for arch in archs:
+        nets = []
+        for use_depth in (False, True):
+            net = build_dkenet(arch, use_depth, seed)
+            net.load_state_dict(torch.load(dkenet_file(reuse_dir, arch, use_depth, seed), map_location='cpu'))
+            net.eval().requires_grad_(False)
+            net.arch = arch
+            nets.append(net)
+        ke_nets[arch] = tuple(nets)
+    sr_path = osp.join(reuse_dir, f'nbsr_stage2_seed{seed}.pth')
+    return ke_nets, (sr_path if cfg['sr_iters'] > 0 else None)
+
+
+def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, out_dir, noise=False):
     t0 = time.time()
     scenes = make_scenes(cfg['train_scenes'], cfg['scene_size'], seed, 'train')
     ke_sampler = SceneSampler(scenes, deg, cfg['crop'], cfg['batch'], seed)
-    ke_nets, curves = {}, {}
-    for arch in cfg['archs']:
+    ke_nets, curves, reused_sr = {}, {}, None
+    if cfg.get('reuse'):
+        ke_nets, reused_sr = load_reused(cfg['reuse'], cfg, noise, seed, cfg['archs'])
+        log(f'seed {seed}: DKENets{" and the stage 2 NBSR" if reused_sr else ""} loaded from {cfg["reuse"]} (--reuse)')
+        # the sampler's draws are spent as if the last DKENet had trained (the mean kernel below reads on)
+        ke_sampler.rng = np.random.default_rng([seed, 7])
+        for _ in range(cfg['ke_iters']):
+            ke_sampler()
+    for arch in cfg['archs'] if not ke_nets else ():
         nets = []
         for use_depth in (False, True):
             # every network of a seed sees the same sample sequence
@@ -697,21 +880,33 @@ def run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, 
             net.arch = arch
             nets.append(net)
             # the scored (EMA) weights, loadable into build_dkenet(arch, use_depth, .)
-            atomic_torch_save(net.state_dict(), osp.join(out_dir, f'dkenet_{arch}_{"depth" if use_depth else "nodepth"}'
-                                                                  f'_seed{seed}.pth'))
+            atomic_torch_save(net.state_dict(), dkenet_file(out_dir, arch, use_depth, seed))
         ke_nets[arch] = tuple(nets)
     mean_kernel = torch.stack([ke_sampler()['kernel'].mean(dim=(0, 2, 3)) for _ in range(8)]).mean(0).view(1, -1, 1, 1)
     res = {'seed': seed, 'row1': row1(ke_nets, tests, mean_kernel, depth_net, est_depths), 'learning_curves': curves}
     if cfg['sr_iters'] > 0:
         sr_sampler = SceneSampler(scenes, deg, cfg['sr_crop'], cfg['sr_batch'], seed + 100)
-        sr_net = train_nbsr(sr_sampler, cfg, seed, pca_path)
+        if reused_sr:
+            sr_net = NBSR(scale=SCALE, kernel_size=KSIZE, pca_path=pca_path, **SR_WIDTHS)
+            sr_net.load_state_dict(torch.load(reused_sr, map_location='cpu'))
+            sr_net.eval().requires_grad_(False)
+            # the stage 2 sampler's draws are spent as if it had trained, so stage 3 sees the same samples
+            for _ in range(cfg['sr_iters']):
+                sr_sampler()
+        else:
+            sr_net = train_nbsr(sr_sampler, cfg, seed, pca_path)
+            atomic_torch_save(sr_net.state_dict(), osp.join(out_dir, f'nbsr_stage2_seed{seed}.pth'))
         arch = HEADLINE_ARCH if HEADLINE_ARCH in ke_nets else next(iter(ke_nets))
         res['svkr_arch'] = arch
         if cfg.get('sr_finetune', 0) > 0:
-            sr_net = finetune_nbsr_in_loop(ke_nets[arch][1], sr_net, depth_opt, pca_path, sr_sampler,
-                                           cfg['sr_finetune'], seed)
+            sr_net, res['stage3'] = finetune_nbsr_in_loop(ke_nets[arch][1], sr_net, depth_opt, pca_path, sr_sampler,
+                                                          cfg, seed, tests)
+            atomic_torch_save(sr_net.state_dict(), osp.join(out_dir, f'nbsr_stage3_seed{seed}.pth'))
         res['row2'], res['row3'], res['row5'], finals, svkr = loop_rows(ke_nets[arch][1], sr_net, depth_opt, tests, pca_path)
         res['row4'] = row4(svkr, tests, finals)
+    if not cfg.get('reuse'):
+        with atomic_write(osp.join(out_dir, f'networks_seed{seed}.json'), 'w') as f:
+            json.dump(network_settings(cfg, noise), f, indent=1)
     if cfg.get('photo_rows'):
         res['row6'] = photo_rows(cfg, deg, seed)
     res['seconds'] = time.time() - t0
@@ -751,7 +946,7 @@ def run_seed_job(seed, job):
     cfg, tests, noise, depth_opt, est_depths, pca_path, threads, out_dir = job
     torch.set_num_threads(threads)
     deg, depth_net = degradation(noise), build_depth_net(depth_opt)
-    res = run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, out_dir)
+    res = run_seed(seed, cfg, tests, deg, depth_opt, depth_net, est_depths, pca_path, out_dir, noise)
     r1 = res['row1']
     log(f'seed {seed} done ({res["seconds"]:.0f} s): mean kernel {r1["mean kernel"]:.2f} dB; '
         + '; '.join(f'{a}: ' + ', '.join(f'{k} {v:.2f}' for k, v in s.items())
@@ -780,6 +975,16 @@ def main():
     parser.add_argument('--sr-finetune', type=int, default=0,
                         help='full run: then fine-tune NBSR for this many iterations inside the loop on the kernels '
                              'SVKR estimates (stage 3 with a frozen DKENet); rows 2-5 use it')
+    parser.add_argument('--sr-finetune-gt-weight', type=float, default=SR_FINETUNE_GT_WEIGHT,
+                        help='stage 3: weight of the L1 of NBSR given the ground-truth kernels, added to the loop\'s '
+                             f'loss (default {SR_FINETUNE_GT_WEIGHT:g}; 0 = the loop alone, as before issue 20)')
+    parser.add_argument('--sr-finetune-lr', type=float, default=None,
+                        help=f'stage 3 learning rate (default {SR_FINETUNE_LR:g}, cosine decay)')
+    parser.add_argument('--sr-finetune-train', default='all', choices=('all', 'kernel path', 'image trunk'),
+                        help='stage 3: which of NBSR\'s parameters train (a diagnosis; default all)')
+    parser.add_argument('--reuse', default=None,
+                        help='an earlier run\'s --out: load its DKENets and stage 2 NBSRs (same seeds and network '
+                             'settings) instead of training them, e.g. to compare stage 3 settings')
     parser.add_argument('--kernel-loss', default='l1', choices=('l1', 'mse'),
                         help="DKENet's loss on the kernel map: l1 (the option files') or mse (what kernel PSNR scores)")
     parser.add_argument('--kernel-loss-weight', type=float, default=1.0,
@@ -812,6 +1017,10 @@ def main():
     if args.sr_iters is not None and not args.quick:
         cfg['sr_iters'] = args.sr_iters
     cfg['sr_finetune'] = 0 if args.quick else args.sr_finetune
+    cfg['sr_finetune_gt_weight'] = args.sr_finetune_gt_weight
+    cfg['sr_finetune_lr'] = args.sr_finetune_lr or SR_FINETUNE_LR
+    cfg['sr_finetune_train'] = args.sr_finetune_train
+    cfg['reuse'] = args.reuse
     cfg['photo_rows'] = args.photo_rows and not args.quick
     if args.seeds:
         cfg['seeds'] = tuple(int(s) for s in args.seeds.split(','))
@@ -830,7 +1039,10 @@ def main():
     log(f'SVKR evidence ({mode}): RGB-D scenes with exact depth (ssr_data/scenes.py), x{SCALE}, k={KSIZE}, '
         f'depth-driven SV blur{" + noise + JPEG" if args.noise else " (blur only)"}; estimated depth: {depth_desc}')
     sr_budget = (f', {cfg["sr_iters"]} per NBSR' if cfg['sr_iters'] else '') + (
-        f' + {cfg["sr_finetune"]} inside the loop (stage 3, frozen DKENet)' if cfg['sr_finetune'] else '')
+        f' + {cfg["sr_finetune"]} inside the loop (stage 3, frozen DKENet, lr {cfg["sr_finetune_lr"]:g}, '
+        f'ground-truth kernel loss weight {cfg["sr_finetune_gt_weight"]:g}'
+        + ('' if cfg['sr_finetune_train'] == 'all' else f', only the {cfg["sr_finetune_train"]} of NBSR trains')
+        + ')' if cfg['sr_finetune'] else '')
     log(f'train: {cfg["train_scenes"]} scenes of {cfg["scene_size"]} px per seed (training photographs), crops of '
         f'{cfg["crop"]} px HR, batch {cfg["batch"]}, {cfg["ke_iters"]} iterations per DKENet (lr {cfg.get("ke_lr", KE_LR):g}, kernel loss '
         f'{cfg["kernel_loss"]} x {cfg["kernel_loss_weight"]:g}){sr_budget}; '
@@ -897,13 +1109,19 @@ def main():
                                       for i in range(len(mean_r4['curves'][key]))]
         plot_row4(mean_r4, osp.join(args.out, 'row4_deviation.png'),
                   f'SR PSNR with deviated kernels / depth (mean of {len(runs)} seed(s), '
-                  f'{min(len(tests), ROW4_TESTS)} test scenes)')
+                  f'{len(tests)} test scenes)')
     path = osp.join(args.out, f'svkr_evidence_{mode}.json')
     with atomic_write(path, 'w') as f:
         json.dump(results, f, indent=2)
     log('')
     for line in table(runs, depth_desc, references):
         log(line)
+    for line in stage3_lines(runs):
+        log(line)
+    if 'row4' in runs[0]:
+        log('')
+        for line in row4_checks(runs):
+            log(line)
     log(f'\n({time.time() - t_start:.0f} s; results in {path})')
     log(f'depth gain in kernel PSNR: exact {stat(gains["exact depth"])[0]:+.2f} dB, '
         f'estimated {stat(gains["estimated depth"])[0]:+.2f} dB')
