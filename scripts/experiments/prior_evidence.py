@@ -134,6 +134,8 @@ def run(prior_path, size=64, crops=4, timesteps=(100, 300, 500, 700, 900), sampl
         'pixel-shuffled': noise_errors(prior, prior.unet, z_shuffled, timesteps, scheduler, seed),
     }
     vae_psnr, vae_ssim = y_scores(recon, images)
+    # a colour cast lowers PSNR on Y far more than SSIM: the mean error per channel shows it
+    vae_colour = [float(v) for v in (recon - images).mean((0, 2, 3)) * 255]
     bic_psnr, bic_ssim = y_scores(bicubic_round_trip(images), images)
     # per comparison, the timesteps where the trained error is clearly below; a prior is clearly below at most
     # of them (at the highest t the noisy latent holds almost nothing of the image, so every predictor is
@@ -149,7 +151,7 @@ def run(prior_path, size=64, crops=4, timesteps=(100, 300, 500, 700, 900), sampl
             defects.append(f'DEFECT: the trained noise error is clearly below the {other} one at only {sum(clear)} of '
                            f'{len(timesteps)} timesteps: not a prior of natural images')
     result = dict(prior=osp.abspath(prior_path), images=len(names), size=size, timesteps=list(timesteps),
-                  errors=errors, vae=(vae_psnr, vae_ssim), bicubic=(bic_psnr, bic_ssim), notes=notes, defects=defects,
+                  errors=errors, vae=(vae_psnr, vae_ssim), vae_colour=vae_colour, bicubic=(bic_psnr, bic_ssim), notes=notes, defects=defects,
                   latent_scale=float(prior.latent_scale))
     gen = torch.Generator().manual_seed(seed)
     shape = (samples, prior.vae.config.latent_channels, size // prior.vae_scale_factor,
@@ -173,7 +175,9 @@ def markdown(result):
                      f'{e["trained"][i] / e["untrained"][i]:.3f} | {e["trained"][i] / e["pixel-shuffled"][i]:.3f} |')
     lines += ['', 'Noise error: mean squared error of the implied noise (v turned into its noise), same noise per row.',
               f'Autoencoder reconstruction of the same crops: {result["vae"][0]:.2f} dB PSNR / {result["vae"][1]:.4f} '
-              f'SSIM (Y); their bicubic x4 round trip: {result["bicubic"][0]:.2f} dB / {result["bicubic"][1]:.4f}.']
+              f'SSIM (Y), mean error per channel (R, G, B, of 255) '
+              f'{", ".join(f"{v:+.1f}" for v in result["vae_colour"])}; '
+              f'their bicubic x4 round trip: {result["bicubic"][0]:.2f} dB / {result["bicubic"][1]:.4f}.']
     verdict = result['defects'] or [f'The trained prior is clearly below both (ratio <= {CLEAR_RATIO}) at most timesteps: '
                                     'it has learnt natural images.']
     lines += [''] + result['notes'] + verdict
@@ -191,6 +195,8 @@ def write(result, grid, output):
             w.writerow([t] + [repr(result['errors'][r][i]) for r in ROWS])
         w.writerow(['vae_psnr_y', repr(result['vae'][0])])
         w.writerow(['vae_ssim_y', repr(result['vae'][1])])
+        for channel, value in zip('rgb', result['vae_colour']):
+            w.writerow([f'vae_mean_error_{channel}', repr(value)])
         w.writerow(['bicubic_x4_psnr_y', repr(result['bicubic'][0])])
     ok, buf = cv2.imencode('.png', grid)
     with atomic_write(osp.join(output, 'samples.png')) as f:

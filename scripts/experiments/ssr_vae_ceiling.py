@@ -8,7 +8,8 @@ reconstructs the HR image itself at X dB caps SSR near X dB, whatever its UNet a
 Each option file's SSR network is built as inference builds it (``network_g`` + ``path:pretrain_network_g``,
 ``ssr_pipelines.builder.load_ssr_unet``): a frozen prior's autoencoder (``pretrained_path``) or the one the SSR
 stage trained itself. Images: ``<dataroot>/gt/*.png`` of the option file's first test set; the reconstruction is
-the decoded mean latent; metrics as the option file's ``val: metrics: psnr`` (its ``crop_border``, Y channel).
+the decoded mean latent; metrics as the option file's ``val: metrics: psnr`` (its ``crop_border``, Y channel),
+and the mean error per channel (a colour cast; SSR's ``color_fix`` removes one from its outputs, this does not).
 Writes ``<output>/ssr_vae_ceiling.{md,csv}``.
 """
 import argparse
@@ -65,21 +66,27 @@ def run(opt_paths, output=None):
         border = ((opt.get('val') or {}).get('metrics') or {}).get('psnr', {}).get('crop_border', opt.get('scale', 0))
         unet = load_ssr_unet(opt['network_g'], opt.get('path') or {})
         base = opt['network_g'].get('pretrained_path') or 'trained by the SSR stage'
-        psnr, ssim = [], []
+        psnr, ssim, colour = [], [], []
         for _, img in gt_images(opt, opt_path):
             rec = vae_round_trip(unet, img)
             psnr.append(calculate_psnr(rec, img, crop_border=border, test_y_channel=True))
             ssim.append(calculate_ssim(rec, img, crop_border=border, test_y_channel=True))
+            # a colour cast: the mean error per channel, RGB, in levels of 255
+            colour.append((rec.astype(np.float64) - img).mean((0, 1))[::-1])
+        r, g, b = np.mean(colour, 0)
         rows.append(dict(option_file=opt_path, name=opt.get('name'), autoencoder=base, images=len(psnr),
-                         psnr=float(np.mean(psnr)), ssim=float(np.mean(ssim))))
+                         psnr=float(np.mean(psnr)), ssim=float(np.mean(ssim)), mean_error_r=float(r),
+                         mean_error_g=float(g), mean_error_b=float(b)))
         print(f'{opt_path}: VAE reconstruction of {len(psnr)} GT images {rows[-1]["psnr"]:.2f} dB / '
-              f'{rows[-1]["ssim"]:.4f} (Y, crop {border}); autoencoder: {base}', flush=True)
+              f'{rows[-1]["ssim"]:.4f} (Y, crop {border}), mean error R {r:+.1f} G {g:+.1f} B {b:+.1f}; '
+              f'autoencoder: {base}', flush=True)
     if output:
         os.makedirs(output, exist_ok=True)
         lines = ['# The SSR networks\' autoencoder ceiling: VAE reconstruction of the test set\'s HR images', '',
-                 '| option file | autoencoder | images | PSNR (dB, Y) | SSIM (Y) |', '| --- | --- | --- | --- | --- |']
-        lines += [f'| `{r["option_file"]}` | {r["autoencoder"]} | {r["images"]} | {r["psnr"]:.2f} | {r["ssim"]:.4f} |'
-                  for r in rows]
+                 '| option file | autoencoder | images | PSNR (dB, Y) | SSIM (Y) | mean error R, G, B (of 255) |',
+                 '| --- | --- | --- | --- | --- | --- |']
+        lines += [f'| `{r["option_file"]}` | {r["autoencoder"]} | {r["images"]} | {r["psnr"]:.2f} | {r["ssim"]:.4f} | '
+                  f'{r["mean_error_r"]:+.1f}, {r["mean_error_g"]:+.1f}, {r["mean_error_b"]:+.1f} |' for r in rows]
         with atomic_write(osp.join(output, 'ssr_vae_ceiling.md'), 'w') as f:
             f.write('\n'.join(lines) + '\n')
         with atomic_write(osp.join(output, 'ssr_vae_ceiling.csv'), 'w', newline='') as f:
