@@ -17,8 +17,8 @@ import torch
 from torch.utils import data
 
 from basicsr.utils.registry import DATASET_REGISTRY
-from ssr_data.ssr_degradation_dataset import (ImageSource, augment_arrays, decode_image, is_lmdb, list_images,
-                                              lmdb_keys, rng_for)
+from ssr_data.dataset_io import (ImageSource, augment_arrays, decode_bgr, is_lmdb, list_image_names, lmdb_keys,
+                                 rng_for)
 from ssr_utils.errors import OptionError
 
 # source names in repeat: (gt = the images of dataroot_gt)
@@ -80,7 +80,7 @@ class HRCropDataset(data.Dataset):
             for root in roots if isinstance(roots, (list, tuple)) else [roots]:
                 src = ImageSource(root, 'gt', 'dataroot_gt')
                 keys = lmdb_keys(root, 'dataroot_gt') if is_lmdb(root) else \
-                    [osp.splitext(n)[0] for n in list_images(root, 'dataroot_gt')]
+                    [osp.splitext(n)[0] for n in list_image_names(root, 'dataroot_gt')]
                 self._sources[root] = src
                 images += [('gt', (root, k), k) for k in keys]
         if opt.get('photos') is not None:
@@ -148,7 +148,7 @@ class HRCropDataset(data.Dataset):
             return rgb
         root, key = ident
         src = self._sources[root]
-        bgr = decode_image(src.get(key), src.path_of(key), float32=False)
+        bgr = decode_bgr(src.get(key), src.path_of(key), float32=False)
         if bgr.ndim == 2:
             bgr = np.stack([bgr] * 3, axis=2)
         return np.ascontiguousarray(bgr[:, :, 2::-1])
