@@ -355,22 +355,28 @@ class SSRUNet(ModelMixin, ConfigMixin):
             raise KeyError(f'{source} does not fit this SSRUNet: missing {missing[:5]} ({len(missing)}), '
                            f'unexpected {unexpected[:5]} ({len(unexpected)})')
 
-    def save_pretrained(self, save_directory, **_):
+    def referenced_bytes(self):
+        """The size of the weights of the referenced base parts (what ``include_referenced`` would add)."""
+        return sum(p.numel() * p.element_size() for part in self.referenced_parts
+                   for p in getattr(self, part).parameters())
+
+    def save_pretrained(self, save_directory, include_referenced=False, **_):
         """``config.json`` and ``diffusion_pytorch_model.safetensors`` (diffusers' file names) in
-        ``save_directory``. Base parts loaded from ``pretrained_path`` and frozen are referenced, not copied;
-        when nothing is referenced the config carries the UNet / VAE configs and no path, so the folder
-        stands alone."""
+        ``save_directory``. Base parts loaded from ``pretrained_path`` and frozen are referenced, not copied,
+        unless ``include_referenced``; when nothing is referenced the config carries the UNet / VAE configs and no
+        path (and the freeze flags), so the folder stands alone."""
         from safetensors.torch import save as safetensors_bytes
         os.makedirs(save_directory, exist_ok=True)
         config = {k: v for k, v in dict(self.config).items() if not k.startswith('_')}
-        if config['pretrained_path'] is not None and not self.referenced_parts:
+        if config['pretrained_path'] is not None and (include_referenced or not self.referenced_parts):
             config.update(pretrained_path=None, unet=_public_config(self.unet.config),
                           vae=_public_config(self.vae.config), freeze_unet=self.frozen['unet'],
                           freeze_vae=self.frozen['vae'])
         config = dict(_class_name=type(self).__name__, **_jsonable(config))
         with atomic_write(osp.join(save_directory, self.config_name), 'w') as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.saved_state_dict().items()}
+        state = self.state_dict() if include_referenced else self.saved_state_dict()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         with atomic_write(osp.join(save_directory, WEIGHTS_NAME)) as f:
             f.write(safetensors_bytes(tensors, metadata={'format': 'pt'}))
 
