@@ -245,8 +245,8 @@ def _round_up(n, m):
 
 
 def _map_conds(conds, fn):
-    """Apply ``fn`` to every tensor of SSRUNet.encode_conditions' output (name -> [(modality, a, b)])."""
-    return {k: [(m, fn(a), fn(b)) for m, a, b in v] for k, v in conds.items()}
+    """Apply ``fn`` to every tensor of SSRUNet.encode_conditions' output (name -> [(tag, tensor, ...)])."""
+    return {k: [(tag, *(fn(x) for x in xs)) for tag, *xs in v] for k, v in conds.items()}
 
 
 def _as_batch(image):
