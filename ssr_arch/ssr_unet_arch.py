@@ -244,9 +244,12 @@ class SSRUNet(ModelMixin, ConfigMixin):
             if unet is not None or vae is not None:
                 raise OptionError('unet' if unet is not None else 'vae', 'dict',
                                   'give either pretrained_path or the unet/vae configs, not both')
-            # own_weights: the same numbers as the saved networks (ssr_utils/compat.py, fix 9)
-            self.unet = own_weights(UNet2DConditionModel.from_pretrained(osp.join(pretrained_path, 'unet')))
-            self.vae = own_weights(AutoencoderKL.from_pretrained(osp.join(pretrained_path, 'vae')))
+            # own_weights: the same numbers as the saved networks (ssr_utils/compat.py, fix 9); accelerate is no
+            # dependency, and diffusers warns at every load that defaults low_cpu_mem_usage to True without it
+            self.unet = own_weights(UNet2DConditionModel.from_pretrained(osp.join(pretrained_path, 'unet'),
+                                                                         low_cpu_mem_usage=False))
+            self.vae = own_weights(AutoencoderKL.from_pretrained(osp.join(pretrained_path, 'vae'),
+                                                                 low_cpu_mem_usage=False))
         else:
             if unet is None or vae is None:
                 raise OptionError('unet' if unet is None else 'vae', None,

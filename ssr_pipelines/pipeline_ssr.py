@@ -509,9 +509,11 @@ class SSRPipeline:
 
     def _condition_maps(self, lr, depth, kernel, tile, overlap, dtype, return_maps, progress):
         """LR-size depth, kernel code and (with ``return_maps``) kernel variance: the given maps, the rest from the
-        tiled SVKR."""
+        tiled SVKR; with ``network_g: lr_input: svkr`` also the SVKR's Iᵀ (``sr``, HR size), what the LR encoder
+        reads."""
         net, dev = self.unet, self.device
         need_depth, need_kernel = 'depth' in net.modalities, 'kernel' in net.modalities
+        need_sr = net.lr_input == 'svkr'
         maps = {}
         if depth is not None:
             maps['depth'] = depth.to(dev).float()
@@ -523,9 +525,12 @@ class SSRPipeline:
             if return_maps:
                 maps['kvar'] = kernel_variance(kernel)
         want = [name for name, wanted in (('depth', need_depth or return_maps), ('code', need_kernel),
-                                          ('kvar', return_maps)) if wanted and name not in maps]
-        needed = [name for name in want if name != 'kvar' and (name == 'code' or need_depth)]
+                                          ('kvar', return_maps), ('sr', need_sr)) if wanted and name not in maps]
+        needed = [name for name in want if name != 'kvar' and (name in ('code', 'sr') or need_depth)]
         if want and self.svkr is None:
+            if 'sr' in needed:
+                raise OptionError('network_svkr', None, 'the LR encoder reads the SVKR\'s Iᵀ (network_g: lr_input: '
+                                  'svkr): SSR needs its SVKR')
             if needed:
                 raise OptionError('network_svkr', None, 'SSR needs an SVKR for the depth / kernel maps (or give '
                                   'depth= and kernel= maps)')
@@ -561,6 +566,15 @@ class SSRPipeline:
 
             depth_p = pad_map(maps.get('depth')) if 'depth' in net.modalities else None
             code_p = pad_map(maps.get('code')) if 'kernel' in net.modalities else None
+            # what the LR encoder reads and strength < 1 starts from: the upsampled LR image (paper), or the
+            # SVKR's Iᵀ (network_g: lr_input: svkr), padded as the LR image is
+            guide = maps.get('sr')
+            if guide is not None:
+                guide = guide.to(dev).clamp(0, 1)
+                gh, gw = hp * s - guide.shape[-2], wp * s - guide.shape[-1]
+                if gh or gw:
+                    mode = 'reflect' if gh < guide.shape[-2] and gw < guide.shape[-1] else 'replicate'
+                    guide = F.pad(guide, (0, gw, 0, gh), mode=mode)
             # LR windows of the VAE encoder: whole latent pixels at every start, the network's size multiple
             lr_mult = m // math.gcd(m, s)
             lr_step = f // math.gcd(f, s)
@@ -579,13 +593,17 @@ class SSRPipeline:
 
             with autocast(dev, dtype):
                 if layerwise:
-                    image = upsample_lr(lq, (hp * s, wp * s)) * 2 - 1
+                    image = (upsample_lr(lq, (hp * s, wp * s)) if guide is None else guide) * 2 - 1
                     z_lr = tiled_encode(net.vae, image, tile_size=tile_lr * s, out_device=dev, store=vae_tiling[1],
                                         progress=progress).mode() * net.vae.config.scaling_factor
                     del image
-                else:
+                elif guide is None:
                     z_lr = tiled_apply(encode_window, lq, tile_lr, overlap_lr, context=context_lr, multiple=lr_mult,
                                        out_device=dev, progress=progress, desc='VAE encode')
+                else:  # the same windows at HR size
+                    z_lr = tiled_apply(lambda t: net.encode_image(t).float(), guide, tile_lr and tile_lr * s,
+                                       overlap_lr * s, context=context_lr * s, multiple=lr_mult * s, out_device=dev,
+                                       progress=progress, desc='VAE encode')
                 zh, zw = z_lr.shape[-2:]
 
                 def to_latent(x):
