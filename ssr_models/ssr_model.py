@@ -19,6 +19,8 @@ image, a fixed seed, optional AdaIN / wavelet colour correction. ``diffusion: st
 from the noised LR latent and runs only the last steps (diffusers' img2img rule); 1 (default) starts
 from pure noise.
 """
+import json
+import os.path as osp
 from collections import OrderedDict
 
 import torch
@@ -86,6 +88,7 @@ class SSRModel(SSRBaseModel):
             raise OptionError('network_g:type', net_opt.get('type'), f'{cls.__name__} needs an SSRUNet')
         if net_opt.get('pretrained_path') is not None:
             check_pretrained_folder(net_opt['pretrained_path'], 'network_g:pretrained_path')
+            cls.check_frozen_prediction_type(opt)
         use = cls.svkr_use(opt)
         if opt.get('network_svkr') is None:
             if use:
@@ -99,6 +102,22 @@ class SSRModel(SSRBaseModel):
         warmup = (opt.get('train') or {}).get('vae_warmup_iter', 0)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise OptionError('train:vae_warmup_iter', warmup, 'expected an integer >= 0')
+
+    @classmethod
+    def check_frozen_prediction_type(cls, opt):
+        """A frozen pretrained UNet predicts what it was trained to predict: a ``diffusion: prediction_type`` other
+        than its folder's ``scheduler/scheduler_config.json`` would train the encoders and AMF against the wrong
+        target and sample garbage, without any error."""
+        net_opt = opt['network_g']
+        wanted = (opt.get('diffusion') or {}).get('prediction_type')
+        config = osp.join(net_opt['pretrained_path'], 'scheduler', 'scheduler_config.json')
+        if wanted is None or net_opt.get('freeze_unet') is False or not osp.isfile(config):
+            return
+        with open(config) as f:
+            trained = json.load(f).get('prediction_type', 'epsilon')  # diffusers' default
+        if wanted != trained:
+            raise OptionError('diffusion:prediction_type', wanted, f'the frozen UNet of network_g:pretrained_path was '
+                              f'trained for {trained} ({config}); leave the key out to use it')
 
     # ------------------------------------------------------------------ networks
     def setup_model(self):
