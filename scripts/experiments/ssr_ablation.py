@@ -212,7 +212,7 @@ def demo_resources(args):
     if missing:
         raise SystemExit('ssr_ablation: missing ' + '; '.join(f'{w} ({p}): {h}' for w, p, h in missing))
     net = copy.deepcopy(train_opt['network_g'])
-    for key in ('unet', 'vae', 'pretrained_path'):
+    for key in ('unet', 'vae', 'pretrained_path', 'freeze_unet', 'freeze_vae'):  # the arms' regime sets these
         net.pop(key, None)
     net['pca_path'] = rel(net['pca_path'])
     dataset = copy.deepcopy(train_opt['datasets']['train'])
