@@ -306,6 +306,8 @@ class SSRUNet(ModelMixin, ConfigMixin):
         so its weights keep their names), and its injection points. Returns the resolved ``amf`` and
         ``fusion_opt`` for the config."""
         amf, fusion_opt = dict(amf or {}), dict(fusion_opt or {})
+        if fusion_cls.option_name == 'amf' and fusion_opt:
+            raise OptionError('fusion_opt', fusion_opt, 'AMF takes its options from the amf: block')
         options = amf if fusion_cls.option_name == 'amf' else fusion_opt
         feature_channels = {m: list(enc.out_channels) for m, enc in self.encoders.items()}
         input_channels = {'lr': self.vae.config.latent_channels, 'depth': 1, 'kernel': kernel_code_channels}

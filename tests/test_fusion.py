@@ -88,6 +88,8 @@ def test_the_three_methods_are_registered_and_an_unknown_one_is_named():
         SSRUNet(**_config('attention'))
     with pytest.raises(OptionError, match='fusion_opt'):
         SSRUNet(**dict(_config('sft'), fusion_opt=dict(norm='batch')))
+    with pytest.raises(OptionError, match='fusion_opt'):  # AMF's options are its amf: block
+        SSRUNet(**dict(_config('amf'), fusion_opt=dict(hidden=8)))
 
 
 def test_amf_keeps_its_weight_names_and_is_the_default():
