@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     'lmdb>=1.4',
     'numpy>=1.24',
     'opencv-python>=4.8',
+    'pillow>=9.1',
     'pyyaml>=6.0',
     'scikit-image>=0.21',
     'scipy>=1.10',

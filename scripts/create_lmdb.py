@@ -27,6 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
 
 from ssr_data.lmdb_util import LmdbExistsError, LmdbWriter, encode_png, extract_subimages, shape_of  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 from ssr_utils.image_io import IMAGE_EXTENSIONS, imdecode_upright  # noqa: E402
 
 
@@ -104,6 +105,7 @@ def create_lmdb(input_folder, lmdb_path, crop_size=None, step=None, thresh_size=
     return written, skipped
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-i', '--input', required=True, help='folder of images (searched recursively)')

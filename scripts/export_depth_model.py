@@ -26,7 +26,7 @@ import yaml  # noqa: E402
 
 import ssr_arch  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 
 
 def export_depth_model(network_opt, checkpoint, output, param_key='auto'):
@@ -46,6 +46,7 @@ def export_depth_model(network_opt, checkpoint, output, param_key='auto'):
     return net.save_pretrained(output)
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('-opt', required=True, help='the training option file (its network_g block)')

@@ -28,7 +28,7 @@ import yaml  # noqa: E402
 
 from ssr_data.degradations import SVDegradation  # noqa: E402
 from ssr_data.kernels import KernelPCA  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 from ssr_utils.kernel_metrics import calculate_kernel_psnr  # noqa: E402
 
 DEGRADATION_KEYS = ('kernel_size', 'kernel_mode', 'sigma_range', 'rho_min', 'theta_jitter', 'jitter_cells',
@@ -83,6 +83,7 @@ def fit_kernel_pca(deg_opt, dim=10, samples=20000, seed=0):
     return pca, report
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('-opt', default=None, help='option file whose datasets:train degradation to use')

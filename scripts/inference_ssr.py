@@ -13,7 +13,10 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
+
+@exit_on_option_error()
 def main(argv=None):
     from ssr_app.cli import build_inference_parser
     args = build_inference_parser().parse_args(argv)

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ssr_data.ssr_degradation_dataset import ImageSource, encode_depth_png, list_images, lmdb_keys  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 
 
 def _batches(names, src, batch_size):
@@ -108,6 +108,7 @@ def make_depth_lmdb(input_path, output_path, backend='prior', model_path=None, i
     return computed
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--input', required=True, help='HR LMDB (BasicSR format) or folder of images')

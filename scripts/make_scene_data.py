@@ -41,7 +41,7 @@ from ssr_data.scenes import SPLITS, SceneConfig, SceneGenerator, default_texture
     texture_photos_from_folder  # noqa: E402
 from ssr_data.ssr_degradation_dataset import depth_to_uint16, encode_depth_png  # noqa: E402
 from ssr_utils.atomic_file import atomic_write  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 
 FORMATS = ('lmdb', 'folder')
 
@@ -182,6 +182,7 @@ def _size(text):
     return tuple(parts)
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--output', required=True, help='folder to write into')

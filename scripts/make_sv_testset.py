@@ -47,7 +47,7 @@ from ssr_data.degradations import add_gaussian_noise, jpeg_compress, quantize, s
 from ssr_data.ssr_degradation_dataset import (ImageSource, decode_depth, list_images, lmdb_keys,  # noqa: E402
                                               write_depth_png)
 from ssr_utils.atomic_file import atomic_directory  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 
 MIXED_ORDER = ('linear', 'rotate', 'block', 'depth')
 
@@ -240,6 +240,7 @@ def make_sv_testset(images, output, scale=4, kernel_size=21, pattern='mixed', se
     return meta
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--input', required=True, help='HR folder or BasicSR LMDB')
@@ -279,6 +280,8 @@ def main(argv=None):
                                jpeg=args.jpeg, overwrite=args.overwrite, noise_range=args.noise_range,
                                jpeg_range=args.jpeg_range, skip_small=args.skip_small, total=len(names),
                                report=report)
+    except OptionError:
+        raise  # a bad option: its one line (exit_on_option_error), not a file problem
     except (FileExistsError, FileNotFoundError, KeyError, ValueError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

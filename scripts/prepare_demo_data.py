@@ -44,7 +44,7 @@ from ssr_data import kernels as K  # noqa: E402
 from ssr_data.lmdb_util import LmdbWriter, extract_subimages  # noqa: E402
 from ssr_data.ssr_degradation_dataset import encode_depth_png  # noqa: E402
 from ssr_utils.install import project_root  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 
 # photographs only (no synthetic images); chelsea and coffee are held out for validation
 TRAIN_PHOTOS = ('astronaut', 'rocket', 'immunohistochemistry', 'hubble_deep_field', 'retina')
@@ -149,6 +149,7 @@ def prepare_photo_data(root, train_photos, val_photos, max_side, crop_size, step
                     pattern='mixed', seed=seed, depth_net=depth_net, show_progress=show_progress)
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--root', default=osp.join(project_root(), 'datasets', 'demo'),

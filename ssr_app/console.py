@@ -18,6 +18,7 @@ import runpy
 import shutil
 import sys
 
+from ssr_utils.errors import exit_on_option_error
 from ssr_utils.install import options_dir, project_root, scripts_dir, shipped_option_files
 
 # console command -> script of scripts/ it runs as __main__
@@ -40,6 +41,7 @@ def test():
     launch_test(project_root())
 
 
+@exit_on_option_error()
 def infer(argv=None):
     from ssr_app.cli import build_inference_parser
     args = build_inference_parser(prog='ssr-infer').parse_args(argv)
@@ -47,6 +49,7 @@ def infer(argv=None):
     return run(args)
 
 
+@exit_on_option_error()
 def export(argv=None):
     from ssr_app.cli import build_export_parser
     args = build_export_parser().parse_args(argv)
@@ -68,7 +71,10 @@ def run_script(command, argv=None):
     try:
         runpy.run_path(script, run_name='__main__')
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or 0
+        print(exc.code, file=sys.stderr, flush=True)  # as Python prints a message exit (an option error's line)
+        return 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
     return 0

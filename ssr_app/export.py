@@ -1,17 +1,15 @@
 """The engine behind ``scripts/export_model.py``: training results -> one model folder.
 
 The networks are built from the option file the experiment saved (or the one given), with their trained
-weights (the EMA ones when saved), exactly as ``scripts/inference_ssr.py -opt`` builds them, and written
-with ``SSRPipeline.save_pretrained``; so ``--model_path <folder>`` gives the same images as ``-opt``.
+weights (the EMA ones when saved), by the builder ``scripts/inference_ssr.py -opt`` uses
+(``ssr_pipelines.builder``), and written with ``SSRPipeline.save_pretrained``; so ``--model_path <folder>``
+gives the same images as ``-opt``.
 """
-import os
 import os.path as osp
-import shutil
-import tempfile
 from copy import deepcopy
 
-from ssr_app.inference import load_options, prepare_options
-from ssr_pipelines import SSRPipeline
+from ssr_pipelines.builder import load_options, pipeline_from_options, prepare_options
+from ssr_utils.atomic_file import atomic_directory
 from ssr_utils.errors import OptionError
 
 _SUBNETWORK_CHECKPOINTS = ('pretrain_network_kernel', 'pretrain_network_sr')
@@ -19,7 +17,7 @@ _SUBNETWORK_CHECKPOINTS = ('pretrain_network_kernel', 'pretrain_network_sr')
 
 def _svkr_part(source):
     """``(network options, checkpoint, param key)`` of the SVKR of an experiment folder or option file."""
-    opt = load_options(source)
+    opt = load_options(source, '--svkr')
     path = opt.get('path') or {}
     if (opt.get('network_g') or {}).get('type') == 'SVKR':
         return opt['network_g'], path.get('pretrain_network_g'), path.get('param_key_g', 'params_ema')
@@ -31,7 +29,7 @@ def _svkr_part(source):
 def export_options(source, svkr_source=None):
     """The option dict of ``source`` (an SSR or SVKR experiment folder / option file), with the SVKR of
     ``svkr_source`` added. A whole-SVKR checkpoint makes its sub-network checkpoints unnecessary."""
-    opt = deepcopy(load_options(source))
+    opt = load_options(source, '-i')
     path = opt.setdefault('path', {})
     if svkr_source is not None:
         if (opt.get('network_g') or {}).get('type') != 'SSRUNet':
@@ -48,25 +46,11 @@ def export_options(source, svkr_source=None):
 
 
 def export_model(source, output, svkr_source=None, overwrite=False):
-    """Write the model folder ``output``; returns the pipeline. The folder appears complete or not at all."""
-    output = osp.abspath(output)
-    if osp.exists(output) and not overwrite:
-        raise FileExistsError(f'{output} exists (give --overwrite to replace it)')
-    pipe = SSRPipeline.from_options(prepare_options(export_options(source, svkr_source)))
-    parent = osp.dirname(output)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(output)}.', dir=parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the model folder gets a plain folder's mode
-    try:
+    """Write the model folder ``output``; returns the pipeline. The folder appears complete or not at all
+    (``atomic_directory``: an existing one is replaced only with ``overwrite``, once the new one is written)."""
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        pipe = pipeline_from_options(prepare_options(export_options(source, svkr_source)))
         pipe.save_pretrained(tmp)
-        if osp.exists(output):
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return pipe
 
 
@@ -75,7 +59,7 @@ def run(args):
     try:
         pipe = export_model(args.input, args.output, args.svkr, args.overwrite)
     except (OptionError, FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
-        msg = err.code if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
+        msg = str(err) if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
         print(f'export_model: {msg}', flush=True)
         return 2
     parts = []

@@ -1,6 +1,6 @@
 """The engine behind ``scripts/inference_ssr.py``: load an ``SSRPipeline`` from a model folder
-(``--model_path``), an option file or an experiment folder (``-opt``), super-resolve images one by one
-(tiled when asked), write ``<out>/<stem>.png``, report a summary.
+(``--model_path``), an option file or an experiment folder (``-opt``) through ``ssr_pipelines.builder``,
+super-resolve images one by one (tiled when asked), write ``<out>/<stem>.png``, report a summary.
 
 Two paths, both ``SSRPipeline`` calls: ``svkr_only`` (the SVKR's non-blind result Iᵀ, fast and
 deterministic) and SSR diffusion (``pipe(image, ...)``, tiled with ``--tile``; a whole image is its
@@ -10,11 +10,9 @@ import os
 import os.path as osp
 import time
 from collections import OrderedDict
-from copy import deepcopy
 
 import numpy as np
 import torch
-import yaml
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -23,13 +21,11 @@ from ssr_utils import compat
 compat.apply()
 
 from basicsr.utils import get_root_logger  # noqa: E402
-from basicsr.utils.options import ordered_yaml  # noqa: E402
 
 from ssr_app.cli import MIN_TILE  # noqa: E402
-from ssr_pipelines import SSRPipeline  # noqa: E402
+from ssr_pipelines.builder import load_pipeline  # noqa: E402
 from ssr_pipelines.pipeline_ssr import check_sampler, check_strength  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
-from ssr_utils.install import find_option_file, project_root  # noqa: E402
 from ssr_utils.image_io import (image_to_tensor, list_images, read_image, tensor_to_image,  # noqa: E402
                                 upscale_alpha, write_image)
 
@@ -37,34 +33,6 @@ OUTPUT_EXTS = ('auto', 'png', 'jpg')
 
 
 # ------------------------------------------------------------------------------------------ options
-def load_options(source):
-    """``source``: a YAML option file, or an experiment folder (``experiments/<name>``) that holds the
-    copy BasicSR saved of its option file and ``models/net_g_latest.pth``. Returns the option dict."""
-    if osp.isdir(source):
-        ymls = sorted(f for f in os.listdir(source) if f.endswith(('.yml', '.yaml')))
-        if not ymls:
-            raise FileNotFoundError(f'{source}: an experiment folder must hold its option file (*.yml)')
-        opt = load_options(osp.join(source, ymls[-1]))
-        ckpt = osp.join(source, 'models', 'net_g_latest.pth')
-        if not osp.isfile(ckpt):
-            raise FileNotFoundError(f'{source}: no models/net_g_latest.pth in the experiment folder')
-        opt.setdefault('path', {})
-        opt['path']['pretrain_network_g'] = ckpt
-        opt['path']['param_key_g'] = 'params_ema'  # the EMA weights when saved (else 'params' is used)
-        opt['path'].pop('resume_state', None)
-        return opt
-    if not osp.isfile(source):
-        raise FileNotFoundError(f'{source}: option file does not exist')
-    with open(source, 'r') as f:
-        try:
-            opt = yaml.load(f, Loader=ordered_yaml()[0])
-        except yaml.YAMLError as err:
-            raise ValueError(f'{source}: not a valid YAML option file ({err})') from None
-    if not isinstance(opt, dict):
-        raise ValueError(f'{source}: not a YAML option file (top level is not a mapping)')
-    return opt
-
-
 def _mps_available():
     mps = getattr(torch.backends, 'mps', None)
     return bool(mps is not None and mps.is_available())
@@ -120,32 +88,6 @@ def output_extension(ext, input_path, has_alpha):
     if ext == 'auto':
         return 'jpg' if osp.splitext(input_path)[1].lower() in ('.jpg', '.jpeg') else 'png'
     return ext
-
-
-def prepare_options(opt):
-    """Fill the keys a network built outside BasicSR's launcher needs, and check types and paths (relative
-    paths are taken from the current directory, else from the repository root)."""
-    from ssr_utils.option_check import check_options
-    import ssr_models  # noqa: F401  (registers the model types option files name)
-    opt = deepcopy(opt)
-    opt.pop('datasets', None)  # inference reads its own images; test sets need not exist
-    opt['is_train'] = False
-    opt['dist'] = False
-    opt['rank'], opt['world_size'] = 0, 1
-    opt.setdefault('path', {})
-    opt.setdefault('model_type', 'SRModel')
-    check_options(opt, project_root())
-    return opt
-
-
-def load_pipeline(opt_source=None, model_path=None, device=None, dtype=None):
-    """The ``SSRPipeline`` of a model folder (``model_path``) or of an option file / experiment folder."""
-    if (opt_source is None) == (model_path is None):
-        raise ValueError('load_pipeline: give exactly one of opt_source and model_path')
-    if model_path is not None:
-        return SSRPipeline.from_pretrained(model_path, device=device, dtype=dtype)
-    return SSRPipeline.from_options(prepare_options(load_options(find_option_file(opt_source))), device=device,
-                                    dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -303,7 +245,7 @@ def run(args):
                             sampler=args.sampler, strength=args.strength, num_samples=args.num_samples,
                             ext=args.ext, suffix=args.suffix)
     except (OptionError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
-        msg = err.code if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
+        msg = str(err) if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
         print(f'inference_ssr: {msg}', flush=True)
         return 2
     if device.type == 'cuda' or precision != 'fp32':
@@ -332,6 +274,8 @@ def run(args):
             interrupted = True
             skipped[path] = 'interrupted'
             break
+        except OptionError:
+            raise  # a bad option stops the run (the command's one line), it is no problem of this file
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             skipped[path] = 'out of GPU memory (try a smaller --tile)'

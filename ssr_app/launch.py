@@ -2,64 +2,35 @@
 
 They register every SSR component, check the option file before anything heavy starts (and before
 BasicSR makes any experiment or results folder), and hand over to BasicSR's own ``train_pipeline`` /
-``test_pipeline``. Every problem found there stops with one line naming the file or the option key.
+``test_pipeline``. Every problem found there stops with one line naming the file or the option key (an
+``OptionError`` anywhere in the run, turned into that line here).
 The first line of every training and test log is the SSR version and, in a checkout, the git commit
 (``ssr_utils.install.version_line``); TensorBoard gets the learning rates beside the losses. An ``-opt`` path that does not exist as typed is looked up in the
 repository root and among the shipped option files (``ssr_utils.install.find_option_file``), so the
 console commands ``ssr-train -opt options/train_ssr_demo.yml`` work from any directory.
 """
-import argparse
 import os.path as osp
 import sys
 
-import yaml
-
 from ssr_utils import compat
 
-compat.apply()
+compat.apply_training()
 
 import basicsr.test as bsr_test  # noqa: E402
 import basicsr.train as bsr_train  # noqa: E402
 from basicsr.utils import MessageLogger  # noqa: E402
-from basicsr.utils.options import ordered_yaml, parse_options  # noqa: E402
+from basicsr.utils.options import parse_options  # noqa: E402
 
 import ssr_arch  # noqa: E402,F401
 import ssr_data  # noqa: E402,F401
 import ssr_models  # noqa: E402,F401
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 from ssr_utils.install import find_option_file, version_line  # noqa: E402
 from ssr_utils.option_check import check_options  # noqa: E402
+from ssr_utils.option_file import option_file_argument, read_option_file  # noqa: E402
 
 # top-level keys BasicSR's pipelines read without a default
 REQUIRED_KEYS = ('name', 'model_type', 'num_gpu', 'datasets', 'path')
-
-
-def read_option_file(path):
-    """The option file at ``path`` as BasicSR will read it, or an ``OptionError`` naming the file and what is
-    wrong with it: missing, not YAML (with the line and column), not a mapping, a key BasicSR needs absent."""
-    if not osp.isfile(path):
-        raise OptionError('-opt', path, 'option file does not exist')
-    with open(path, 'r') as f:
-        try:
-            opt = yaml.load(f, Loader=ordered_yaml()[0])
-        except yaml.YAMLError as err:
-            mark = getattr(err, 'problem_mark', None)
-            where = f'line {mark.line + 1}, column {mark.column + 1}: ' if mark is not None else ''
-            problem = getattr(err, 'problem', None) or str(err).splitlines()[0]
-            raise OptionError('-opt', path, f'not valid YAML ({where}{problem})') from None
-    if not isinstance(opt, dict):
-        raise OptionError('-opt', path, 'not an option file (the top level of the YAML is not a mapping)')
-    for key in REQUIRED_KEYS:
-        if key not in opt:
-            raise OptionError(key, None, f'missing in {path} (BasicSR needs it)')
-    return opt
-
-
-def _option_file_argument(argv):
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', type=str)
-    args, _ = parser.parse_known_args(argv)
-    return args.opt
 
 
 def _resolve_option_argument(argv):
@@ -86,9 +57,9 @@ def env_info_with_version(env_info):
 
 def checked_parse_options(root_path, is_train=True):
     sys.argv[1:] = _resolve_option_argument(sys.argv[1:])
-    path = _option_file_argument(sys.argv[1:])
+    path = option_file_argument(sys.argv[1:])
     if path is not None:  # without -opt, BasicSR's own parser says that it is required
-        read_option_file(path)
+        read_option_file(path, required=REQUIRED_KEYS)
     opt, args = parse_options(root_path, is_train=is_train)
     check_options(opt, root_path)
     return opt, args
@@ -110,6 +81,7 @@ class LearningRateMessageLogger(MessageLogger):
 _BASICSR_ENV_INFO = bsr_train.get_env_info
 
 
+@exit_on_option_error()
 def train(root_path):
     bsr_train.parse_options = checked_parse_options
     bsr_train.get_env_info = env_info_with_version(_BASICSR_ENV_INFO)
@@ -118,6 +90,7 @@ def train(root_path):
     compat.end_distributed()
 
 
+@exit_on_option_error()
 def test(root_path):
     bsr_test.parse_options = checked_parse_options
     bsr_test.get_env_info = env_info_with_version(_BASICSR_ENV_INFO)

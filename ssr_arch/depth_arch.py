@@ -11,10 +11,7 @@ fetched from a hub. Every backend predicts relative inverse depth, min-max norma
 """
 import json
 import math
-import os
 import os.path as osp
-import shutil
-import tempfile
 from copy import deepcopy
 
 import torch
@@ -24,6 +21,7 @@ from torch.nn import functional as F
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from ssr_data.depth_prior import depth_prior, minmax_normalise  # noqa: F401  (the prior lives below the archs)
+from ssr_utils.atomic_file import atomic_directory
 from ssr_utils.compat import own_weights
 from ssr_utils.errors import OptionError
 from ssr_utils.extras import require
@@ -353,27 +351,10 @@ class TransformersDepthNet(nn.Module):
             do_pad=False)
 
     def save_pretrained(self, folder):
-        """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` into ``folder``.
-
-        The folder is written beside the target first and then renamed into place, so a reader sees the old
-        complete folder or the new complete one (a kill between the two renames leaves the new one under
-        ``<folder>.tmp-*``)."""
+        """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` into ``folder`` (replacing
+        it): a reader sees the old complete folder or the new complete one (``atomic_directory``)."""
         folder = osp.abspath(folder)
-        parent = osp.dirname(folder)
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=osp.basename(folder) + '.tmp-', dir=parent)
-        try:
+        with atomic_directory(folder, overwrite=True) as tmp:
             self.model.save_pretrained(tmp)
             self.preprocessor_config().save_pretrained(tmp)
-            old = None
-            if osp.exists(folder):
-                old = tempfile.mkdtemp(prefix=osp.basename(folder) + '.old-', dir=parent)
-                os.rmdir(old)
-                os.rename(folder, old)
-            os.rename(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         return folder

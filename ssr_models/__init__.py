@@ -1,7 +1,8 @@
-"""SSR models: importing this package registers every `*_model.py` class in BasicSR's registries."""
+"""SSR models: importing this package registers every `*_model.py` class in BasicSR's registries (and applies the
+compatibility patches of BasicSR's training machinery, ``compat.apply_training``)."""
 from ssr_utils import compat
 
-compat.apply()
+compat.apply_training()
 
 from ssr_utils.version import __version__  # noqa: E402,F401
 

@@ -28,7 +28,7 @@ from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ssr_models.ssr_base_model import SSRBaseModel, all_finite
-from ssr_pipelines.pipeline_ssr import scheduler_from_options
+from ssr_pipelines.builder import scheduler_from_options
 from ssr_utils.errors import OptionError
 from ssr_utils.visualize import add_tb_image
 

@@ -63,16 +63,8 @@ from ssr_utils.atomic_file import atomic_torch_save
 from ssr_utils.checkpoint import read_state_dict
 from ssr_utils.errors import OptionError
 from ssr_utils.evaluation import MetricSuite
-from ssr_utils.option_check import check_scales
+from ssr_utils.option_check import check_renamed_keys, check_scales
 from ssr_utils.visualize import add_tb_image, depth_image, kernel_variance, kernel_variance_image
-
-# old option keys and the key that replaced each
-RENAMED_KEYS = {
-    ('train', 'use_amp'): 'train:amp (none | fp16 | bf16)',
-    ('train', 'amp_dtype'): 'train:amp (none | fp16 | bf16)',
-    ('train', 'max_nonfinite'): 'train:max_nonfinite_steps',
-    ('diffusion', 'amp'): 'train:amp for training; --fp16 / --bf16 or SSRPipeline(dtype=) for inference',
-}
 
 
 def parameter_counts(net):
@@ -122,10 +114,7 @@ class SSRBaseModel(BaseModel):
     def check_options(cls, opt):
         """Start-up checks of the option dict (raise ``OptionError``). The launcher calls this before BasicSR
         makes any folder, and ``__init__`` calls it again. Subclasses extend it (call ``super()``)."""
-        for (section, key), new in RENAMED_KEYS.items():
-            block = opt.get(section)
-            if isinstance(block, dict) and key in block:
-                raise OptionError(f'{section}:{key}', block[key], f'this key was replaced by {new}')
+        check_renamed_keys(opt)
         train_opt = opt.get('train') or {}
         amp_dtype(train_opt.get('amp', 'none'))
         grad_clip = train_opt.get('grad_clip', 0) or 0

@@ -33,9 +33,8 @@ from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_arch.depth_arch import depth_sources
 from ssr_arch.ssr_unet_arch import check_pretrained_folder
 from ssr_models.ssr_base_model import SSRBaseModel
-from ssr_pipelines.pipeline_ssr import (SVKR_WEIGHTS_HINT, SSRPipeline, adopt_svkr_kernel_pca, build_svkr_from_options,
-                                        check_color_fix, check_sampler, check_strength, sampling_options,
-                                        scheduler_from_options, svkr_has_weights, upsample_lr)
+from ssr_pipelines.builder import SVKR_WEIGHTS_HINT, assemble_pipeline, build_svkr_from_options, svkr_has_weights
+from ssr_pipelines.pipeline_ssr import check_color_fix, check_sampler, check_strength, upsample_lr
 from ssr_utils.errors import OptionError
 
 CONDITION_SOURCES = ('gt', 'svkr')
@@ -129,11 +128,10 @@ class SSRModel(SSRBaseModel):
             self.net_svkr = build_svkr_from_options(opt['network_svkr'], opt['path'], 'pretrain_network_svkr',
                                                     'param_key_svkr').to(self.device)
         self.diff_opt = dict(opt.get('diffusion') or {})
-        self.noise_scheduler = scheduler_from_options(self.diff_opt, self.bare_g.config['pretrained_path'])
-        adopt_svkr_kernel_pca(self.bare_g, self.net_svkr)
-        # sampling (validation, sr(), the test tables) goes through the pipeline, on the same modules
-        self.pipeline = SSRPipeline(self.bare_g, self.noise_scheduler, self.net_svkr, scale=self.scale,
-                                    dtype=self.amp_dtype, **sampling_options(self.diff_opt))
+        # sampling (validation, sr(), the test tables) goes through the pipeline, on the same modules, assembled
+        # as the CLI and the export assemble theirs; training draws its noise from the same schedule
+        self.pipeline = assemble_pipeline(opt, self.bare_g, self.net_svkr, dtype=self.amp_dtype)
+        self.noise_scheduler = self.pipeline.scheduler
 
     def load_network_g_state(self, state, source, strict=True):
         # the base parts referenced by pretrained_path (frozen) are not in checkpoints

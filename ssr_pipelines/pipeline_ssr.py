@@ -3,35 +3,23 @@
 The pipeline holds the networks and nothing of training: the diffusion network (``SSRUNet``: UNet, VAE,
 condition encoders, AMF, kernel PCA), the frozen SVKR that estimates the depth and kernel maps, the
 training noise schedule the sampler is derived from, and the sampling defaults. ``SSRModel`` validation,
-the test-table model (``SSRBenchmarkModel``) and ``scripts/inference_ssr.py`` all sample through it.
+the test-table model (``SSRBenchmarkModel``) and ``scripts/inference_ssr.py`` all sample through it. This
+module holds sampling only: ``ssr_pipelines.builder`` assembles a pipeline from an option file or an
+experiment folder, ``ssr_pipelines.model_folder`` writes and reads model folders (``save_pretrained`` /
+``from_pretrained``).
 
-Sampling (``__call__``) is tiled sampling; a whole image is its one-window case, so padding, the
-colour correction and the seeded noise exist once. Every image-sized stage is cut into overlapping
-windows when ``tile`` is given: the SVKR (LR space, with a context margin), the VAE encoder (each
-window upsamples its own LR window), the UNet at every denoising step (latent space; the AMF condition
-features are computed once per latent window, the predictions are blended over the overlaps before
-the scheduler step, as in MultiDiffusion / StableSR's tiled sampling) and the VAE decoder, whose rows
-stream through the colour correction into the output.
-
-Model folders (``save_pretrained`` / ``from_pretrained``)::
-
-    model_index.json          the pipeline config (scale, sampling defaults, components)
-    ssr_unet/                 SSRUNet: config.json + diffusion_pytorch_model.safetensors
-    scheduler/                the training noise schedule (diffusers' scheduler_config.json)
-    svkr/                     SVKR: config.json + model.safetensors
-    kernel_pca.pth            the kernel PCA basis the conditions are coded with (KernelPCA.load)
-
-A frozen Stable Diffusion base (``network_g: pretrained_path``) is referenced by its absolute path in
-``ssr_unet/config.json``, not copied; so is a depth network of the SVKR (``depth_opt: model_path``). A folder
-moved to another machine needs them there too; where such a path is missing, loading stops with an
-``OptionError`` naming the file that holds it.
+Sampling (``__call__``) is a list of named stages, each a method: ``check_inputs`` -> ``prepare_conditions``
+(the SVKR's depth and kernel maps) -> ``encode_lr`` -> ``condition_windows`` -> ``prepare_timesteps`` /
+``prepare_latents`` -> ``denoise`` (the one loop) -> ``decode`` (with the colour correction). It is tiled
+sampling; a whole image is its one-window case, so padding, the colour correction and the seeded noise exist
+once. Every image-sized stage is cut into overlapping windows when ``tile`` is given: the SVKR (LR space, with
+a context margin), the VAE encoder (each window upsamples its own LR window, or ``LayerwiseVAETiling``), the
+UNet at every denoising step (latent space; the AMF condition features are computed once per latent window,
+the predictions are blended over the overlaps before the scheduler step, as in MultiDiffusion / StableSR's
+tiled sampling) and the VAE decoder, whose rows stream through the colour correction into the output.
 """
-import json
 import math
-import os
-import os.path as osp
 from contextlib import contextmanager
-from copy import deepcopy
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -44,14 +32,9 @@ from ssr_utils import compat
 
 compat.apply()
 
-from basicsr.archs import build_network  # noqa: E402
-from basicsr.utils import get_root_logger  # noqa: E402
-
-import ssr_arch  # noqa: E402,F401  (registers the networks the folders name)
-from ssr_arch.ssr_unet_arch import WEIGHTS_NAME as UNET_WEIGHTS, SSRUNet  # noqa: E402
+from ssr_arch.ssr_unet_arch import SSRUNet  # noqa: E402
+from ssr_pipelines.model_folder import PIPELINE_CONFIG, load_model_folder, save_model_folder  # noqa: E402
 from ssr_utils.amp import amp_dtype, autocast  # noqa: E402
-from ssr_utils.atomic_file import atomic_write  # noqa: E402
-from ssr_utils.checkpoint import read_state_dict  # noqa: E402
 from ssr_utils.color_fix import StreamingColorFix  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
 from ssr_utils.tiled_vae import tiled_decode, tiled_encode  # noqa: E402
@@ -65,43 +48,15 @@ COLOR_FIXES = ('none', 'adain', 'wavelet')
 # whole image, every GroupNorm on whole-image statistics (equal to the untiled VAE up to summation order)
 VAE_TILINGS = ('windows', 'layerwise')
 VAE_STORES = ('memory', 'disk')
-SAMPLING_KEYS = ('sampler', 'num_inference_steps', 'strength', 'seed', 'color_fix', 'solver_order')
+COND_CACHES = ('auto', 'device', 'cpu', 'none')
 # LR pixels of context around each SVKR window: more than the receptive field of the demo-size networks
 # (about 6 LR pixels, measured); even, so that DKENet's stride-2 stages keep their phase in every window
 SVKR_CONTEXT = 16
 SVKR_MIN_SIZE = 8
 SVKR_MULTIPLE = 2
 
-PIPELINE_CONFIG = 'model_index.json'
-UNET_FOLDER = 'ssr_unet'
-SCHEDULER_FOLDER = 'scheduler'
-SVKR_FOLDER = 'svkr'
-SVKR_WEIGHTS = 'model.safetensors'
-KERNEL_PCA_FILE = 'kernel_pca.pth'
-# the SVKR's depth estimator is frozen and loads from its own model_path: referenced, never saved
-_SVKR_REFERENCED = ('depth_net.', )
-
-SVKR_WEIGHTS_HINT = ('the SVKR has no trained weights, and SSR would condition on the depth / kernel maps of a '
-                     'random network; train it first (python basicsr/train.py -opt options/train_svkr.yml, after '
-                     'train_dkenet.yml and train_nbsr.yml) and set path:pretrain_network_svkr to its '
-                     'experiments/<name>/models/net_g_latest.pth')
-
 
 # ------------------------------------------------------------------------------------------ helpers
-@contextmanager
-def _referenced_path(config_file, what, prefix=''):
-    """A model folder references a frozen part by an absolute path (module doc); when that path is gone (a
-    folder moved to another machine) the error names the file that holds it and what to do."""
-    try:
-        yield
-    except OptionError as err:
-        if err.key not in ('model_path', 'pretrained_path'):
-            raise
-        raise OptionError(f'{config_file}: {prefix}{err.key}', err.value,
-                          f'{err.problem}. {what[0].upper() + what[1:]} is referenced by this path, not copied into '
-                          'the model folder: copy it along and set the path in that file') from None
-
-
 def upsample_lr(lq, size):
     """The LR image upsampled (bicubic, clamped to [0, 1]) to ``size``: what the VAE encodes and what the
     colour correction matches."""
@@ -161,6 +116,12 @@ def check_vae_tiling(vae_tiling, vae_store='memory'):
     return vae_tiling, vae_store
 
 
+def check_cond_cache(cond_cache, key='cond_cache'):
+    if cond_cache not in COND_CACHES:
+        raise OptionError(key, cond_cache, 'expected auto, device, cpu or none')
+    return cond_cache
+
+
 def check_color_fix(method, key='diffusion:color_fix'):
     method = 'none' if method is None else method
     if method not in COLOR_FIXES:
@@ -173,58 +134,6 @@ def strength_steps(num_steps, strength):
     ``int(num_steps * strength)`` steps, at least one)."""
     run = min(max(int(num_steps * strength), 1), num_steps)
     return num_steps - run, run
-
-
-def scheduler_from_options(diffusion_opt=None, pretrained_path=None):
-    """The training noise schedule (a diffusers ``DDPMScheduler``) of an option file's ``diffusion`` block:
-    ``<pretrained_path>/scheduler`` when the base folder has one, with the block's keys on top."""
-    from diffusers import DDPMScheduler
-    d = dict(diffusion_opt or {})
-    keys = ('num_train_timesteps', 'beta_schedule', 'beta_start', 'beta_end', 'prediction_type', 'timestep_spacing',
-            'steps_offset', 'rescale_betas_zero_snr', 'clip_sample')
-    overrides = {k: d[k] for k in keys if k in d}
-    if pretrained_path is not None and osp.isdir(osp.join(pretrained_path, 'scheduler')):
-        sched = DDPMScheduler.from_pretrained(osp.join(pretrained_path, 'scheduler'), **overrides)
-    else:
-        # latents are not images in [-1, 1]: no x0 clipping (diffusers' DDPMScheduler defaults to
-        # clip_sample=True, which DDIM sampling inherits; Stable Diffusion's scheduler sets it false)
-        overrides.setdefault('clip_sample', False)
-        sched = DDPMScheduler(**overrides)
-    if sched.config.prediction_type not in ('epsilon', 'v_prediction'):
-        raise OptionError('diffusion:prediction_type', sched.config.prediction_type, 'expected epsilon or v_prediction')
-    return sched
-
-
-def sampling_options(diffusion_opt=None):
-    """The sampling defaults of an option file's ``diffusion`` block, as ``SSRPipeline`` keyword arguments."""
-    d = diffusion_opt or {}
-    return {k: d[k] for k in SAMPLING_KEYS if k in d}
-
-
-def adopt_svkr_kernel_pca(unet, svkr):
-    """An SSRUNet conditioned on kernels without a basis of its own takes the SVKR's (its NBSR's)."""
-    if unet is None or 'kernel' not in unet.modalities or unet.has_pca:
-        return
-    svkr_pca = getattr(getattr(svkr, 'sr_net', None), 'pca', None)
-    if svkr_pca is not None and bool(svkr_pca.components.abs().sum() > 0):
-        if svkr_pca.components.shape != unet.pca.components.shape:
-            raise OptionError('network_g:kernel_code_channels', unet.config['kernel_code_channels'],
-                              f'the SVKR kernel basis is {tuple(svkr_pca.components.shape)}')
-        with torch.no_grad():
-            unet.pca.components.copy_(svkr_pca.components)
-            unet.pca.mean.copy_(svkr_pca.mean)
-        get_root_logger().info('SSR: kernel PCA basis taken from the SVKR')
-        return
-    raise OptionError('network_g:pca_path', None, 'the kernel modality needs a KernelPCA file '
-                      '(or a network_svkr / pretrain_network_g that holds one)')
-
-
-def svkr_has_weights(net_opt, path_opt, path_key='pretrain_network_svkr'):
-    """Whether an SVKR of an option file gets trained weights: its own checkpoint (``path:<path_key>``) or
-    the checkpoints of both its sub-networks (``pretrain_network_kernel`` and ``pretrain_network_sr``)."""
-    if (path_opt or {}).get(path_key):
-        return True
-    return bool(net_opt.get('pretrain_network_kernel')) and bool(net_opt.get('pretrain_network_sr'))
 
 
 @contextmanager
@@ -242,6 +151,17 @@ def eval_mode(*nets):
 
 def _round_up(n, m):
     return int(math.ceil(n / m) * m)
+
+
+def _latent_map(x, lr_size, latent_size):
+    """An LR-size condition map padded (replicate) to the padded image's ``lr_size``, resized to ``latent_size``."""
+    if x is None:
+        return None
+    if tuple(x.shape[-2:]) != tuple(lr_size):
+        x = F.pad(x, (0, lr_size[1] - x.shape[-1], 0, lr_size[0] - x.shape[-2]), mode='replicate')
+    if tuple(x.shape[-2:]) != tuple(latent_size):
+        x = F.interpolate(x, size=tuple(latent_size), mode='bilinear', align_corners=False, antialias=True)
+    return x
 
 
 def _map_conds(conds, fn):
@@ -329,25 +249,156 @@ def svkr_tiled(svkr, lr, tile=0, overlap=16, context=SVKR_CONTEXT, want=('sr', )
                        into=into)
 
 
-def build_svkr_from_options(net_opt, path_opt, path_key='pretrain_network_svkr', param_key='param_key_svkr'):
-    """The frozen SVKR of an option file's ``net_opt`` with its checkpoint ``path:<path_key>`` (``<param_key>``,
-    default ``params_ema``; ``strict_load_*``), in eval mode. With a whole-SVKR checkpoint its sub-network
-    checkpoints are not read (the checkpoint replaces them)."""
-    net_opt = deepcopy(net_opt)
-    ckpt = (path_opt or {}).get(path_key)
-    if ckpt:
-        for sub in ('pretrain_network_kernel', 'pretrain_network_sr'):
-            net_opt.pop(sub, None)
-    net = build_network(net_opt)
-    if ckpt:
-        state, key = read_state_dict(ckpt, path_opt.get(param_key, 'params_ema'), f'path:{path_key}')
-        try:
-            net.load_state_dict(state, strict=path_opt.get(param_key.replace('param_key', 'strict_load'), True))
-        except RuntimeError as err:
-            raise RuntimeError(f'{ckpt} [{key}] does not fit {net_opt.get("type")}: {err}') from None
-        get_root_logger().info(f'SVKR weights from {ckpt} [{key}]')
-    return net.requires_grad_(False).eval()
+# ------------------------------------------------------------------------------------------ sampling parts
+@dataclass(frozen=True)
+class SamplingWindows:
+    """How one call cuts the image. ``tile`` / ``overlap``: as asked, in LR pixels (the SVKR's windows).
+    ``lr_*``: the VAE encoder's windows in LR pixels, rounded so that every window starts on a whole latent
+    pixel and has the network's size multiple; ``latent_*``: the UNet's and the VAE decoder's windows in
+    latent pixels. A ``None`` tile: the whole image is one window."""
+    scale: int
+    tile: int
+    overlap: int
+    lr_tile: Optional[int]
+    lr_overlap: int
+    lr_context: int
+    lr_multiple: int
+    latent_tile: Optional[int]
+    latent_overlap: int
+    latent_multiple: int
 
+    @classmethod
+    def plan(cls, tile, overlap, scale, vae_scale_factor, size_multiple):
+        """The windows of a call with ``tile`` (None / 0: untiled) and ``overlap`` LR pixels."""
+        s, f, m = scale, vae_scale_factor, size_multiple
+        tile = int(tile) if tile else 0
+        overlap = int(overlap)
+        if tile and not 0 <= overlap < tile:
+            raise OptionError('tile_overlap', overlap, f'expected 0 <= overlap < tile ({tile})')
+        lr_multiple = m // math.gcd(m, s)
+        lr_step = f // math.gcd(f, s)
+        if tile:
+            lr_tile = _round_up(max(tile, 1), lr_multiple)
+            lr_overlap = max(0, min(_round_up(overlap, lr_step), lr_tile - lr_step))
+            lr_context = max(lr_overlap, _round_up(2, lr_step))  # at least bicubic's reach
+            latent_tile, latent_overlap = lr_tile * s // f, lr_overlap * s // f
+        else:
+            lr_tile, lr_overlap, lr_context, latent_tile, latent_overlap = None, 0, 0, None, 0
+        return cls(s, tile, overlap, lr_tile, lr_overlap, lr_context, lr_multiple, latent_tile, latent_overlap,
+                   max(1, m // f))
+
+    @property
+    def tiled(self):
+        return self.lr_tile is not None
+
+
+class WindowVAETiling:
+    """``vae_tiling='windows'``: each window runs through the whole VAE and the overlaps are blended, so every
+    GroupNorm normalises with its own window's statistics. With one window it is the untiled VAE."""
+    name = 'windows'
+
+    def encode(self, net, lq, windows, progress=False, image=None):
+        """Padded LR image ``lq`` -> LR latent of its upsampling; each window upsamples its own LR window. With
+        ``image`` (HR size of ``lq``) that image is encoded instead, in the same windows at HR size."""
+        s = windows.scale
+        if image is not None:
+            return tiled_apply(lambda t: net.encode_image(t).float(), image, windows.lr_tile and windows.lr_tile * s,
+                               windows.lr_overlap * s, context=windows.lr_context * s,
+                               multiple=windows.lr_multiple * s, out_device=lq.device, progress=progress,
+                               desc='VAE encode')
+
+        def encode_window(t):
+            return net.encode_image(upsample_lr(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
+
+        return tiled_apply(encode_window, lq, windows.lr_tile, windows.lr_overlap, context=windows.lr_context,
+                           multiple=windows.lr_multiple, out_device=lq.device, progress=progress, desc='VAE encode')
+
+    def decode(self, net, latents, windows, push, out_device, progress=False):
+        """Latents -> image rows in [0, 1], handed top to bottom to ``push(row0, row1, rows)``."""
+        tiled_apply(lambda t: net.decode_latent(t).float(), latents, windows.latent_tile, windows.latent_overlap,
+                    context=windows.latent_overlap, multiple=windows.latent_multiple, out_device=out_device,
+                    progress=progress, desc='VAE decode', into={'out': push})
+
+
+class LayerwiseVAETiling:
+    """``vae_tiling='layerwise'``: ``ssr_utils.tiled_vae`` runs one layer at a time over the whole image in tiles,
+    every GroupNorm on whole-image statistics (the untiled VAE up to summation order). Its image-size
+    activations live in ``store``: ``memory`` (host memory) or ``disk`` (a temporary file)."""
+    name = 'layerwise'
+
+    def __init__(self, store='memory'):
+        self.store = store
+
+    def encode(self, net, lq, windows, progress=False, image=None):
+        s = windows.scale
+        image = (upsample_lr(lq, (lq.shape[-2] * s, lq.shape[-1] * s)) if image is None else image) * 2 - 1
+        latent = tiled_encode(net.vae, image, tile_size=windows.lr_tile * s, out_device=lq.device, store=self.store,
+                              progress=progress).mode()
+        return latent * net.vae.config.scaling_factor
+
+    def decode(self, net, latents, windows, push, out_device, progress=False):
+        # rows in [-1, 1] -> decode_latent's [0, 1]
+        tiled_decode(net.vae, latents / net.vae.config.scaling_factor, tile_size=windows.latent_tile,
+                     out_device=out_device, store=self.store, progress=progress,
+                     out=lambda r0, r1, rows: push(r0, r1, ((rows + 1) / 2).clamp(0, 1)))
+
+
+def vae_tiling_strategy(vae_tiling='windows', vae_store='memory', tiled=True):
+    """The VAE tiling of a call (checked): ``LayerwiseVAETiling`` for a tiled ``layerwise`` call, else
+    ``WindowVAETiling`` (untiled, both are the untiled VAE)."""
+    vae_tiling, vae_store = check_vae_tiling(vae_tiling, vae_store)
+    return LayerwiseVAETiling(vae_store) if tiled and vae_tiling == 'layerwise' else WindowVAETiling()
+
+
+class ConditionWindows:
+    """The AMF condition features of every latent window, computed on first use and kept where ``cache`` says
+    (``device``; ``cpu``, moved back each step; ``none``: recomputed every step), and the network's prediction
+    over the windows (``predict``), blended over the overlaps before the scheduler step."""
+
+    def __init__(self, net, lr_latent, depth, code, runner, cache, device):
+        self.net, self.lr_latent, self.depth, self.code = net, lr_latent, depth, code
+        self.runner, self.cache, self.device = runner, cache, device
+        self.features = {}
+
+    def __call__(self, window):
+        """The condition features of ``window`` = ``(y0, y1, x0, x1)`` in latent pixels."""
+        if window in self.features:
+            feats = self.features[window]
+            return _map_conds(feats, lambda x: x.to(self.device, non_blocking=True)) if self.cache == 'cpu' else feats
+        y0, y1, x0, x1 = window
+        code = None if self.code is None else self.code[..., y0:y1, x0:x1]
+        lr_latent = self.lr_latent[..., y0:y1, x0:x1]
+        depth = None if self.depth is None else self.depth[..., y0:y1, x0:x1]
+        feats = self.net.encode_conditions(lr_latent, depth, None if code is None else code.to(lr_latent.dtype),
+                                           size=(y1 - y0, x1 - x0))
+        if self.cache == 'device':
+            self.features[window] = feats
+        elif self.cache == 'cpu':
+            self.features[window] = _map_conds(feats, lambda x: x.to('cpu'))
+        return feats
+
+    def window_prediction(self, model_input, t, window):
+        if tuple(model_input.shape[-2:]) != (window[1] - window[0], window[3] - window[2]):
+            raise RuntimeError('SSRPipeline: latent window was padded; size multiple mismatch')
+        return self.net(model_input, t, conditions=self(window)).float()
+
+    def predict(self, model_input, t):
+        """The network's prediction (the noise, or v) for the whole latent ``model_input`` at step ``t``."""
+        return self.runner(lambda z, window: self.window_prediction(z, t, window), model_input)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The arguments of one ``SSRPipeline.__call__``, checked, with the pipeline's defaults filled in."""
+    num_inference_steps: int
+    strength: float
+    sampler: str
+    seed: int
+    color_fix: str
+    dtype: Optional[torch.dtype]
+    cond_cache: str
+    windows: SamplingWindows
+    vae_tiling: Any  # WindowVAETiling | LayerwiseVAETiling
 
 # ------------------------------------------------------------------------------------------ pipeline
 class SSRPipeline:
@@ -435,82 +486,36 @@ class SSRPipeline:
 
     strength_steps = staticmethod(strength_steps)
 
-    @torch.no_grad()
-    def denoise(self, latent_shape, predict, num_inference_steps=None, seed=None, strength=None, init_latent=None,
-                sampler=None, progress=False):
-        """The sampling loop: ``predict(model_input, t)`` is the network's prediction (the noise, or v with
-        ``prediction_type: v_prediction``; whole latent or tiled); returns the final latent (float32).
-
-        ``strength`` 1 starts from seeded pure noise. ``strength`` < 1 is diffusers' img2img start: only the
-        last ``int(steps * strength)`` steps of the schedule run, from ``init_latent`` (the VAE latent of the
-        upsampled LR image) noised with the same seeded noise to the first of them."""
-        steps = int(num_inference_steps or self.num_inference_steps)
-        strength = check_strength(self.strength if strength is None else strength, 'strength')
-        seed = self.seed if seed is None else seed
-        device = self.device
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(seed))
-        scheduler = self.sampling_scheduler(sampler)
-        scheduler.set_timesteps(steps, device=device)
-        z = torch.randn(latent_shape, generator=gen, device=device, dtype=torch.float32)
-        timesteps = scheduler.timesteps
-        if strength < 1:
-            if init_latent is None:
-                raise ValueError(f'SSRPipeline.denoise: strength {strength} < 1 needs init_latent (the LR latent)')
-            if tuple(init_latent.shape) != tuple(latent_shape):
-                raise ValueError(f'SSRPipeline.denoise: init_latent {tuple(init_latent.shape)} does not match the '
-                                 f'latent shape {tuple(latent_shape)}')
-            start, _ = strength_steps(steps, strength)
-            start *= scheduler.order
-            timesteps = timesteps[start:]
-            if hasattr(scheduler, 'set_begin_index'):
-                scheduler.set_begin_index(start)
-            t0 = timesteps[:1].repeat(latent_shape[0])
-            z = scheduler.add_noise(init_latent.to(device, torch.float32), z, t0)
-        else:
-            z = z * scheduler.init_noise_sigma
-        for t in tqdm(timesteps, desc='SSR sampling', disable=not progress, leave=False):
-            pred = predict(scheduler.scale_model_input(z, t), t)
-            z = scheduler.step(pred.float(), t, z).prev_sample
-        return z
-
-    @torch.no_grad()
-    def __call__(self, image, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
-                 tile_overlap=16, color_fix=None, dtype=None, depth=None, kernel=None, return_maps=False,
-                 progress=False, out=None, out_device=None, cond_cache='auto', vae_tiling='windows', vae_store='memory'):
-        """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays and PIL images).
-
-        ``tile`` / ``tile_overlap``: windows in LR pixels (None / 0: the whole image is one window).
-        ``depth`` (B×1×h×w) / ``kernel`` (B×k²×h×w), LR size: given maps instead of the SVKR's estimates.
-        ``out``: a float32 B×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
-        ``cond_cache``: where the per-window AMF features live between steps: ``device``, ``cpu``, ``none``
-        (recomputed every step), ``auto`` = ``device`` for one window, else ``cpu`` on CUDA and ``none`` elsewhere
-        (measured on CPU, bench_inference.py: same time, a third of the memory).
-        ``vae_tiling``: how ``tile`` cuts the VAE encoder and decoder: ``windows`` (default) runs each window
-        through the whole VAE and blends the overlaps, so every GroupNorm normalises with its own window's
-        statistics; ``layerwise`` runs ``ssr_utils.tiled_vae`` (one layer at a time over the whole image in
-        tiles, every GroupNorm on whole-image statistics: the untiled VAE up to summation order, no tone
-        seams). Its image-size activations live in ``vae_store``: ``memory`` (host memory, so the GPU holds
-        one tile) or ``disk`` (a temporary file, so host memory stays flat too). Without ``tile`` both are the
-        untiled VAE. Other arguments default to the pipeline's."""
+    # ------------------------------------------------------------------ sampling stages
+    def check_inputs(self, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
+                     tile_overlap=16, color_fix=None, dtype=None, cond_cache='auto', vae_tiling='windows',
+                     vae_store='memory'):
+        """Check the sampling arguments of ``__call__`` (an ``OptionError`` names a bad one) and fill in the
+        pipeline's defaults; returns the ``SamplingSettings`` the other stages read."""
         if self.unet is None:
             raise RuntimeError('SSRPipeline: this pipeline has no SSR network (an SVKR-only model); use svkr_only()')
-        lr, back, in_device = _as_batch(image)
         steps = int(num_inference_steps or self.num_inference_steps)
         if steps < 1:
             raise OptionError('num_inference_steps', num_inference_steps, 'expected an integer >= 1')
-        vae_tiling = check_vae_tiling(vae_tiling, vae_store)
-        res = self._sample(lr, tile, tile_overlap, steps, seed, strength, sampler,
-                           check_color_fix(self.color_fix if color_fix is None else color_fix, 'color_fix'),
-                           self.dtype if dtype is None else amp_dtype(dtype, 'dtype'), depth, kernel, return_maps,
-                           progress, out, torch.device(out_device) if out_device is not None else in_device, cond_cache,
-                           vae_tiling)
-        return SSRPipelineOutput(images=back(res['sr']), depth=res.get('depth'), kernel_variance=res.get('kvar'))
+        vae_tiling = vae_tiling_strategy(vae_tiling, vae_store, tiled=bool(tile))
+        color_fix = check_color_fix(self.color_fix if color_fix is None else color_fix, 'color_fix')
+        dtype = self.dtype if dtype is None else amp_dtype(dtype, 'dtype')
+        windows = SamplingWindows.plan(tile, tile_overlap, self.scale, self.unet.vae_scale_factor,
+                                       self.unet.size_multiple)
+        return SamplingSettings(
+            num_inference_steps=steps, strength=check_strength(self.strength if strength is None else strength,
+                                                               'strength'),
+            sampler=check_sampler(self.sampler if sampler is None else sampler, 'sampler'),
+            seed=int(self.seed if seed is None else seed), color_fix=color_fix, dtype=dtype,
+            cond_cache=check_cond_cache(cond_cache), windows=windows, vae_tiling=vae_tiling)
 
-    def _condition_maps(self, lr, depth, kernel, tile, overlap, dtype, return_maps, progress):
-        """LR-size depth, kernel code and (with ``return_maps``) kernel variance: the given maps, the rest from the
-        tiled SVKR; with ``network_g: lr_input: svkr`` also the SVKR's Iᵀ (``sr``, HR size), what the LR encoder
-        reads."""
+    @torch.no_grad()
+    def prepare_conditions(self, lr, depth=None, kernel=None, tile=None, tile_overlap=16, dtype=None, return_maps=False,
+                           progress=False):
+        """The LR-size maps SSR is conditioned on: ``depth`` (B×1×h×w), ``code`` (the kernel map's PCA code) and,
+        with ``return_maps``, ``kvar`` (kernel variance); the given ``depth`` / ``kernel`` maps, the rest from the
+        SVKR, tiled in LR space when ``tile`` is given; with ``network_g: lr_input: svkr`` also ``sr``, the SVKR's
+        Iᵀ (HR size), what the LR encoder reads. Returns a dict of the maps there are."""
         net, dev = self.unet, self.device
         need_depth, need_kernel = 'depth' in net.modalities, 'kernel' in net.modalities
         need_sr = net.lr_input == 'svkr'
@@ -536,135 +541,143 @@ class SSRPipeline:
                                   'depth= and kernel= maps)')
             want = []
         if want:
-            maps.update(svkr_tiled(self.svkr, lr, tile, overlap, want=want, kernel_code=net.kernel_code, dtype=dtype,
-                                   progress=progress, out_device=dev))
+            maps.update(svkr_tiled(self.svkr, lr, tile, tile_overlap, want=want, kernel_code=net.kernel_code,
+                                   dtype=dtype, progress=progress, out_device=dev))
             if need_depth and 'depth' not in maps:
                 raise OptionError('network_svkr:use_depth', False, 'the depth modality needs an SVKR with depth')
         return maps
 
-    def _sample(self, lr, tile, overlap, steps, seed, strength, sampler, color_fix, dtype, depth, kernel, return_maps,
-                progress, out, out_device, cond_cache, vae_tiling=('windows', 'memory')):
-        net, dev, s = self.unet, self.device, self.scale
-        layerwise = bool(tile) and vae_tiling[0] == 'layerwise'
-        f, m = net.vae_scale_factor, net.size_multiple
-        lm = max(1, m // f)
-        tile = int(tile) if tile else 0
-        overlap = int(overlap)
-        if tile and not 0 <= overlap < tile:
-            raise OptionError('tile_overlap', overlap, f'expected 0 <= overlap < tile ({tile})')
+    @torch.no_grad()
+    def encode_lr(self, lq, windows, vae_tiling=None, progress=False, svkr_sr=None):
+        """The padded LR image ``lq`` (``pad_lr``), upsampled to the output size and VAE-encoded: the scaled LR
+        latent (float32) the conditions and a ``strength`` < 1 start from. ``windows``: ``SamplingWindows``;
+        ``vae_tiling``: the VAE tiling strategy (default: ``WindowVAETiling``). With ``svkr_sr`` (the SVKR's Iᵀ of
+        the unpadded image; ``network_g: lr_input: svkr``) that image, padded as ``lq`` is, is encoded instead:
+        restoration, then generation."""
+        vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
+        image = None
+        if svkr_sr is not None:
+            s = windows.scale
+            image = svkr_sr.to(lq.device).float().clamp(0, 1)
+            gh, gw = lq.shape[-2] * s - image.shape[-2], lq.shape[-1] * s - image.shape[-1]
+            if gh or gw:
+                mode = 'reflect' if gh < image.shape[-2] and gw < image.shape[-1] else 'replicate'
+                image = F.pad(image, (0, gw, 0, gh), mode=mode)
+        return vae_tiling.encode(self.unet, lq, windows, progress, image=image)
+
+    def condition_windows(self, lr_latent, maps, windows, cond_cache='auto'):
+        """The ``ConditionWindows`` of a call: the LR latent and the maps of ``prepare_conditions`` (padded as the
+        image was and resized to the latent) cut into the UNet's windows; its ``predict`` is what ``denoise``
+        runs at every step. ``cond_cache``: see ``__call__``."""
+        net, dev = self.unet, self.device
+        zh, zw = lr_latent.shape[-2:]
+        f, s = net.vae_scale_factor, self.scale
+        depth = maps.get('depth') if 'depth' in net.modalities else None
+        code = maps.get('code') if 'kernel' in net.modalities else None
+        lr_size = (zh * f // s, zw * f // s)  # the padded LR image's: its upsampling is a whole number of latents
+        depth, code = (_latent_map(x, lr_size, (zh, zw)) for x in (depth, code))
+        runner = TiledRunner(windows.latent_tile, windows.latent_overlap, context=0, multiple=windows.latent_multiple,
+                             out_device=dev, with_window=True)
+        if check_cond_cache(cond_cache) == 'auto':  # one window (a whole image): its features are computed once
+            one = len(runner.windows(zh, zw)[0]) == 1
+            cond_cache = 'device' if one else ('cpu' if dev.type == 'cuda' else 'none')
+        return ConditionWindows(net, lr_latent, depth, code, runner, cond_cache, dev)
+
+    def prepare_timesteps(self, num_inference_steps=None, strength=None, sampler=None):
+        """A fresh sampling scheduler (``sampling_scheduler``) set to ``num_inference_steps`` and the timesteps
+        that run: all of them for ``strength`` 1, the last ``int(steps · strength)`` below 1 (diffusers' img2img
+        rule). Returns ``(scheduler, timesteps)``."""
+        steps = int(num_inference_steps or self.num_inference_steps)
+        strength = check_strength(self.strength if strength is None else strength, 'strength')
+        scheduler = self.sampling_scheduler(sampler)
+        scheduler.set_timesteps(steps, device=self.device)
+        timesteps = scheduler.timesteps
+        if strength < 1:
+            start = strength_steps(steps, strength)[0] * scheduler.order
+            timesteps = timesteps[start:]
+            if hasattr(scheduler, 'set_begin_index'):
+                scheduler.set_begin_index(start)
+        return scheduler, timesteps
+
+    def prepare_latents(self, latent_shape, scheduler, timesteps, generator, init_latent=None):
+        """The starting latent (float32): seeded noise from ``generator`` (a ``torch.Generator`` on the pipeline's
+        device), scaled for the scheduler; with ``init_latent`` (the LR latent, for ``strength`` < 1) that latent
+        noised with the same noise to the first of ``timesteps``."""
+        latents = torch.randn(latent_shape, generator=generator, device=self.device, dtype=torch.float32)
+        if init_latent is None:
+            return latents * scheduler.init_noise_sigma
+        if tuple(init_latent.shape) != tuple(latent_shape):
+            raise ValueError(f'SSRPipeline.prepare_latents: init_latent {tuple(init_latent.shape)} does not match the '
+                             f'latent shape {tuple(latent_shape)}')
+        t0 = timesteps[:1].repeat(latent_shape[0])
+        return scheduler.add_noise(init_latent.to(self.device, torch.float32), latents, t0)
+
+    @torch.no_grad()
+    def denoise(self, latents, scheduler, timesteps, predict, progress=False):
+        """The sampling loop: at every timestep ``predict(model_input, t)`` is the network's prediction (the
+        noise, or v with ``prediction_type: v_prediction``; e.g. ``ConditionWindows.predict``) and the scheduler
+        steps; returns the final latent (float32)."""
+        for t in tqdm(timesteps, desc='SSR sampling', disable=not progress, leave=False):
+            pred = predict(scheduler.scale_model_input(latents, t), t)
+            latents = scheduler.step(pred.float(), t, latents).prev_sample
+        return latents
+
+    @torch.no_grad()
+    def decode(self, latents, lq, windows, color_fix, out, vae_tiling=None, out_device=None, progress=False):
+        """The final latent -> the image, written into ``out`` (B×3×(h·s)×(w·s), the unpadded size): VAE-decoded
+        (``vae_tiling``, default ``WindowVAETiling``) in row bands that stream through the colour correction
+        (``color_fix`` against the upsampled padded LR image ``lq``). Returns ``out``."""
+        vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
+        out_device = out.device if out_device is None else out_device
+        s = self.scale
+        fixer = StreamingColorFix(color_fix, lambda a, b: upsample_lr_rows(lq, s, a, b).to(out_device).float(),
+                                  lq.shape[-2] * s, out)
+        vae_tiling.decode(self.unet, latents, windows, fixer.push, out_device, progress)
+        fixer.finish()
+        return out
+
+    @torch.no_grad()
+    def __call__(self, image, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
+                 tile_overlap=16, color_fix=None, dtype=None, depth=None, kernel=None, return_maps=False,
+                 progress=False, out=None, out_device=None, cond_cache='auto', vae_tiling='windows', vae_store='memory'):
+        """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays and PIL images).
+
+        ``tile`` / ``tile_overlap``: windows in LR pixels (None / 0: the whole image is one window).
+        ``depth`` (B×1×h×w) / ``kernel`` (B×k²×h×w), LR size: given maps instead of the SVKR's estimates.
+        ``out``: a float32 B×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
+        ``cond_cache``: where the per-window AMF features live between steps: ``device``, ``cpu``, ``none``
+        (recomputed every step), ``auto`` = ``device`` for one window, else ``cpu`` on CUDA and ``none`` elsewhere
+        (measured on CPU, bench_inference.py: same time, a third of the memory).
+        ``vae_tiling``: how ``tile`` cuts the VAE encoder and decoder: ``windows`` (default,
+        ``WindowVAETiling``) or ``layerwise`` (``LayerwiseVAETiling``, no tone seams; its image-size activations
+        in ``vae_store``: ``memory`` or ``disk``). Without ``tile`` both are the untiled VAE. Other arguments
+        default to the pipeline's.
+
+        The stages, each a method: ``check_inputs`` -> ``prepare_conditions`` (SVKR maps) -> ``encode_lr`` ->
+        ``condition_windows`` -> ``prepare_timesteps`` / ``prepare_latents`` -> ``denoise`` -> ``decode``."""
+        run = self.check_inputs(num_inference_steps, strength, sampler, seed, tile, tile_overlap, color_fix, dtype,
+                                cond_cache, vae_tiling, vae_store)
+        lr, back, in_device = _as_batch(image)
+        out_device = torch.device(out_device) if out_device is not None else in_device
+        lr, dev = lr.to(self.device), self.device
         b, _, h, w = lr.shape
-        lr = lr.to(dev)
-        with eval_mode(net, self.svkr):
-            maps = self._condition_maps(lr, depth, kernel, tile, overlap, dtype, return_maps, progress)
-            lq, _ = pad_lr(lr, s, m)
-            hp, wp = lq.shape[-2:]
-
-            def pad_map(x):
-                if x is None or tuple(x.shape[-2:]) == (hp, wp):
-                    return x
-                return F.pad(x, (0, wp - x.shape[-1], 0, hp - x.shape[-2]), mode='replicate')
-
-            depth_p = pad_map(maps.get('depth')) if 'depth' in net.modalities else None
-            code_p = pad_map(maps.get('code')) if 'kernel' in net.modalities else None
-            # what the LR encoder reads and strength < 1 starts from: the upsampled LR image (paper), or the
-            # SVKR's Iᵀ (network_g: lr_input: svkr), padded as the LR image is
-            guide = maps.get('sr')
-            if guide is not None:
-                guide = guide.to(dev).clamp(0, 1)
-                gh, gw = hp * s - guide.shape[-2], wp * s - guide.shape[-1]
-                if gh or gw:
-                    mode = 'reflect' if gh < guide.shape[-2] and gw < guide.shape[-1] else 'replicate'
-                    guide = F.pad(guide, (0, gw, 0, gh), mode=mode)
-            # LR windows of the VAE encoder: whole latent pixels at every start, the network's size multiple
-            lr_mult = m // math.gcd(m, s)
-            lr_step = f // math.gcd(f, s)
-            if tile:
-                tile_lr = _round_up(max(tile, 1), lr_mult)
-                overlap_lr = max(0, min(_round_up(overlap, lr_step), tile_lr - lr_step))
-                context_lr = max(overlap_lr, _round_up(2, lr_step))  # at least bicubic's reach
-                lt, lo = tile_lr * s // f, overlap_lr * s // f
-            else:  # the whole image is one window
-                tile_lr, overlap_lr, context_lr, lt, lo = None, 0, 0, None, 0
+        with eval_mode(self.unet, self.svkr):
+            maps = self.prepare_conditions(lr, depth, kernel, run.windows.tile, run.windows.overlap, run.dtype,
+                                           return_maps, progress)
+            lq, _ = pad_lr(lr, self.scale, self.unet.size_multiple)
             if out is None:
-                out = torch.empty((b, 3, h * s, w * s), dtype=torch.float32, device=out_device)
-
-            def encode_window(t):
-                return net.encode_image(upsample_lr(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
-
-            with autocast(dev, dtype):
-                if layerwise:
-                    image = (upsample_lr(lq, (hp * s, wp * s)) if guide is None else guide) * 2 - 1
-                    z_lr = tiled_encode(net.vae, image, tile_size=tile_lr * s, out_device=dev, store=vae_tiling[1],
-                                        progress=progress).mode() * net.vae.config.scaling_factor
-                    del image
-                elif guide is None:
-                    z_lr = tiled_apply(encode_window, lq, tile_lr, overlap_lr, context=context_lr, multiple=lr_mult,
-                                       out_device=dev, progress=progress, desc='VAE encode')
-                else:  # the same windows at HR size
-                    z_lr = tiled_apply(lambda t: net.encode_image(t).float(), guide, tile_lr and tile_lr * s,
-                                       overlap_lr * s, context=context_lr * s, multiple=lr_mult * s, out_device=dev,
-                                       progress=progress, desc='VAE encode')
-                zh, zw = z_lr.shape[-2:]
-
-                def to_latent(x):
-                    if x is None or tuple(x.shape[-2:]) == (zh, zw):
-                        return x
-                    return F.interpolate(x, size=(zh, zw), mode='bilinear', align_corners=False, antialias=True)
-
-                depth_l, code_l = to_latent(depth_p), to_latent(code_p)
-                runner = TiledRunner(lt, lo, context=0, multiple=lm, out_device=dev, with_window=True)
-                if cond_cache not in ('auto', 'device', 'cpu', 'none'):
-                    raise OptionError('cond_cache', cond_cache, 'expected auto, device, cpu or none')
-                cache = cond_cache
-                if cache == 'auto':  # one window (a whole image): its features are computed once
-                    one = len(runner.windows(zh, zw)[0]) == 1
-                    cache = 'device' if one else ('cpu' if dev.type == 'cuda' else 'none')
-                conds = {}
-
-                def window_conds(win):
-                    if win in conds:
-                        c = conds[win]
-                        return _map_conds(c, lambda x: x.to(dev, non_blocking=True)) if cache == 'cpu' else c
-                    y0, y1, x0, x1 = win
-                    crop = (lambda x: None if x is None else x[..., y0:y1, x0:x1])
-                    z_win = z_lr[..., y0:y1, x0:x1]
-                    code_win = crop(code_l)
-                    code_win = None if code_win is None else code_win.to(z_win.dtype)
-                    c = net.encode_conditions(z_win, crop(depth_l), code_win, size=(y1 - y0, x1 - x0))
-                    if cache == 'device':
-                        conds[win] = c
-                    elif cache == 'cpu':
-                        conds[win] = _map_conds(c, lambda x: x.to('cpu'))
-                    return c
-
-                def predict(inp, t):
-
-                    def window_prediction(zt, win):
-                        if tuple(zt.shape[-2:]) != (win[1] - win[0], win[3] - win[2]):
-                            raise RuntimeError('SSRPipeline: latent window was padded; size multiple mismatch')
-                        return net(zt, t, conditions=window_conds(win)).float()
-
-                    return runner(window_prediction, inp)
-
-                z = self.denoise(z_lr.shape, predict, steps, seed, strength, init_latent=z_lr, sampler=sampler,
-                                 progress=progress)
-                fixer = StreamingColorFix(color_fix,
-                                          lambda a, b_: upsample_lr_rows(lq, s, a, b_).to(out_device).float(),
-                                          hp * s, out)
-                if layerwise:  # rows in [-1, 1] -> decode_latent's [0, 1], streamed into the colour fix
-                    tiled_decode(net.vae, z / net.vae.config.scaling_factor, tile_size=lt, out_device=out_device,
-                                 store=vae_tiling[1], progress=progress,
-                                 out=lambda r0, r1, rows: fixer.push(r0, r1, ((rows + 1) / 2).clamp(0, 1)))
-                else:
-                    tiled_apply(lambda t: net.decode_latent(t).float(), z, lt, lo, context=lo, multiple=lm,
-                                out_device=out_device, progress=progress, desc='VAE decode', into={'out': fixer.push})
-                fixer.finish()
-        res = {'sr': out}
-        if maps.get('depth') is not None:
-            res['depth'] = maps['depth']
-        if return_maps:
-            res['kvar'] = maps.get('kvar')
-        return res
+                out = torch.empty((b, 3, h * self.scale, w * self.scale), dtype=torch.float32, device=out_device)
+            with autocast(dev, run.dtype):
+                lr_latent = self.encode_lr(lq, run.windows, run.vae_tiling, progress, svkr_sr=maps.get('sr'))
+                conditions = self.condition_windows(lr_latent, maps, run.windows, run.cond_cache)
+                scheduler, timesteps = self.prepare_timesteps(run.num_inference_steps, run.strength, run.sampler)
+                generator = torch.Generator(device=dev).manual_seed(run.seed)
+                latents = self.prepare_latents(lr_latent.shape, scheduler, timesteps, generator,
+                                               init_latent=lr_latent if run.strength < 1 else None)
+                latents = self.denoise(latents, scheduler, timesteps, conditions.predict, progress)
+                self.decode(latents, lq, run.windows, run.color_fix, out, run.vae_tiling, out_device, progress)
+        return SSRPipelineOutput(images=back(out), depth=maps.get('depth'),
+                                 kernel_variance=maps.get('kvar') if return_maps else None)
 
     @torch.no_grad()
     def svkr_only(self, image, tile=None, tile_overlap=16, dtype=None, return_maps=False, progress=False, out=None,
@@ -685,138 +698,13 @@ class SSRPipeline:
 
     # ------------------------------------------------------------------ folders
     def save_pretrained(self, save_directory):
-        """Write the model folder (see the module doc); ``model_index.json`` last, so a folder that has it is
-        complete."""
-        os.makedirs(save_directory, exist_ok=True)
-        components = {}
-        if self.unet is not None:
-            self.unet.save_pretrained(osp.join(save_directory, UNET_FOLDER))
-            compat.save_scheduler(self.scheduler, osp.join(save_directory, SCHEDULER_FOLDER))
-            components.update(ssr_unet=['ssr_arch', 'SSRUNet'], scheduler=['diffusers', type(self.scheduler).__name__])
-        pca = self.kernel_pca()
-        if pca is not None:
-            pca.save(osp.join(save_directory, KERNEL_PCA_FILE))
-        if self.svkr is not None:
-            self._save_svkr(osp.join(save_directory, SVKR_FOLDER), pca)
-            components['svkr'] = ['ssr_arch', type(self.svkr).__name__]
-        config = dict(_class_name=type(self).__name__, components=components, **self.config)
-        with atomic_write(osp.join(save_directory, self.config_name), 'w') as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-
-    def _save_svkr(self, folder, pca):
-        from safetensors.torch import save as safetensors_bytes
-        os.makedirs(folder, exist_ok=True)
-        config = deepcopy(self.svkr.config)
-        depth_opt = config.get('depth_opt') or {}
-        if depth_opt.get('model_path'):
-            depth_opt['model_path'] = osp.abspath(depth_opt['model_path'])
-        sr_opt = dict(config.get('sr_opt') or {'type': 'NBSR'})
-        nbsr_pca = getattr(self.svkr.sr_net, 'pca', None)
-        same = pca is not None and nbsr_pca is not None and pca.components.shape == nbsr_pca.components.shape and \
-            torch.equal(pca.components.cpu(), nbsr_pca.components.cpu()) and \
-            torch.equal(pca.mean.cpu(), nbsr_pca.mean.cpu())
-        # the folder's kernel_pca.pth builds the NBSR's basis (the weights hold it too)
-        sr_opt['pca_path'] = KERNEL_PCA_FILE if same else None
-        if nbsr_pca is not None:
-            sr_opt['pca_dim'] = int(nbsr_pca.dim)
-        config['sr_opt'] = sr_opt
-        with atomic_write(osp.join(folder, 'config.json'), 'w') as f:
-            json.dump(dict(type=type(self.svkr).__name__, **config), f, indent=2, sort_keys=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.svkr.state_dict().items()
-                   if not k.startswith(_SVKR_REFERENCED)}
-        with atomic_write(osp.join(folder, SVKR_WEIGHTS)) as f:
-            f.write(safetensors_bytes(tensors, metadata={'format': 'pt'}))
-
-    @staticmethod
-    def _load_svkr(folder, model_folder):
-        from safetensors.torch import load_file
-        with open(osp.join(folder, 'config.json')) as f:
-            config = json.load(f)
-        sr_opt = config.get('sr_opt') or {}
-        if sr_opt.get('pca_path') == KERNEL_PCA_FILE:
-            sr_opt['pca_path'] = osp.join(model_folder, KERNEL_PCA_FILE)
-        net = build_network(config)
-        weights = osp.join(folder, SVKR_WEIGHTS)
-        missing, unexpected = net.load_state_dict(load_file(weights), strict=False)
-        missing = [k for k in missing if not k.startswith(_SVKR_REFERENCED)]
-        if missing or unexpected:
-            raise KeyError(f'{weights} does not fit {config.get("type")}: missing {missing[:5]}, '
-                           f'unexpected {unexpected[:5]}')
-        return net.requires_grad_(False).eval()
-
-    @classmethod
-    def check_folder(cls, folder):
-        """Stop with a ``FileNotFoundError`` naming the first file a model folder lacks."""
-        if not osp.isdir(folder):
-            raise FileNotFoundError(f'{folder}: model folder does not exist (make one with scripts/export_model.py)')
-        index = osp.join(folder, cls.config_name)
-        if not osp.isfile(index):
-            raise FileNotFoundError(f'{folder}: not a complete SSR model folder (no {cls.config_name}; make one with '
-                                    'scripts/export_model.py)')
-        with open(index) as f:
-            components = json.load(f).get('components') or {}
-        needed = {'ssr_unet': (osp.join(UNET_FOLDER, SSRUNet.config_name), osp.join(UNET_FOLDER, UNET_WEIGHTS)),
-                  'scheduler': (osp.join(SCHEDULER_FOLDER, 'scheduler_config.json'), ),
-                  'svkr': (osp.join(SVKR_FOLDER, 'config.json'), osp.join(SVKR_FOLDER, SVKR_WEIGHTS))}
-        for name in components:
-            for rel in needed.get(name, ()):
-                if not osp.isfile(osp.join(folder, rel)):
-                    raise FileNotFoundError(f'{folder}: incomplete model folder, no {rel}')
+        """Write the model folder (``ssr_pipelines.model_folder``); ``model_index.json`` last, so a folder that has
+        it is complete."""
+        save_model_folder(self, save_directory)
 
     @classmethod
     def from_pretrained(cls, folder, device=None, dtype=None):
         """Load a folder written by ``save_pretrained`` (local paths only) onto ``device`` (default: CPU).
         ``dtype``: the default autocast precision of the loaded pipeline."""
-        from diffusers import DDPMScheduler
-        cls.check_folder(folder)
-        with open(osp.join(folder, cls.config_name)) as f:
-            config = json.load(f)
-        components = config.pop('components', {}) or {}
-        config = {k: v for k, v in config.items() if not k.startswith('_')}
-        unet = scheduler = svkr = None
-        if 'ssr_unet' in components:
-            with _referenced_path(osp.join(folder, UNET_FOLDER, 'config.json'), 'the Stable Diffusion base'):
-                unet = SSRUNet.from_pretrained(osp.join(folder, UNET_FOLDER)).requires_grad_(False).eval()
-            scheduler = DDPMScheduler.from_pretrained(osp.join(folder, SCHEDULER_FOLDER))
-        if 'svkr' in components:
-            with _referenced_path(osp.join(folder, SVKR_FOLDER, 'config.json'), 'the depth network', 'depth_opt:'):
-                svkr = cls._load_svkr(osp.join(folder, SVKR_FOLDER), folder)
-        pipe = cls(unet, scheduler, svkr, dtype=dtype, **config)
-        return pipe.to(device if device is not None else 'cpu')
-
-    @classmethod
-    def from_options(cls, opt, device=None, dtype=None):
-        """Build from a parsed BasicSR option dict with resolved paths: an SSR one (``network_g: SSRUNet`` with
-        ``path:pretrain_network_g``; ``network_svkr`` with ``path:pretrain_network_svkr``; the ``diffusion``
-        block) or an SVKR one (``network_g: SVKR`` with ``path:pretrain_network_g``). Weights are the EMA ones
-        where the checkpoint has them (``param_key_*``, default ``params_ema``). No weights: an OptionError."""
-        path_opt = opt.get('path') or {}
-        net_opt = opt.get('network_g') or {}
-        svkr = unet = scheduler = None
-        if net_opt.get('type') == 'SVKR':
-            if not svkr_has_weights(net_opt, path_opt, 'pretrain_network_g'):
-                raise OptionError('path:pretrain_network_g', None, 'the SVKR has no trained weights (e.g. '
-                                  'experiments/<name>/models/net_g_latest.pth of options/train_svkr.yml)')
-            svkr = build_svkr_from_options(net_opt, path_opt, 'pretrain_network_g', 'param_key_g')
-            return cls(None, None, svkr, scale=opt.get('scale'), dtype=dtype).to(device or 'cpu')
-        if net_opt.get('type') != 'SSRUNet':
-            raise OptionError('network_g:type', net_opt.get('type'), 'expected SSRUNet (an SSR option file) or SVKR')
-        if opt.get('network_svkr') is not None:
-            if not svkr_has_weights(opt['network_svkr'], path_opt):
-                raise OptionError('path:pretrain_network_svkr', None, SVKR_WEIGHTS_HINT)
-            svkr = build_svkr_from_options(opt['network_svkr'], path_opt, 'pretrain_network_svkr', 'param_key_svkr')
-        net_opt = deepcopy(net_opt)
-        net_opt.pop('type')
-        unet = SSRUNet(**net_opt)
-        ckpt = path_opt.get('pretrain_network_g')
-        if not ckpt:
-            raise OptionError('path:pretrain_network_g', None, 'the trained SSR weights are needed (e.g. '
-                              'experiments/<name>/models/net_g_latest.pth)')
-        state, key = read_state_dict(ckpt, path_opt.get('param_key_g', 'params_ema'))
-        unet.load_saved_state_dict(state, source=f'{ckpt} [{key}]')
-        unet.requires_grad_(False).eval()
-        adopt_svkr_kernel_pca(unet, svkr)
-        scheduler = scheduler_from_options(opt.get('diffusion'), unet.config['pretrained_path'])
-        pipe = cls(unet, scheduler, svkr, scale=opt.get('scale'), dtype=dtype,
-                   **sampling_options(opt.get('diffusion')))
-        return pipe.to(device or 'cpu')
+        unet, scheduler, svkr, config = load_model_folder(folder)
+        return cls(unet, scheduler, svkr, dtype=dtype, **config).to(device if device is not None else 'cpu')

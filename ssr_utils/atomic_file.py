@@ -1,4 +1,6 @@
-"""Files that are either complete or absent: write to a temporary file beside the target, then rename."""
+"""Files and folders that are either complete or absent: written under a temporary name beside the target, then
+renamed (``atomic_write``, ``atomic_torch_save``; ``atomic_directory`` for a whole folder: model folders, LMDBs,
+test sets)."""
 import os
 import os.path as osp
 import shutil
@@ -10,6 +12,18 @@ def _default_permissions():
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
+
+
+def _sync_folder(folder):
+    """Make a rename inside ``folder`` durable (where the file system allows it)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
 
 
 @contextmanager
@@ -41,14 +55,7 @@ def atomic_write(path, mode='wb', **open_kwargs):
                 os.remove(osp.join(folder, entry))
             except OSError:
                 pass
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    _sync_folder(folder)
 
 
 def atomic_torch_save(obj, path):
@@ -119,11 +126,4 @@ def atomic_directory(path, overwrite=False, report=None):
         if osp.exists(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    try:
-        dir_fd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    _sync_folder(parent)

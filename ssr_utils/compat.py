@@ -1,12 +1,19 @@
 """The one compatibility layer between ``basicsr==1.4.2`` (and the other third-party packages) and today's stack.
 
-``apply()`` must run before ``basicsr`` is imported (the first fix is needed for the import itself);
-it is idempotent and every SSR package calls it on import. Each fix names the quirk it works
-around and the version it is for; drop a fix once BasicSR releases its own. Fixes of other packages
-that callers use directly (not patches) are plain functions here too (Fix 7).
+Two entry points, both idempotent:
+
+* ``apply()``: the fixes every use needs (Fixes 1, 4, 8, 10); every SSR package calls it on import, and it must
+  run before ``basicsr`` is first imported (Fixes 1 and 10 are needed by the import itself). It imports none
+  of BasicSR's training machinery: ``import ssr_pipelines`` does not import ``basicsr.train``.
+* ``apply_training()``: ``apply()`` plus the patches of BasicSR's training and test machinery (Fixes 2, 3, 5,
+  6: its pipelines, ``BaseModel``, degradations, distributed start); the training side calls it (``ssr_models``
+  on import, the launchers).
+
+Each fix names the quirk it works around and the version it is for; drop a fix once BasicSR releases its
+own. Fixes of other packages that callers use directly (not patches) are plain functions here too (Fix 7).
 """
-import argparse
 import functools
+import importlib.util
 import logging
 import os
 import os.path as osp
@@ -20,7 +27,24 @@ from ssr_utils.atomic_file import atomic_torch_save
 from ssr_utils.errors import OptionError
 
 _APPLIED = False
+_TRAINING_APPLIED = False
 _LOCK = threading.Lock()
+
+
+# ----------------------------------------------------------------------------------------------
+# Fix 10 (basicsr 1.4.2 ``basicsr/__init__.py``): importing any part of basicsr runs the package's
+# __init__, which star-imports every subpackage and ``basicsr.train`` / ``basicsr.test``: all of
+# BasicSR's models, datasets, losses and its training pipeline, for a network registry or a logger.
+# Register the package without running its __init__; each subpackage then loads when it is imported
+# (the launchers import ``basicsr.train``, which loads the rest as BasicSR does).
+# ----------------------------------------------------------------------------------------------
+def _lazy_basicsr_package():
+    if 'basicsr' in sys.modules:
+        return
+    spec = importlib.util.find_spec('basicsr')
+    if spec is None or not spec.submodule_search_locations or spec.origin is None:
+        return  # not installed (or only the launchers' folder): the import says so where it is used
+    sys.modules['basicsr'] = importlib.util.module_from_spec(spec)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,15 +207,11 @@ def _wrap_jpg_quality(add_jpg_compression):
 # gloo without). The option file is read here because `parse_options` reads it only after.
 # ----------------------------------------------------------------------------------------------
 def dist_backend_from_argv(argv):
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', type=str)
-    args, _ = parser.parse_known_args(argv)
+    from ssr_utils.option_file import option_file_argument, read_option_file
+    path = option_file_argument(argv)
     backend = None
-    if args.opt and osp.isfile(args.opt):
-        import yaml
-        with open(args.opt, 'r') as f:
-            opt = yaml.safe_load(f) or {}
-        backend = (opt.get('dist_params') or {}).get('backend')
+    if path and osp.isfile(path):
+        backend = (read_option_file(path).get('dist_params') or {}).get('backend')
     if backend is None:
         backend = 'nccl' if torch.cuda.is_available() else 'gloo'
     return backend
@@ -290,32 +310,47 @@ def own_weights(module):
 
 
 def apply():
-    """Apply every fix (idempotent). Must run before the first ``import basicsr``."""
+    """The fixes every use needs (idempotent; imports no training machinery). Must run before the first
+    ``import basicsr``."""
     global _APPLIED
     if _APPLIED:
         return
     with _LOCK:
         if _APPLIED:
             return
+        _lazy_basicsr_package()
         _fix_functional_tensor()
         _fix_empty_fp32_modules_warning()
+        import basicsr.utils.file_client as file_client
+        file_client.LmdbBackend.__init__ = _lmdb_backend_init
+        _APPLIED = True
+
+
+def apply_training():
+    """``apply()`` and the patches of BasicSR's training and test machinery (idempotent); the training side
+    (``ssr_models``, the launchers) calls it."""
+    global _TRAINING_APPLIED
+    apply()
+    if _TRAINING_APPLIED:
+        return
+    with _LOCK:
+        if _TRAINING_APPLIED:
+            return
         import basicsr.data.degradations as degradations
         import basicsr.models.base_model as base_model
         import basicsr.train as bsr_train
         import basicsr.utils.dist_util as dist_util
-        import basicsr.utils.file_client as file_client
         import basicsr.utils.options as bsr_options
 
         bsr_train.load_resume_state = load_resume_state
         base_model.BaseModel.save_network = _save_network
         base_model.BaseModel.save_training_state = _save_training_state
         base_model.BaseModel.model_to_device = _model_to_device
-        file_client.LmdbBackend.__init__ = _lmdb_backend_init
         if not getattr(degradations.add_jpg_compression, '__ssr_compat__', False):
             degradations.add_jpg_compression = _wrap_jpg_quality(degradations.add_jpg_compression)
         dist_util.init_dist = _init_dist
         bsr_options.init_dist = _init_dist
-        _APPLIED = True
+        _TRAINING_APPLIED = True
 
 
 def end_distributed():

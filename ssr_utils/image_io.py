@@ -11,16 +11,20 @@ starts with the file name, so a folder run can report it and go on.
 
 EXIF orientation is applied: a phone photo stored sideways with an orientation tag (2-8, e.g. 6 for a
 portrait shot) is turned upright on reading, as image viewers show it, for JPEG, PNG (``eXIf`` chunk),
-WebP (``EXIF`` chunk) and TIFF. Outputs are written upright and without an orientation tag, so they
+WebP (``EXIF`` chunk) and TIFF (the tag read by Pillow, the pixels decoded by OpenCV, which keeps 16-bit and
+float data). Outputs are written upright and without an orientation tag, so they
 display the same everywhere. ``LoadedImage.info['exif_orientation']`` keeps the tag that was found.
 """
+import io
 import os
 import os.path as osp
+import warnings
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 
 from ssr_utils.atomic_file import atomic_write
 
@@ -83,75 +87,28 @@ def _check_complete(path, data):
 ORIENTATION_TAG = 0x0112
 
 
-def _tiff_orientation(block):
-    """The orientation entry of the first IFD of a TIFF structure (an EXIF block is one); 1 if absent."""
-    if len(block) < 8 or block[:2] not in (b'II', b'MM'):
-        return 1
-    order = 'little' if block[:2] == b'II' else 'big'
-    if int.from_bytes(block[2:4], order) != 42:
-        return 1
-    ifd = int.from_bytes(block[4:8], order)
-    if ifd + 2 > len(block):
-        return 1
-    for i in range(int.from_bytes(block[ifd:ifd + 2], order)):
-        entry = block[ifd + 2 + 12 * i:ifd + 14 + 12 * i]
-        if len(entry) < 12:
-            break
-        if int.from_bytes(entry[:2], order) == ORIENTATION_TAG:
-            kind = int.from_bytes(entry[2:4], order)
-            value = int.from_bytes(entry[8:10], order) if kind == 3 else int.from_bytes(entry[8:12], order)
-            return value if 1 <= value <= 8 else 1
-    return 1
-
-
-def _exif_block(data):
-    """The EXIF (TIFF-structured) block of JPEG / PNG / WebP bytes, or None."""
-    if data[:3] == b'\xff\xd8\xff':  # JPEG: APP1 "Exif\0\0" among the segments before the scan
-        i = 2
-        while i + 4 <= len(data) and data[i] == 0xFF:
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-                i += 2
-                continue
-            if marker in (0xDA, 0xD9):
-                return None
-            length = int.from_bytes(data[i + 2:i + 4], 'big')
-            if marker == 0xE1 and data[i + 4:i + 10] == b'Exif\0\0':
-                return data[i + 10:i + 2 + length]
-            i += 2 + length
-        return None
-    if data[:8] == b'\x89PNG\r\n\x1a\n':  # PNG: the eXIf chunk (before or after the image data)
-        i = 8
-        while i + 8 <= len(data):
-            length = int.from_bytes(data[i:i + 4], 'big')
-            kind = data[i + 4:i + 8]
-            if kind == b'eXIf':
-                return data[i + 8:i + 8 + length]
-            if kind == b'IEND':
-                return None
-            i += 12 + length
-        return None
-    if data[:4] == b'RIFF' and data[8:12] == b'WEBP':  # WebP: the EXIF chunk of the extended format
-        i = 12
-        while i + 8 <= len(data):
-            kind, length = data[i:i + 4], int.from_bytes(data[i + 4:i + 8], 'little')
-            if kind == b'EXIF':
-                block = data[i + 8:i + 8 + length]
-                return block[6:] if block[:6] == b'Exif\0\0' else block
-            i += 8 + length + (length & 1)
-        return None
-    return None
+def _exif(img):
+    """The EXIF directory Pillow read with the header of ``img``. A PNG's ``getexif`` would decode the whole
+    image to look for an eXIf chunk behind the pixel data; the chunk that writers put before it is enough here."""
+    if img.format != 'PNG':
+        return img.getexif()
+    exif = Image.Exif()
+    if img.info.get('exif'):
+        exif.load(img.info['exif'])
+    return exif
 
 
 def exif_orientation(data):
-    """EXIF orientation (1-8) of encoded JPEG / PNG / WebP / TIFF bytes; 1 when there is none."""
-    if data[:4] in (b'II*\0', b'MM\0*'):
-        return _tiff_orientation(data)
-    block = _exif_block(data)
-    return _tiff_orientation(block) if block else 1
+    """EXIF orientation (1-8) of encoded JPEG / PNG / WebP / TIFF bytes, read by Pillow from the file's header
+    (the pixels are not decoded); 1 when there is none, the value is out of range or the metadata is damaged."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns of damaged EXIF blocks, which here just mean "upright"
+            warnings.simplefilter('ignore')
+            with Image.open(io.BytesIO(data)) as img:
+                value = _exif(img).get(ORIENTATION_TAG, 1)
+    except Exception:  # noqa: BLE001 -- not a format Pillow reads, or damaged metadata: keep the stored pixel order
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def apply_orientation(arr, orientation):

@@ -2,22 +2,46 @@
 depth network (``MonocularDepth`` / ``TransformersDepthNet`` with a network backend) has its local folder,
 the scales agree, and the model type's own ``check_options`` passes.
 
-A failure raises :class:`ssr_utils.errors.OptionError`, which exits with one line naming the
-option key (``a:b:c``) and the value.
+A failure raises :class:`ssr_utils.errors.OptionError` (a ``ValueError``) naming the option key (``a:b:c``)
+and the value; the launchers stop with that one line.
 """
 import os
 import os.path as osp
 
 from ssr_utils.errors import OptionError
 
+# old option keys and the key that replaced each
+RENAMED_KEYS = {
+    ('train', 'use_amp'): 'train:amp (none | fp16 | bf16)',
+    ('train', 'amp_dtype'): 'train:amp (none | fp16 | bf16)',
+    ('train', 'max_nonfinite'): 'train:max_nonfinite_steps',
+    ('diffusion', 'amp'): 'train:amp for training; --fp16 / --bf16 or SSRPipeline(dtype=) for inference',
+}
 # keys whose values are files or folders that must exist before training starts
 _PATH_KEY_PREFIXES = ('dataroot', 'meta_info', 'pca_path')
 _OPTIONAL_PATH_KEYS = ('pretrain_network', 'pretrained_model_path', 'pretrained_path')
 
 
-def _registries():
+def _registries(networks_only=False):
+    """BasicSR's registries with BasicSR's own components in them (its package __init__, which imported them
+    all, is not run: ``compat`` Fix 10); with ``networks_only`` only the networks, so that no training
+    machinery is imported."""
+    import basicsr.archs  # noqa: F401
+    if not networks_only:
+        import basicsr.data  # noqa: F401
+        import basicsr.losses  # noqa: F401
+        import basicsr.metrics  # noqa: F401
+        import basicsr.models  # noqa: F401
     from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
     return ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+
+def check_renamed_keys(opt):
+    """An old option key stops with the name of the key that replaced it (``RENAMED_KEYS``)."""
+    for (section, key), new in RENAMED_KEYS.items():
+        block = opt.get(section)
+        if isinstance(block, dict) and key in block:
+            raise OptionError(f'{section}:{key}', block[key], f'this key was replaced by {new}')
 
 
 def _require_registered(registry, key, value):
@@ -132,15 +156,33 @@ def _model_checks(opt, model_reg):
         check(opt)
 
 
-def check_options(opt, root_path=None):
-    """Validate ``opt`` in place (relative input paths are resolved against the root path)."""
-    arch_reg, dataset_reg, loss_reg, metric_reg, model_reg = _registries()
-    _require_registered(model_reg, 'model_type', opt.get('model_type', 'SRModel'))
+def check_options(opt, root_path=None, networks_only=False):
+    """Validate ``opt`` in place (relative input paths are resolved against the root path). With
+    ``networks_only``, what building its networks needs only (old keys, ``network_*`` types and paths, the
+    ``path`` block, depth networks, scales): for a pipeline built from an option file outside training
+    (``ssr_pipelines.builder``); the model type, data, losses and metrics are not looked at."""
+    arch_reg, dataset_reg, loss_reg, metric_reg, model_reg = _registries(networks_only)
+    check_renamed_keys(opt)
+    if not networks_only:
+        _require_registered(model_reg, 'model_type', opt.get('model_type', 'SRModel'))
     for key, value in opt.items():
         if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
             if 'type' not in value:
                 raise OptionError(f'{key}:type', None, 'missing')
             _require_registered(arch_reg, f'{key}:type', value['type'])
+    if not networks_only:
+        _check_data_losses_metrics(opt, root_path, dataset_reg, loss_reg, metric_reg)
+    _check_paths(opt.get('path') or {}, 'path', root_path)
+    for key, value in opt.items():
+        if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
+            _check_paths(value, key, root_path)
+    _check_depth_networks(opt, '', root_path)
+    check_scales(opt)
+    if not networks_only:
+        _model_checks(opt, model_reg)
+
+
+def _check_data_losses_metrics(opt, root_path, dataset_reg, loss_reg, metric_reg):
     for phase, dataset_opt in (opt.get('datasets') or {}).items():
         if 'type' not in dataset_opt:
             raise OptionError(f'datasets:{phase}:type', None, 'missing')
@@ -152,10 +194,3 @@ def check_options(opt, root_path=None):
         if isinstance(metric, dict) and 'type' in metric:
             _require_registered(metric_reg, f'val:metrics:{name}:type', metric['type'])
     _check_paths(opt.get('datasets') or {}, 'datasets', root_path)
-    _check_paths(opt.get('path') or {}, 'path', root_path)
-    for key, value in opt.items():
-        if isinstance(key, str) and key.startswith('network_') and isinstance(value, dict):
-            _check_paths(value, key, root_path)
-    _check_depth_networks(opt, '', root_path)
-    check_scales(opt)
-    _model_checks(opt, model_reg)

@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from ssr_utils import compat
+
+compat.apply_training()  # the training side's patches (fixes 2, 3, 5, 6) are tested here too
+
 
 def test_functional_tensor_shim_lets_basicsr_import():
     import basicsr  # noqa: F401  (fails on torchvision >= 0.17 without the shim)
@@ -107,16 +111,17 @@ def test_dist_backend_is_read_from_the_option_file(tmp_path):
 
 def test_apply_is_idempotent():
     import basicsr.data.degradations as degradations
-    from ssr_utils import compat
+    import basicsr.utils.file_client as file_client
+    lmdb_init = file_client.LmdbBackend.__init__
     before = degradations.add_jpg_compression
-    compat.apply()
-    compat._APPLIED = False
+    compat._APPLIED = compat._TRAINING_APPLIED = False
     try:
+        compat.apply_training()
         compat.apply()
     finally:
-        compat._APPLIED = True
+        compat._APPLIED = compat._TRAINING_APPLIED = True
     # wrapping twice would round twice and hide the original; the wrapper is applied once
-    assert degradations.add_jpg_compression is before
+    assert degradations.add_jpg_compression is before and file_client.LmdbBackend.__init__ is lmdb_init
 
 
 def test_a_saved_scheduler_converts_to_the_same_sampler(tmp_path):

@@ -207,14 +207,22 @@ def test_portrait_phone_photo_comes_out_portrait(tmp_path):
 
 
 def test_exif_orientation_big_endian_and_damaged_blocks():
+    import io
+    from PIL import Image
     from ssr_utils.image_io import exif_orientation
-    # a big-endian ("MM") EXIF block in a JPEG APP1 segment, written by hand
+
+    def jpeg_with_exif(block):
+        buf = io.BytesIO()
+        Image.new('RGB', (8, 6), (10, 200, 30)).save(buf, 'JPEG', exif=block)
+        return buf.getvalue()
+
+    # a big-endian ("MM") EXIF block, written by hand (Pillow itself writes little-endian ones)
     tiff = b'MM\x00\x2a\x00\x00\x00\x08' + b'\x00\x01' + b'\x01\x12\x00\x03\x00\x00\x00\x01\x00\x08\x00\x00' + b'\0' * 4
-    app1 = b'Exif\x00\x00' + tiff
-    jpeg = b'\xff\xd8' + b'\xff\xe1' + (len(app1) + 2).to_bytes(2, 'big') + app1 + b'\xff\xda\x00\x02' + b'\xff\xd9'
+    jpeg = jpeg_with_exif(b'Exif\x00\x00' + tiff)
     assert exif_orientation(jpeg) == 8
     # out-of-range values and cut-off blocks mean "no orientation", never an exception
-    assert exif_orientation(jpeg.replace(b'\x00\x08\x00\x00\x00\x00\x00\x00', b'\x00\x09\x00\x00\x00\x00\x00\x00', 1)) == 1
+    assert exif_orientation(jpeg_with_exif(b'Exif\x00\x00' + tiff.replace(b'\x00\x08\x00\x00', b'\x00\x09\x00\x00', 1))) == 1
+    assert exif_orientation(jpeg_with_exif(b'Exif\x00\x00' + tiff[:12])) == 1
     assert exif_orientation(jpeg[:20]) == 1
     assert exif_orientation(b'\x89PNG\r\n\x1a\n') == 1
     assert exif_orientation(b'') == 1

@@ -13,7 +13,7 @@ import yaml
 import ssr_arch  # noqa: F401  (registers)
 import ssr_models  # noqa: F401
 from conftest import tiny_svkr_opt
-from ssr_app.inference import load_pipeline
+from ssr_pipelines.builder import load_pipeline
 from ssr_pipelines.pipeline_ssr import svkr_tiled, upsample_lr, upsample_lr_rows
 from ssr_utils.image_io import read_image
 
@@ -123,7 +123,9 @@ def _reference_whole_image_sr(pipe, lr, steps, seed):
     up = upsample_lr(lq, (hp * s, wp * s))
     z_lr = net.encode_image(up)
     conds = net.encode_conditions(z_lr, depth, net.kernel_code(kernel), size=z_lr.shape[-2:])
-    z = pipe.denoise(z_lr.shape, lambda inp, t: net(inp, t, conditions=conds), steps, seed, init_latent=z_lr)
+    scheduler, timesteps = pipe.prepare_timesteps(steps)
+    z = pipe.prepare_latents(z_lr.shape, scheduler, timesteps, torch.Generator().manual_seed(seed))
+    z = pipe.denoise(z, scheduler, timesteps, lambda inp, t: net(inp, t, conditions=conds))
     img = color_fix(net.decode_latent(z), up, pipe.color_fix)
     return img[..., :h * s, :w * s]
 

@@ -95,3 +95,21 @@ def test_low_level_helpers_import_no_model_at_run_time():
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == '[]'
+
+
+def test_importing_the_pipeline_imports_no_training_machinery():
+    """``import ssr_pipelines`` (the inference path) loads neither BasicSR's training pipeline, models, datasets
+    and losses nor the SSR training models (``compat`` Fix 10); the training side's ``apply_training()`` still
+    patches BasicSR's training pipeline afterwards."""
+    import subprocess
+    import sys
+    from conftest import subprocess_env
+    code = ('import sys\nimport ssr_pipelines\nfrom ssr_pipelines import SSRPipeline\n'
+            "print(sorted(m for m in ('basicsr.train', 'basicsr.test', 'basicsr.models', 'basicsr.data', "
+            "'basicsr.losses', 'ssr_models') if m in sys.modules))\n"
+            'from ssr_utils import compat\ncompat.apply_training()\nimport basicsr.train\n'
+            'print(basicsr.train.load_resume_state is compat.load_resume_state)\n')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ['[]', 'True']

@@ -14,8 +14,8 @@ import torch
 import yaml
 
 from conftest import ROOT, run_python
-from ssr_app.inference import load_pipeline
 from ssr_pipelines import SSRPipeline
+from ssr_pipelines.builder import load_pipeline
 from ssr_utils.errors import OptionError
 
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
@@ -180,6 +180,7 @@ def test_export_then_model_path_gives_the_option_file_image(tiny_models, tmp_pat
     assert 'Exported' in capsys.readouterr().out
     assert export_model.main(['-i', ssr_exp, '--svkr', svkr_exp, '-o', model]) == 2  # never overwritten silently
     assert 'exists' in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / 'models')) == ['lonely', 'ssr_t']  # no temporary folder left beside
     img = str(tmp_path / 'photo.png')
     cv2.imwrite(img, np.random.default_rng(2).integers(0, 256, (13, 10, 3), dtype=np.uint8))
     flags = ['-i', img, '--device', 'cpu', '-q', '--steps', '2', '--seed', '4', '--save-maps']

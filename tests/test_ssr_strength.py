@@ -58,20 +58,31 @@ def _batch(batch=2, h=4, w=4, seed=0):
 
 
 # ------------------------------------------------------------------------------------------ strength
+def _sample_latents(pipe, shape, predict, steps=None, seed=0, strength=None, init_latent=None):
+    """The latent stages of ``SSRPipeline.__call__`` on a given prediction: timesteps, starting latent, loop."""
+    scheduler, timesteps = pipe.prepare_timesteps(steps, strength)
+    latents = pipe.prepare_latents(shape, scheduler, timesteps, torch.Generator().manual_seed(seed), init_latent)
+    return pipe.denoise(latents, scheduler, timesteps, predict)
+
+
 def test_strength_one_is_the_pure_noise_start(tmp_path, pca_path):
     pipe = _build(_opt(tmp_path, pca_path)).pipeline
     shape = (1, 4, 4, 4)
     fn = (lambda z, t: 0.1 * z)
-    default = pipe.denoise(shape, fn, 3, 5)  # the options' strength: 1
-    assert torch.equal(default, pipe.denoise(shape, fn, 3, 5, strength=1.0, init_latent=torch.ones(shape)))
-    pipe.strength = 0.5
-    with pytest.raises(ValueError, match='init_latent'):
-        pipe.denoise(shape, fn, 3, 5)
+    scheduler, timesteps = pipe.prepare_timesteps(3)  # the options' strength: 1, the whole schedule
+    assert torch.equal(timesteps, pipe.prepare_timesteps(3, strength=1.0)[1]) and len(timesteps) == 3
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    start = pipe.prepare_latents(shape, scheduler, timesteps, torch.Generator().manual_seed(5))
+    assert torch.equal(start, noise * scheduler.init_noise_sigma)
+    default = _sample_latents(pipe, shape, fn, 3, 5)
+    assert torch.equal(default, pipe.denoise(start, scheduler, timesteps, fn))
+    pipe.strength = 0.5  # the options' strength now: the last step of three
+    assert torch.equal(pipe.prepare_timesteps(3)[1], timesteps[2:])
     with pytest.raises(ValueError, match='does not match'):
-        pipe.denoise(shape, fn, 3, 5, init_latent=torch.ones(1, 4, 2, 2))
+        pipe.prepare_latents(shape, scheduler, timesteps, torch.Generator(), init_latent=torch.ones(1, 4, 2, 2))
     for bad in (0, 1.5, -0.1, 'half'):
         with pytest.raises(OptionError, match='strength'):
-            pipe.denoise(shape, fn, 3, 5, strength=bad, init_latent=torch.ones(shape))
+            pipe.prepare_timesteps(3, strength=bad)
 
 
 @pytest.mark.parametrize('sampler', ['ddim', 'dpmsolver++'])
@@ -88,7 +99,7 @@ def test_strength_runs_the_last_steps_from_the_noised_init_latent(tmp_path, pca_
         a = acp[int(t)]
         return (z - a.sqrt() * init) / (1 - a).sqrt()
 
-    out = pipe.denoise(shape, oracle, num_inference_steps=10, seed=7, strength=0.35, init_latent=init)
+    out = _sample_latents(pipe, shape, oracle, steps=10, seed=7, strength=0.35, init_latent=init)
     start, run = pipe.strength_steps(10, 0.35)
     assert (start, run) == (7, 3)  # diffusers' rule: int(10 * 0.35) steps, the last ones of the schedule
     sched = pipe.sampling_scheduler()

@@ -71,7 +71,7 @@ def test_a_scale_that_disagrees_names_both_keys(tiny_models, where):
     assert 'top-level scale = 3' in err.value.problem
     # a network built directly with another factor than the pipeline's is refused as well
     from ssr_pipelines import SSRPipeline
-    from ssr_app.inference import load_pipeline
+    from ssr_pipelines.builder import load_pipeline
     svkr = load_pipeline(tiny_models['svkr'], device='cpu').svkr
     with pytest.raises(OptionError, match='×4'):
         SSRPipeline(svkr=svkr, scale=3)
@@ -127,3 +127,37 @@ def test_an_incomplete_pretrained_folder_is_named_before_any_folder_is_made(tmp_
     assert line.startswith('Option error: network_g:pretrained_path = ') and 'unet/config.json' in line
     assert not osp.exists(osp.join(ROOT, 'experiments', run_name))
     assert not osp.exists(osp.join(ROOT, 'tb_logger', run_name))
+
+
+def test_a_bad_option_raised_in_a_library_call_is_a_value_error():
+    """A notebook or a user's script catches a bad option with ``except ValueError``; it still names the key and
+    the value, survives pickling (DataLoader workers, spawned ranks), and a command turns it into its line."""
+    import pickle
+    from ssr_arch.depth_arch import MonocularDepth
+    from ssr_utils.errors import exit_on_option_error
+    caught = None
+    try:
+        MonocularDepth(backend='no_such_backend')
+    except ValueError as err:
+        caught = err
+    assert isinstance(caught, OptionError) and (caught.key, caught.value) == ('backend', 'no_such_backend')
+    assert str(caught).startswith("Option error: backend = 'no_such_backend': expected one of ")
+    copy_ = pickle.loads(pickle.dumps(caught))
+    assert (type(copy_), copy_.key, copy_.value, copy_.problem, str(copy_)) == \
+        (OptionError, caught.key, caught.value, caught.problem, str(caught))
+    with pytest.raises(SystemExit) as stop:
+        with exit_on_option_error():
+            raise caught
+    assert stop.value.code == str(caught)
+
+
+def test_console_commands_and_scripts_stop_with_the_option_errors_one_line(tmp_path, capsys):
+    from ssr_app import console
+    (tmp_path / 'hr').mkdir()
+    cv2.imwrite(str(tmp_path / 'hr' / 'a.png'), np.zeros((16, 16, 3), np.uint8))
+    args = ['--input', str(tmp_path / 'hr'), '--output', str(tmp_path / 'set'), '--pattern', 'spiral']
+    assert console.run_script('ssr-make-sv-testset', args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["Option error: --pattern = 'spiral': expected one of linear, rotate, block, depth, mixed"]
+    line = _one_option_error(run_python(['scripts/make_sv_testset.py'] + args))
+    assert line == err[0] and not osp.exists(tmp_path / 'set')

@@ -125,7 +125,7 @@ def _tiny_pipeline():
     from basicsr.archs import build_network
     from ssr_arch.ssr_unet_arch import tiny_config
     from ssr_pipelines import SSRPipeline
-    from ssr_pipelines.pipeline_ssr import scheduler_from_options
+    from ssr_pipelines.builder import scheduler_from_options
     from conftest import tiny_svkr_opt
     torch.manual_seed(0)
     unet = build_network(dict(type='SSRUNet', **tiny_config()))
@@ -139,10 +139,12 @@ def test_pipeline_layerwise_vae_tiling_is_the_untiled_vae(store):
     tiled run is decode(encode(upsampled LR)) of the untiled VAE; the default window tiling is not."""
     pipe = _tiny_pipeline()
     lr = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(1))
-    pipe.denoise = lambda shape, predict, *a, init_latent=None, **k: init_latent  # VAE only
-    ref = pipe(lr).images
-    lay = pipe(lr, tile=8, tile_overlap=4, vae_tiling='layerwise', vae_store=store).images
-    win = pipe(lr, tile=8, tile_overlap=4).images
+    # VAE only: with strength < 1 the start is the LR latent, kept as it is to the end
+    pipe.prepare_latents = lambda shape, scheduler, timesteps, generator, init_latent=None: init_latent
+    pipe.denoise = lambda latents, *a, **k: latents
+    ref = pipe(lr, strength=0.5).images
+    lay = pipe(lr, strength=0.5, tile=8, tile_overlap=4, vae_tiling='layerwise', vae_store=store).images
+    win = pipe(lr, strength=0.5, tile=8, tile_overlap=4).images
     err_lay, err_win = (lay - ref).abs().max().item(), (win - ref).abs().max().item()
     assert err_lay < 1e-4, err_lay
     assert err_win > 10 * max(err_lay, 1e-6), (err_win, err_lay)  # the test tells the two apart

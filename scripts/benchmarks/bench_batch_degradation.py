@@ -56,6 +56,7 @@ import yaml  # noqa: E402
 
 from bench_degradation import build_lmdbs  # noqa: E402
 from ssr_data.batch_degradation import maybe_degrade_batch  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 VARIANTS = ('paired', 'dataset', 'dataset+kernel', 'model', 'model+kernel')
 
@@ -439,6 +440,7 @@ def synthesis_stages(raw, device, repeats):
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+@exit_on_option_error()
 def main():
     warnings.filterwarnings('ignore', message='This DataLoader will create')  # 4 workers on 2 cores
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])

@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 from ssr_data.degradations import naive_sv_blur_downsample, sv_blur_downsample  # noqa: E402
 from ssr_data.kernels import default_sigma_range, random_kernels  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 METHODS = {'sv_blur_downsample': sv_blur_downsample, 'naive': naive_sv_blur_downsample}
 
@@ -216,6 +217,7 @@ def bench_dataset(gt_size, workers, batch, num_batches, rounds, num_images, imag
     return result
 
 
+@exit_on_option_error()
 def main():
     import warnings
     # 4 workers on 2 cores is the setting the budget asks for

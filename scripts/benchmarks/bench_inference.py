@@ -34,6 +34,8 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
+
 
 
 
@@ -150,7 +152,7 @@ def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
     else:
         net_cfg = tiny_config()
     from ssr_pipelines import SSRPipeline
-    from ssr_pipelines.pipeline_ssr import scheduler_from_options
+    from ssr_pipelines.builder import scheduler_from_options
     unet = build_network(dict(type='SSRUNet', **net_cfg))
     svkr = build_network(_svkr_opt('full' if config == 'sd21' else 'demo'))
     pipe = SSRPipeline(unet, scheduler_from_options(), svkr, scale=4, sampler=sampler, num_inference_steps=4, seed=0,
@@ -243,6 +245,7 @@ def row(r, base, mem_key):
           f'{r[mem_key]:14.1f} {r[mem_key] / max(base[mem_key], 1e-9):7.2f} {r["canvas_mb"]:10.1f}', flush=True)
 
 
+@exit_on_option_error()
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--mode', choices=['svkr', 'ssr', 'both'], default='both')

@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 from ssr_data.lmdb_util import encode_png  # noqa: E402
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
 from ssr_data.ssr_degradation_dataset import depth_to_uint16, encode_depth_png  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 
 def bench(size, num, rounds, seed=0):
@@ -49,6 +50,7 @@ def bench(size, num, rounds, seed=0):
     return statistics.median(gen_times), statistics.median(read_times)
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--sizes', default='256,512')

@@ -45,6 +45,7 @@ from torch.nn import functional as F  # noqa: E402
 import ssr_arch  # noqa: E402,F401
 from ssr_arch.ssr_unet_arch import SSRUNet, tiny_config  # noqa: E402
 from ssr_utils.amp import autocast  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 
 def sd21_config():
@@ -85,6 +86,7 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+@exit_on_option_error()
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', choices=['tiny', 'sd21'], default='tiny')

@@ -39,6 +39,8 @@ ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
+
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=('DownEncoderBlock2D', ) * 4,
               up_block_types=('UpDecoderBlock2D', ) * 4, layers_per_block=2, norm_num_groups=32, latent_channels=4)
 TINY_VAE = dict(block_out_channels=(32, 64, 64), down_block_types=('DownEncoderBlock2D', ) * 3,
@@ -207,6 +209,7 @@ def memory(args):
               f'{r["seconds"]:8.1f} {r["output_mb"]:10.1f}', flush=True)
 
 
+@exit_on_option_error()
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--config', choices=['sd', 'tiny'], default='sd')

@@ -52,6 +52,7 @@ for path in (ROOT, HERE):
 
 from process_memory import child_env  # noqa: E402
 from ssr_utils import compat  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 compat.apply()
 
@@ -343,6 +344,7 @@ def table(suite, device_name, seconds, argv, pending=()):
     return '\n'.join(lines) + '\n'
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda', help='cuda | cuda:N | cpu')

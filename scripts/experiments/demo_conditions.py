@@ -52,7 +52,7 @@ from ssr_data.ssr_degradation_dataset import SSRDegradationDataset  # noqa: E402
 from ssr_data.ssr_paired_dataset import SSRPairedDataset  # noqa: E402
 from ssr_utils.atomic_file import atomic_write  # noqa: E402
 from ssr_utils.checkpoint import read_state_dict  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 from ssr_utils.kernel_metrics import calculate_kernel_psnr  # noqa: E402
 
 FLAT_DEPTH = 0.5
@@ -183,6 +183,7 @@ def ignored_conditions(rows):
     return notes
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--dkenet-opt', default='options/train_dkenet_demo.yml')

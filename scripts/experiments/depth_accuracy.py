@@ -55,8 +55,8 @@ from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_data.degradations import SVDegradation  # noqa: E402
 from ssr_data.scene_depth_dataset import SceneDepthDataset  # noqa: E402
 from ssr_data.ssr_degradation_dataset import write_depth_png  # noqa: E402
-from ssr_pipelines.pipeline_ssr import build_svkr_from_options  # noqa: E402
-from ssr_utils.errors import OptionError  # noqa: E402
+from ssr_pipelines.builder import build_svkr_from_options  # noqa: E402
+from ssr_utils.errors import OptionError, exit_on_option_error  # noqa: E402
 from ssr_utils.evaluation import ResultTable  # noqa: E402
 from ssr_utils.relative_depth import depth_accuracy  # noqa: E402
 
@@ -195,6 +195,7 @@ def image_use_notes(table):
     return notes
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model-path', required=True, help='save_pretrained folder of the depth network')

@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 
 def sharpness(rgb):
@@ -35,6 +36,7 @@ def sharpness(rgb):
     return float(np.abs(cv2.Laplacian(luma, cv2.CV_32F)).mean())
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--num', type=int, default=200)

@@ -82,7 +82,8 @@ from ssr_data.kernels import KernelPCA, random_kernels  # noqa: E402
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
 from ssr_data.ssr_degradation_dataset import SSRDegradationDataset  # noqa: E402
 from ssr_data.ssr_paired_dataset import SSRPairedDataset  # noqa: E402
-from ssr_pipelines.pipeline_ssr import build_svkr_from_options, upsample_lr  # noqa: E402
+from ssr_pipelines.builder import build_svkr_from_options  # noqa: E402
+from ssr_pipelines.pipeline_ssr import upsample_lr  # noqa: E402
 from ssr_utils.atomic_file import atomic_torch_save, atomic_write  # noqa: E402
 from ssr_utils.evaluation import MetricSuite  # noqa: E402
 

@@ -40,8 +40,8 @@ from torch.nn import functional as F  # noqa: E402
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 from ssr_utils.color_fix import color_fix  # noqa: E402
-from ssr_app.inference import load_options, prepare_options  # noqa: E402
-from ssr_pipelines import SSRPipeline  # noqa: E402
+from ssr_pipelines.builder import load_options, pipeline_from_options, prepare_options  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 
 
 def load_val(root):
@@ -83,6 +83,7 @@ def x0_estimate(sched, zt, out, t):
     return (zt - (1 - a).sqrt() * out) / a.sqrt()
 
 
+@exit_on_option_error()
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--opt', default='options/test_ssr_demo.yml')
@@ -115,7 +116,7 @@ def main(argv=None):
     os.chdir(ROOT)
     opt = prepare_options(opt)
     torch.set_grad_enabled(False)
-    pipe = SSRPipeline.from_options(opt)
+    pipe = pipeline_from_options(opt)
     net = pipe.unet
     items = load_val(osp.join(ROOT, args.data))
     print(f'{args.ckpt} [{args.key}], prediction {pipe.scheduler.config.prediction_type}, '

@@ -93,6 +93,7 @@ from ssr_data.kernels import (KernelPCA, default_sigma_range, depth_defocus_sigm
                               random_kernels, sample_depth_kernel_params)
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
 from ssr_utils.atomic_file import atomic_torch_save, atomic_write  # noqa: E402
+from ssr_utils.errors import exit_on_option_error  # noqa: E402
 from ssr_utils.kernel_metrics import calculate_kernel_psnr  # noqa: E402
 
 SCALE, KSIZE = 4, 21
@@ -758,6 +759,7 @@ def run_seed_job(seed, job):
     return res
 
 
+@exit_on_option_error()
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='row 1, headline structure, one seed (< 10 min)')
