@@ -45,6 +45,10 @@ def test_every_arm_is_trained_and_scored_with_each_of_its_conditions_removed(tin
         trainable[arm] = results['train'][arm][0]['trainable']
     # the regimes and fusion methods train what they should: from scratch far more, concat far less
     assert trainable['scratch'] > 3 * trainable['full'] > 3 * trainable['concat']
+    # an extra seed (tiny: the full arm's seed 1) is trained after every arm's first seed and enters the means;
+    # Figs. 8/9 and the PD curve are measured on the first seed only
+    assert list(results['arms']['full']) == ['0', '1'] and len(results['train']['full']) == 2
+    assert 'deviation' not in results['arms']['full']['1'] and 'pd' not in results['arms']['full']['1']
     full = results['arms']['full']['0']
     assert list(full['deviation']['kernel']) == ['0.7', '1.4'] and list(full['deviation']['depth']) == ['0.63', '1.6']
     for arm in ('full', 'full_it'):
@@ -58,6 +62,7 @@ def test_tables_plots_and_metrics_that_could_not_run(tiny_run):
         table = f.read()
     for label in ('Bicubic', 'SVKR', 'LR only', 'fusion sft', 'fusion concat', 'from scratch', 'ground-truth maps'):
         assert label in table
+    assert '| LR + kernel + depth, SVKR T = 3 (SSR) | 0, 1 |' in table  # the seeds behind each row
     # NIQE needs two 96-pixel blocks: the toy images are smaller, and the table says so
     assert 'niqe: n/a' in table
     for name in ('deviation.png', 'pd_curve.png'):

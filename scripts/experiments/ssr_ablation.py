@@ -12,7 +12,7 @@ degradation (depth-driven spatially variant blur, noise, JPEG), the demo SVKR ru
 (its T = 0 maps D⁰, K⁰, its T = 3 maps Dᵀ, Kᵀ and its image Iᵀ), then random crops of the demo's crop size
 cut from the images and all maps alike: every arm reads the same crops, each the maps its row names. Tests:
 ``scenes``, held-out scenes composed from the held-out photographs (exact depth, blur driven by it, as the
-demo's validation set, but 256² so that NIQE has blocks to score); ``photos``, the held-out photographs
+demo's validation set, but 200² so that NIQE has blocks to score); ``photos``, the held-out photographs
 (``default_texture_photos('test')``) centre-cropped, with the project's spatially variant blur (``mixed``
 patterns; the depth the blur used is the demo depth network's); ``val``, other held-out scenes on which the
 fidelity and perceptual sampling settings are chosen (never scored in the tables). Test images are sampled
@@ -36,8 +36,11 @@ Metrics: PSNR / SSIM on Y (crop 4) and NIQE (crop 4), BasicSR's; LPIPS, MUSIQ, C
 initialisation, the order of the crops and the training noise; tables give mean ± sample standard deviation.
 
     python scripts/experiments/ssr_ablation.py --tiny --out /tmp/abl   # seconds: every code path, toy sizes
-    python scripts/experiments/ssr_ablation.py --quick                 # < 10 min: LR only vs SSR, one seed
-    nohup nice -n 5 python scripts/experiments/ssr_ablation.py > results/ssr_ablation/run.log 2>&1 &
+    python scripts/experiments/ssr_ablation.py --quick                 # LR only vs SSR, one seed, 40 iterations
+    nohup nice -n 10 python scripts/experiments/ssr_ablation.py > /tmp/ssr_ablation.log 2>&1 &   # every arm
+
+The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 50
+iterations per arm is early training, not convergence (docs/diffusion.md says what that shows and what not).
 
 The quick and the full run end with the line
 ``full vs LR only: +X dB PSNR; SSR vs SVKR at fidelity setting: +Y dB; removing depth: -Z dB, removing kernel: -W dB``
@@ -118,21 +121,35 @@ METRICS = OrderedDict([
     ('musiq', dict(type='calculate_pyiqa', metric='musiq')),
     ('clipiqa', dict(type='calculate_pyiqa', metric='clipiqa')),
 ])
+# Sizes. Test images 200² HR: NIQE needs 2 × 2 of its 96-px blocks after the 4-px crop (below 200 its fit
+# fails). A 200² image is one 6.5 CPU-s sample here, a 32² crop × 4 one 1.4 CPU-s training iteration
+# (measured 2026-12-06): the budget of every mode is mostly sampling. ``extra_seeds``: more seeds for some arms,
+# run after every arm's first seed; PD curve and Figs. 8/9 on an arm's first seed.
 MODES = {
-    'tiny': dict(iters=2, batch=2, seeds=(0, ), arms=tuple(ARMS), pool_scenes=None, draws=1, crops=4, crop=32, scenes=1, val=1,
-                 photos=1, size=32, table_steps=1, pd=((1, 1.0), (2, 0.5)), widths=(0.7, 1.4), gammas=(0.63, 1.6),
-                 deviation_images=1),
-    'quick': dict(iters=300, batch=4, seeds=(0, ), arms=('lr_only', 'full'), pool_scenes=64, draws=1, crops=20,
-                  crop=None,
-                  scenes=4, val=2, photos=2, size=256, table_steps=None,
-                  pd=((1, 1.0), (4, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0), gammas=(0.4, 1.0, 2.5),
-                  deviation_images=2),
-    'full': dict(iters=1000, batch=4, seeds=(0, 1, 2), arms=tuple(ARMS), pool_scenes=None, draws=2, crops=12,
-                 crop=None, scenes=8,
-                 val=4, photos=5, size=256, table_steps=None,
-                 pd=((1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (20, 1.0), (20, 0.5), (20, 0.25), (4, 0.5),
-                     (4, 0.25)), widths=KERNEL_WIDTHS, gammas=DEPTH_GAMMAS, deviation_images=4),
+    'tiny': dict(iters=2, batch=2, seeds=(0, ), extra_seeds={'full': (1, )}, arms=tuple(ARMS), pool_scenes=None, draws=1,
+                 crops=4, crop=32, scenes=1, val=1, photos=1, size=32, removal_images=1, table_steps=1,
+                 pd=((1, 1.0), (2, 0.5)), widths=(0.7, 1.4), gammas=(0.63, 1.6), deviation_images=1),
+    'quick': dict(iters=40, batch=4, seeds=(0, ), extra_seeds={}, arms=('lr_only', 'full'), pool_scenes=64,
+                  draws=1, crops=8, crop=32, scenes=2, val=1, photos=1, size=200, removal_images=2,
+                  table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
+                  gammas=(0.4, 1.0, 2.5), deviation_images=1),
+    'full': dict(iters=50, batch=4, seeds=(0, ), extra_seeds={'lr_only': (1, ), 'full': (1, )},
+                 arms=('lr_only', 'full', 'full_it', 'lr_kernel', 'lr_depth', 'full_t0', 'full_gt', 'sft', 'concat',
+                       'scratch'),
+                 pool_scenes=64, draws=1, crops=8, crop=32, scenes=2, val=1, photos=2, size=200, removal_images=2,
+                 table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
+                 gammas=(0.4, 1.0, 2.5), deviation_images=1),
 }
+
+
+def seeds_of(arm, cfg):
+    """The seeds an arm is trained with: the mode's, then its extra ones."""
+    return tuple(cfg['seeds']) + tuple(s for s in cfg['extra_seeds'].get(arm, ()) if s not in cfg['seeds'])
+
+
+def arms_in_order(cfg):
+    """The mode's arms in the tables' order (``ARMS``)."""
+    return [a for a in ARMS if a in cfg['arms']]
 
 
 def log(msg=''):
@@ -514,7 +531,7 @@ def run_removed(model, pca, item, maps, steps, what):
     return sample(model, pca, item, maps, steps, 1.0, lq=blur_lr(item['lq']))
 
 
-def evaluate_arm(name, model, pca, tests, steps, suite, deviation=None, pd=None, val=None):
+def evaluate_arm(name, model, pca, tests, steps, suite, deviation=None, pd=None, val=None, removal_images=None):
     """Table metrics on every test set, every removal, and for the full arms Figs. 8/9 and the PD curve."""
     _, modalities, maps, _, _ = ARMS[name]
     res = OrderedDict()
@@ -524,10 +541,12 @@ def evaluate_arm(name, model, pca, tests, steps, suite, deviation=None, pd=None,
         entry = dict(metrics=means, per_image=[dict(name=it['name'], **p) for it, p in zip(items, per)],
                      removed=OrderedDict())
         for what, label in (removals(modalities) if set_name == 'scenes' else ()):
-            removed = [run_removed(model, pca, it, maps, steps, what) for it in items]
-            rmeans, _ = score_set(suite, removed, items)
+            few = items[:removal_images]
+            removed = [run_removed(model, pca, it, maps, steps, what) for it in few]
+            rmeans, _ = score_set(suite, removed, few)
+            kept = [p['psnr'] for p in per[:len(few)]]
             entry['removed'][what] = dict(
-                label=label, psnr=rmeans['psnr'], delta_psnr=rmeans['psnr'] - means['psnr'],
+                label=label, images=len(few), psnr=rmeans['psnr'], delta_psnr=rmeans['psnr'] - float(np.mean(kept)),
                 max_abs_change=max(float((a - b).abs().max()) for a, b in zip(removed, outputs)),
                 mean_abs_change=float(np.mean([float((a - b).abs().mean()) for a, b in zip(removed, outputs)])))
         res[set_name] = entry
@@ -597,36 +616,40 @@ def baseline_rows(tests, suite):
 
 
 def make_tables(results, baselines, records, cfg, suite, mode, not_run):
-    seeds = cfg['seeds']
-    lines = [f'Seeds {list(seeds)} (mean ± sample std over seeds), {cfg["iters"]} iterations × batch {cfg["batch"]} '
-             f'per arm, sampling: {results["table_setting"]}.', '']
-    head = '| arm | trainable params | ' + ' | '.join(
+    crop = f'{cfg["crop"]}²' if cfg['crop'] else 'the demo\'s'
+    lines = [f'Mean ± sample std over an arm\'s seeds (column "seeds"), {cfg["iters"]} iterations × batch '
+             f'{cfg["batch"]} of {crop} HR crops per arm, test images {cfg["size"]}² HR; '
+             f'sampling: {results["table_setting"]}.', '']
+    head = '| arm | seeds | trainable params | ' + ' | '.join(
         f'{s} PSNR | {s} SSIM | {s} NIQE' for s in TEST_SETS) + ' |'
-    lines += [head, '|' + ' --- |' * (2 + 3 * len(TEST_SETS))]
+    lines += [head, '|' + ' --- |' * (3 + 3 * len(TEST_SETS))]
     for label, row in baselines.items():
         cells = []
         for s in TEST_SETS:
             m = row[s]
             cells += [f'{m["psnr"]:.2f}', f'{m["ssim"]:.3f}', 'n/a' if m['niqe'] is None else f'{m["niqe"]:.2f}']
-        lines.append(f'| {label} | | ' + ' | '.join(cells) + ' |')
-    for name in cfg['arms']:
+        lines.append(f'| {label} | | | ' + ' | '.join(cells) + ' |')
+    for name in arms_in_order(cfg):
         rec = records[name]
         tr = rec[0]
+        seeds = list(results['arms'][name])
         cells = []
         for s in TEST_SETS:
-            runs = [results['arms'][name][str(seed)][s]['metrics'] for seed in seeds]
+            runs = [results['arms'][name][seed][s]['metrics'] for seed in seeds]
             cells += [fmt([r['psnr'] for r in runs]), fmt([r['ssim'] for r in runs], 3),
                       fmt([r['niqe'] for r in runs])]
-        lines.append(f'| {ARMS[name][0]} | {tr["trainable"]:,} ({100 * tr["trainable"] / tr["total"]:.1f}%) | '
+        lines.append(f'| {ARMS[name][0]} | {", ".join(seeds)} | {tr["trainable"]:,} '
+                     f'({100 * tr["trainable"] / tr["total"]:.1f}%) | '
                      + ' | '.join(cells) + ' |')
-    lines += ['', 'Each condition removed at test time (PSNR change on the held-out scenes, dB; mean over seeds):', '',
+    lines += ['', f'Each condition removed at test time (PSNR change on the first {cfg["removal_images"]} held-out '
+              'scenes, dB; mean over seeds):', '',
               '| arm | mean kernel | flat depth | blurred LR | smallest mean change of the output (grey levels) |',
               '| --- | --- | --- | --- | --- |']
-    for name in cfg['arms']:
+    for name in arms_in_order(cfg):
         cells = []
         changes = []
         for what in ('kernel', 'depth', 'lr'):
-            vals = [results['arms'][name][str(seed)]['scenes']['removed'].get(what) for seed in seeds]
+            vals = [r['scenes']['removed'].get(what) for r in results['arms'][name].values()]
             if vals[0] is None:
                 cells.append('')
                 continue
@@ -696,7 +719,7 @@ def plot_deviation(results, cfg, path):
     img = np.full((panel[1] + 2 * margin, 2 * (panel[0] + 2 * margin), 3), 255, np.uint8)
     for p, (key, xlabel, title) in enumerate((('kernel', 'kernel width factor a (K^(1/a^2))', 'Fig. 8 on SSR: kernel'),
                                               ('depth', 'depth exponent g (D^g)', 'Fig. 9 on SSR: depth'))):
-        rows = [results['arms']['full'][str(s)]['deviation'][key] for s in cfg['seeds']]
+        rows = [r['deviation'][key] for r in results['arms']['full'].values() if 'deviation' in r]
         keys = list(rows[0])
         ys = np.array([[row[k] for k in keys] for row in rows], dtype=float).mean(0)
         draw_panel(img, (p * (panel[0] + 2 * margin) + margin, margin, panel[0], panel[1]),
@@ -714,7 +737,7 @@ def plot_pd(results, baselines, cfg, path):
         for name in ('full', 'full_it'):
             if name not in results['arms']:
                 continue
-            runs = [results['arms'][name][str(s)]['pd'] for s in cfg['seeds']]
+            runs = [r['pd'] for r in results['arms'][name].values() if 'pd' in r]
             xs = [float(np.mean([np.nan if r[i][set_name]['niqe'] is None else r[i][set_name]['niqe'] for r in runs]))
                   for i in range(len(runs[0]))]
             ys = [float(np.mean([r[i][set_name]['psnr'] for r in runs])) for i in range(len(runs[0]))]
@@ -766,8 +789,8 @@ def main(argv=None):
     import logging
     logging.getLogger('basicsr').setLevel(logging.WARNING)
     start = time.time()
-    log(f'SSR ablation ({name}): {len(cfg["arms"])} arms x {len(cfg["seeds"])} seeds, {cfg["iters"]} iterations '
-        f'each; out {out}')
+    log(f'SSR ablation ({name}): {len(cfg["arms"])} arms, {sum(len(seeds_of(a, cfg)) for a in cfg["arms"])} trained '
+        f'networks, {cfg["iters"]} iterations each; out {out}')
     res = tiny_resources(osp.join(out, 'tiny_resources')) if args.tiny else demo_resources(args)
     steps = args.steps or cfg['table_steps'] or res['sampling'].get('num_inference_steps', 1)
     pca = KernelPCA.load(res['pca_path'])
@@ -801,49 +824,52 @@ def main(argv=None):
                    not_run=not_run)
     arms_dir = osp.join(out, 'arms')
     os.makedirs(arms_dir, exist_ok=True)
-    records = OrderedDict()
-    defects = []
-    for arm in cfg['arms']:
-        records[arm] = []
+    records = OrderedDict((arm, []) for arm in arms_in_order(cfg))
+    for arm in arms_in_order(cfg):
         results['arms'][arm] = OrderedDict()
-        for seed in cfg['seeds']:
-            log(f'==> {arm} ({ARMS[arm][0]}), seed {seed}')
-            ckpt, record = train_arm(arm, seed, res, cfg, pool, pca, arms_dir)
-            records[arm].append(record)
-            eval_path = osp.join(arms_dir, f'{arm}_s{seed}_eval.json')
-            if osp.isfile(eval_path):
-                with open(eval_path) as f:
-                    ev = json.load(f)
-            else:
-                model = eval_model(arm, seed, res, cfg, ckpt, arms_dir)
-                full = arm in ('full', 'full_it')
-                ev = evaluate_arm(arm, model, pca, tests, steps, suite,
-                                  deviation=dict(images=cfg['deviation_images'], widths=cfg['widths'],
-                                                 gammas=cfg['gammas']) if arm == 'full' else None,
-                                  pd=cfg['pd'] if full else None, val=val)
-                with atomic_write(eval_path, 'w') as f:
-                    json.dump(ev, f)
-                del model
-            results['arms'][arm][str(seed)] = ev
-            m = ev['scenes']['metrics']
-            log(f'  {record["trainable"]:,} trainable ({record["s_per_iter"]:.3f} s/iter); scenes {m["psnr"]:.2f} dB / '
-                f'{m["ssim"]:.3f}, photos {ev["photos"]["metrics"]["psnr"]:.2f} dB; removed: ' + ', '.join(
-                    f'{v["label"]} {v["delta_psnr"]:+.2f} dB (mean change {255 * v["mean_abs_change"]:.2f} grey levels)'
-                    for v in ev['scenes']['removed'].values()))
-            for what, v in ev['scenes']['removed'].items():
-                if v['mean_abs_change'] < DEFECT_MEAN_CHANGE:
-                    defects.append(f'DEFECT: {arm} seed {seed}: removing {v["label"]} leaves the output unchanged '
-                                   f'(mean abs change {255 * v["mean_abs_change"]:.2f} grey levels, max '
-                                   f'{255 * v["max_abs_change"]:.1f})')
-                    log(defects[-1])
-        results['train'][arm] = records[arm]
+    defects = []
+    # every arm's first seed, then the extra seeds: a run cut short still has every arm
+    jobs = [(arm, seeds_of(arm, cfg)[0]) for arm in cfg['arms']] + \
+        [(arm, seed) for arm in cfg['arms'] for seed in seeds_of(arm, cfg)[1:]]
+    for arm, seed in jobs:
+        log(f'==> {arm} ({ARMS[arm][0]}), seed {seed}')
+        ckpt, record = train_arm(arm, seed, res, cfg, pool, pca, arms_dir)
+        records[arm].append(record)
+        eval_path = osp.join(arms_dir, f'{arm}_s{seed}_eval.json')
+        if osp.isfile(eval_path):
+            with open(eval_path) as f:
+                ev = json.load(f)
+        else:
+            model = eval_model(arm, seed, res, cfg, ckpt, arms_dir)
+            first = seed == seeds_of(arm, cfg)[0]
+            ev = evaluate_arm(arm, model, pca, tests, steps, suite,
+                              deviation=dict(images=cfg['deviation_images'], widths=cfg['widths'],
+                                             gammas=cfg['gammas']) if arm == 'full' and first else None,
+                              pd=cfg['pd'] if arm in ('full', 'full_it') and first else None, val=val,
+                              removal_images=cfg['removal_images'])
+            with atomic_write(eval_path, 'w') as f:
+                json.dump(ev, f)
+            del model
+        results['arms'][arm][str(seed)] = ev
+        m = ev['scenes']['metrics']
+        log(f'  {record["trainable"]:,} trainable ({record["s_per_iter"]:.3f} s/iter); scenes {m["psnr"]:.2f} dB / '
+            f'{m["ssim"]:.3f}, photos {ev["photos"]["metrics"]["psnr"]:.2f} dB; removed: ' + ', '.join(
+                f'{v["label"]} {v["delta_psnr"]:+.2f} dB (mean change {255 * v["mean_abs_change"]:.2f} grey levels)'
+                for v in ev['scenes']['removed'].values()))
+        for what, v in ev['scenes']['removed'].items():
+            if v['mean_abs_change'] < DEFECT_MEAN_CHANGE:
+                defects.append(f'DEFECT: {arm} seed {seed}: removing {v["label"]} leaves the output unchanged '
+                               f'(mean abs change {255 * v["mean_abs_change"]:.2f} grey levels, max '
+                               f'{255 * v["max_abs_change"]:.1f})')
+                log(defects[-1])
+    results['train'] = records
     # item 5: the settings chosen on val, scored on the tests
     summary = OrderedDict()
     for arm in ('full', 'full_it'):
         if arm not in cfg['arms']:
             continue
         picks = OrderedDict()
-        for seed in cfg['seeds']:
+        for seed in [s for s in seeds_of(arm, cfg) if 'pd' in results['arms'][arm][str(s)]]:
             fid, per = choose_settings(results['arms'][arm][str(seed)]['pd'], bicubic_val)
             picks[str(seed)] = dict(fidelity=fid, perceptual=per)
         summary[arm] = picks
@@ -877,7 +903,7 @@ def main(argv=None):
     log(f'done in {time.time() - start:.0f} s; {out}/ssr_ablation.{{json,md}}, deviation.png, pd_curve.png')
 
     def mean_psnr(arm, key=None):
-        runs = [results['arms'][arm][str(s)]['scenes'] for s in cfg['seeds']]
+        runs = [results['arms'][arm][str(s)]['scenes'] for s in seeds_of(arm, cfg)]
         return float(np.mean([r['metrics']['psnr'] if key is None else r['removed'][key]['delta_psnr'] for r in runs]))
 
     full_vs_lr = mean_psnr('full') - mean_psnr('lr_only') if 'lr_only' in cfg['arms'] and 'full' in cfg['arms'] \
