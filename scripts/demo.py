@@ -1,5 +1,6 @@
-"""The one-command demo: scene data with exact depth, the depth network, the four SSR training stages, the
-benchmark table, what each condition contributes, depth accuracy, and inference, on a CPU.
+"""The one-command demo: scene data with exact depth, the depth network, the SVKR stages, the diffusion prior,
+SSR on that prior kept frozen, the benchmark table, what each condition contributes, depth accuracy, the prior's
+evidence, and inference, on a CPU.
 
     python scripts/demo.py            # see README (stage times measured on the 2-core machine)
     python scripts/demo.py --quick    # a few minutes: a handful of iterations per stage (CI)
@@ -10,13 +11,17 @@ Steps (each one is the README command it stands for, run as a subprocess from th
 2. ``python basicsr/train.py -opt options/train_depth_demo.yml``: a small DPT trained from scratch on scenes,
    written as a ``save_pretrained`` folder (``experiments/train_Depth_demo/depth_model``) that every later
    stage loads as ``MonocularDepth(backend: dpt, model_path: <that folder>)``;
-3. ``python basicsr/train.py -opt options/train_{dkenet,nbsr,svkr,ssr}_demo.yml``;
+3. ``python basicsr/train.py -opt options/train_{dkenet,nbsr,svkr,prior,ssr}_demo.yml``: the SVKR stages, the
+   diffusion prior (an autoencoder, then an unconditional UNet, written in Stable Diffusion's folder layout as
+   ``experiments/train_Prior_demo/prior_model``) and SSR with that prior frozen (``pretrained_path``);
 4. ``python basicsr/test.py -opt options/test_ssr_demo.yml`` (Bicubic | SVKR | SSR table);
 5. ``python scripts/experiments/demo_conditions.py``: DKENet with exact / estimated / flat depth, NBSR with
    ground-truth / estimated / one mean kernel, beside the mean-kernel baseline;
 6. ``python scripts/experiments/depth_accuracy.py``: the depth network against the prior on held-out scenes,
    on HR, on bicubic-upsampled LR and on the SVKR's SR output;
-7. ``python scripts/export_model.py`` and ``python scripts/inference_ssr.py`` on a photograph that
+7. ``python scripts/experiments/prior_evidence.py``: the prior's noise error on held-out photographs against the
+   same UNet untrained and against pixel-shuffled photographs, its autoencoder's reconstruction, a sample grid;
+8. ``python scripts/export_model.py`` and ``python scripts/inference_ssr.py`` on a photograph that
    scikit-image ships (not part of the training data).
 ``--depth prior`` runs every stage with the weight-free depth prior instead of the trained network (the
 tables then say so). The numbers of a demo come from toy-size networks and minutes of CPU training.
@@ -40,8 +45,11 @@ STAGES = (  # option file, experiment name (from the file)
     ('options/train_dkenet_demo.yml', 'train_DKENet_x4_demo'),
     ('options/train_nbsr_demo.yml', 'train_NBSR_x4_demo'),
     ('options/train_svkr_demo.yml', 'train_SVKR_x4_demo'),
+    ('options/train_prior_demo.yml', 'train_Prior_demo'),
     ('options/train_ssr_demo.yml', 'ssr_demo'),
 )
+SVKR_STAGE, SSR_STAGE = 'options/train_svkr_demo.yml', 'options/train_ssr_demo.yml'
+PRIOR_MODEL = 'experiments/train_Prior_demo/prior_model'  # written by options/train_prior_demo.yml
 TEST_OPT = 'options/test_ssr_demo.yml'
 TEST_NAME = 'test_SSR_x4_demo'
 MODEL_DIR = 'models/ssr_demo_x4'
@@ -157,8 +165,11 @@ def main(argv=None):
             print(f'==> Train {name}: reusing {latest}', flush=True)
             continue
         force = list(quick_force)
-        if args.quick and _has_train_key(opt_path, 'vae_warmup_iter'):
-            force.append(f'train:vae_warmup_iter={QUICK_ITERS // 2}')  # both phases of the SSR stage run
+        for phase_key in ('vae_warmup_iter', 'vae_iter'):  # both phases of a two-phase stage run
+            if args.quick and _has_train_key(opt_path, phase_key):
+                force.append(f'train:{phase_key}={QUICK_ITERS // 2}')
+        if args.quick and _has_train_key(opt_path, 'sample_steps'):  # the prior's validation sample grid
+            force += ['val:num_samples=4', 'val:sample_steps=5']
         extra = _depth_force(opt_path, args.depth)
         if extra:
             force = (force or ['--force_yml']) + extra
@@ -182,7 +193,14 @@ def main(argv=None):
              '--svkr-opt', 'options/test_svkr_demo.yml', '--output', 'results/demo_depth_accuracy'], log_dir, env, cpu)
         accuracy_table = osp.join(ROOT, 'results', 'demo_depth_accuracy', 'heldout_scenes_metrics.md')
 
-    ssr_exp, svkr_exp = (f'experiments/{_experiment_name(STAGES[i][0])}' for i in (3, 2))
+    evidence_args = ['--samples', '4', '--steps', '5', '--crops', '1'] if args.quick else []
+    times['prior evidence'] = run_step(
+        'Prior evidence: noise error on held-out photographs (trained / untrained / pixel-shuffled), samples',
+        ['scripts/experiments/prior_evidence.py', '--prior', PRIOR_MODEL, '--output', 'results/prior_evidence']
+        + evidence_args, log_dir, env, cpu)
+    evidence_table = osp.join(ROOT, 'results', 'prior_evidence', 'prior_evidence.md')
+
+    ssr_exp, svkr_exp = (f'experiments/{_experiment_name(stage)}' for stage in (SSR_STAGE, SVKR_STAGE))
     run_step('Export: one model folder (SSR + SVKR)', ['scripts/export_model.py', '-i', ssr_exp, '--svkr', svkr_exp,
                                                        '-o', MODEL_DIR, '--overwrite'], log_dir, env, cpu)
 
@@ -212,9 +230,12 @@ def main(argv=None):
     print(f'  conditions table:     {conditions} (and .csv)')
     if accuracy_table:
         print(f'  depth accuracy:       {accuracy_table} (and .csv)')
+    print(f'  diffusion prior:      {osp.join(ROOT, PRIOR_MODEL)} (Stable Diffusion layout, frozen under SSR)')
+    print(f'  prior evidence:       {evidence_table} (and .csv), samples: '
+          f'{osp.join(ROOT, "results", "prior_evidence", "samples.png")}')
     print(f'  side-by-side crops:   {osp.join(ROOT, "results", TEST_NAME, "demo_val_x4_crops")}/')
     print(f'  training logs:        experiments/<name>/, tensorboard --logdir tb_logger; step logs: {log_dir}/')
-    for path in (table, conditions, accuracy_table):
+    for path in (table, conditions, accuracy_table, evidence_table):
         if path and osp.isfile(path):
             print('\n' + open(path).read())
     print(f'Run it on your own images:\n  python scripts/inference_ssr.py --model_path {MODEL_DIR} '

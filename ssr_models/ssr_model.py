@@ -19,6 +19,8 @@ image, a fixed seed, optional AdaIN / wavelet colour correction. ``diffusion: st
 from the noised LR latent and runs only the last steps (diffusers' img2img rule); 1 (default) starts
 from pure noise.
 """
+import json
+import os.path as osp
 from collections import OrderedDict
 
 import torch
@@ -71,8 +73,11 @@ class SSRModel(SSRBaseModel):
     @classmethod
     def svkr_use(cls, opt):
         """What the SVKR is used for in this option file ('' when it is not)."""
-        return ' and '.join(f'{key}: svkr' for key, value in zip(('conditions:source', 'conditions:val_source'),
-                                                                  cls.condition_sources(opt)) if value == 'svkr')
+        uses = [f'{key}: svkr' for key, value in zip(('conditions:source', 'conditions:val_source'),
+                                                     cls.condition_sources(opt)) if value == 'svkr']
+        if (opt.get('network_g') or {}).get('lr_input', 'bicubic') == 'svkr':
+            uses.append('network_g:lr_input: svkr')
+        return ' and '.join(uses)
 
     @classmethod
     def check_options(cls, opt):
@@ -82,6 +87,7 @@ class SSRModel(SSRBaseModel):
             raise OptionError('network_g:type', net_opt.get('type'), f'{cls.__name__} needs an SSRUNet')
         if net_opt.get('pretrained_path') is not None:
             check_pretrained_folder(net_opt['pretrained_path'], 'network_g:pretrained_path')
+            cls.check_frozen_prediction_type(opt)
         use = cls.svkr_use(opt)
         if opt.get('network_svkr') is None:
             if use:
@@ -95,6 +101,22 @@ class SSRModel(SSRBaseModel):
         warmup = (opt.get('train') or {}).get('vae_warmup_iter', 0)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise OptionError('train:vae_warmup_iter', warmup, 'expected an integer >= 0')
+
+    @classmethod
+    def check_frozen_prediction_type(cls, opt):
+        """A frozen pretrained UNet predicts what it was trained to predict: a ``diffusion: prediction_type`` other
+        than its folder's ``scheduler/scheduler_config.json`` would train the encoders and AMF against the wrong
+        target and sample garbage, without any error."""
+        net_opt = opt['network_g']
+        wanted = (opt.get('diffusion') or {}).get('prediction_type')
+        config = osp.join(net_opt['pretrained_path'], 'scheduler', 'scheduler_config.json')
+        if wanted is None or net_opt.get('freeze_unet') is False or not osp.isfile(config):
+            return
+        with open(config) as f:
+            trained = json.load(f).get('prediction_type', 'epsilon')  # diffusers' default
+        if wanted != trained:
+            raise OptionError('diffusion:prediction_type', wanted, f'the frozen UNet of network_g:pretrained_path was '
+                              f'trained for {trained} ({config}); leave the key out to use it')
 
     # ------------------------------------------------------------------ networks
     def setup_model(self):
@@ -157,6 +179,8 @@ class SSRModel(SSRBaseModel):
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         self.depth_in = data['depth_lq'].to(self.device) if 'depth_lq' in data else None
         self.kernel_in = data['kernel'].to(self.device) if 'kernel' in data else None
+        # the SVKR's Iᵀ of the whole image the crop comes from, when the data carries it (lr_input: svkr)
+        self.svkr_sr_in = data['svkr_sr'].to(self.device) if 'svkr_sr' in data else None
 
     @torch.no_grad()
     def condition_maps(self, lq, source, depth=None, kernel=None):
@@ -199,7 +223,7 @@ class SSRModel(SSRBaseModel):
             total = self.vae_weight * l_vae
             losses['l_total'] = total.detach()
             return total, losses
-        lr_up = upsample_lr(self.lq, self.gt.shape[-2:])
+        lr_up = self.lr_encoder_image(self.lq, self.gt.shape[-2:], self.svkr_sr_in)
         with torch.no_grad():
             z0 = net.encode_image(self.gt).float()
             z_lr = net.encode_image(lr_up).float()
@@ -228,6 +252,22 @@ class SSRModel(SSRBaseModel):
             total = total + self.vae_weight * l_vae
         losses['l_total'] = total.detach()
         return total, losses
+
+    @torch.no_grad()
+    def lr_encoder_image(self, lq, size, svkr_sr=None):
+        """What the LR encoder reads, at the output ``size``: the bicubic-upsampled LR image (the paper), or with
+        ``network_g: lr_input: svkr`` the frozen SVKR's refined image Iᵀ (restoration, then generation): the
+        given ``svkr_sr`` (the sample's ``svkr_sr``: Iᵀ of the whole image a crop was cut from), else the SVKR's
+        Iᵀ of ``lq``."""
+        if self.bare_g.lr_input != 'svkr':
+            return upsample_lr(lq, size)
+        if svkr_sr is not None:
+            sr = svkr_sr
+        else:
+            with self.autocast():
+                sr = self.net_svkr(lq)['sr']
+        sr = sr.float().clamp(0, 1)
+        return sr if tuple(sr.shape[-2:]) == tuple(size) else upsample_lr(sr, size)
 
     def _vae_loss(self):
         """L1 reconstruction of the HR image through a sampled latent + ``vae_kl_weight`` x KL."""

@@ -170,8 +170,8 @@ def _latent_map(x, lr_size, latent_size):
 
 
 def _map_conds(conds, fn):
-    """Apply ``fn`` to every tensor of SSRUNet.encode_conditions' output (name -> [(modality, a, b)])."""
-    return {k: [(m, fn(a), fn(b)) for m, a, b in v] for k, v in conds.items()}
+    """Apply ``fn`` to every tensor of SSRUNet.encode_conditions' output (name -> [(tag, tensor, ...)])."""
+    return {k: [(tag, *(fn(x) for x in xs)) for tag, *xs in v] for k, v in conds.items()}
 
 
 OUTPUT_TYPES = ('pil', 'np', 'pt', 'latent')
@@ -355,9 +355,15 @@ class WindowVAETiling:
     GroupNorm normalises with its own window's statistics. With one window it is the untiled VAE."""
     name = 'windows'
 
-    def encode(self, net, lq, windows, progress=False):
-        """Padded LR image ``lq`` -> LR latent of its upsampling; each window upsamples its own LR window."""
+    def encode(self, net, lq, windows, progress=False, image=None):
+        """Padded LR image ``lq`` -> LR latent of its upsampling; each window upsamples its own LR window. With
+        ``image`` (HR size of ``lq``) that image is encoded instead, in the same windows at HR size."""
         s = windows.scale
+        if image is not None:
+            return tiled_apply(lambda t: net.encode_image(t).float(), image, windows.lr_tile and windows.lr_tile * s,
+                               windows.lr_overlap * s, context=windows.lr_context * s,
+                               multiple=windows.lr_multiple * s, out_device=lq.device, progress=progress,
+                               desc='VAE encode')
 
         def encode_window(t):
             return net.encode_image(upsample_lr(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
@@ -389,11 +395,11 @@ class LayerwiseVAETiling:
             return self.store
         return choose_store(layerwise_store_bytes(vae, height, width, batch, part))
 
-    def encode(self, net, lq, windows, progress=False):
+    def encode(self, net, lq, windows, progress=False, image=None):
         s = windows.scale
         h, w = lq.shape[-2] * s, lq.shape[-1] * s
         tile = self.tile_size or windows.lr_tile * s
-        image = upsample_lr(lq, (h, w)) * 2 - 1
+        image = (upsample_lr(lq, (h, w)) if image is None else image) * 2 - 1
         store = self._store(net.vae, 'encoder', lq.shape[0], h, w)
         latent = tiled_encode(net.vae, image, tile_size=tile, out_device=lq.device, store=store,
                               progress=progress).mode()
@@ -422,7 +428,7 @@ def vae_tiling_strategy(vae_tiling='windows', vae_store='memory', tiled=True, ti
 def _repeat_batch(conds, batch):
     """The condition features of ``B`` images for ``batch`` samples (each image's samples one after another):
     unchanged when the batches agree or when there is one image (broadcast by the fusion)."""
-    first = next((a for entries in conds.values() for _, a, _ in entries), None)
+    first = next((xs[0] for entries in conds.values() for _, *xs in entries), None)
     if first is None or first.shape[0] in (1, batch):
         return conds
     if batch % first.shape[0]:
@@ -880,9 +886,11 @@ class SSRPipeline:
                            progress=False):
         """The LR-size maps SSR is conditioned on: ``depth`` (B×1×h×w), ``code`` (the kernel map's PCA code) and,
         with ``return_maps``, ``kvar`` (kernel variance); the given ``depth`` / ``kernel`` maps, the rest from the
-        SVKR, tiled in LR space when ``tile`` is given. Returns a dict of the maps there are."""
+        SVKR, tiled in LR space when ``tile`` is given; with ``network_g: lr_input: svkr`` also ``sr``, the SVKR's
+        Iᵀ (HR size), what the LR encoder reads. Returns a dict of the maps there are."""
         net, dev = self.unet, self.device
         need_depth, need_kernel = 'depth' in net.modalities, 'kernel' in net.modalities
+        need_sr = net.lr_input == 'svkr'
         maps = {}
         if depth is not None:
             maps['depth'] = depth.to(dev).float()
@@ -894,9 +902,12 @@ class SSRPipeline:
             if return_maps:
                 maps['kvar'] = kernel_variance(kernel)
         want = [name for name, wanted in (('depth', need_depth or return_maps), ('code', need_kernel),
-                                          ('kvar', return_maps)) if wanted and name not in maps]
-        needed = [name for name in want if name != 'kvar' and (name == 'code' or need_depth)]
+                                          ('kvar', return_maps), ('sr', need_sr)) if wanted and name not in maps]
+        needed = [name for name in want if name != 'kvar' and (name in ('code', 'sr') or need_depth)]
         if want and self.svkr is None:
+            if 'sr' in needed:
+                raise OptionError('network_svkr', None, 'the LR encoder reads the SVKR\'s Iᵀ (network_g: lr_input: '
+                                  'svkr): SSR needs its SVKR')
             if needed:
                 raise OptionError('network_svkr', None, 'SSR needs an SVKR for the depth / kernel maps (or give '
                                   'depth= and kernel= maps)')
@@ -910,13 +921,23 @@ class SSRPipeline:
         return maps
 
     @torch.no_grad()
-    def encode_lr(self, lq, windows, vae_tiling=None, progress=False):
+    def encode_lr(self, lq, windows, vae_tiling=None, progress=False, svkr_sr=None):
         """The padded LR image ``lq`` (``pad_lr``), upsampled to the output size and VAE-encoded: the scaled LR
         latent (float32) the conditions and a ``strength`` < 1 start from. ``windows``: ``SamplingWindows``;
-        ``vae_tiling``: the VAE tiling strategy (default: ``WindowVAETiling``)."""
+        ``vae_tiling``: the VAE tiling strategy (default: ``WindowVAETiling``). With ``svkr_sr`` (the SVKR's Iᵀ of
+        the unpadded image; ``network_g: lr_input: svkr``) that image, padded as ``lq`` is, is encoded instead:
+        restoration, then generation."""
         vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
+        image = None
+        if svkr_sr is not None:
+            s = windows.scale
+            image = svkr_sr.to(lq.device).float().clamp(0, 1)
+            gh, gw = lq.shape[-2] * s - image.shape[-2], lq.shape[-1] * s - image.shape[-1]
+            if gh or gw:
+                mode = 'reflect' if gh < image.shape[-2] and gw < image.shape[-1] else 'replicate'
+                image = F.pad(image, (0, gw, 0, gh), mode=mode)
         self._place('vae')
-        return vae_tiling.encode(self.unet, lq, windows, progress)
+        return vae_tiling.encode(self.unet, lq, windows, progress, image=image)
 
     def condition_windows(self, lr_latent, maps, windows, cond_cache='auto'):
         """The ``ConditionWindows`` of a call: the LR latent and the maps of ``prepare_conditions`` (padded as the
@@ -1075,7 +1096,7 @@ class SSRPipeline:
                                                return_maps, progress)
                 lq, _ = pad_lr(lr, s, self.unet.size_multiple)
                 with self._vae_autocast(run.dtype):
-                    lr_latent = self.encode_lr(lq, run.windows, run.vae_tiling, progress)
+                    lr_latent = self.encode_lr(lq, run.windows, run.vae_tiling, progress, svkr_sr=maps.get('sr'))
                 with autocast(dev, run.dtype):
                     conditions = self.condition_windows(lr_latent, maps, run.windows, run.cond_cache)
                     scheduler, timesteps = self.prepare_timesteps(run.num_inference_steps, run.strength, run.sampler)

@@ -182,7 +182,8 @@ def test_option_file_parses_checks_and_builds_its_datasets(path, fixture_data, m
     from ssr_utils.option_check import check_options
     opt = parse(path, monkeypatch)
     filled = fill_paths(opt, fixture_data)
-    generated = [d for d in opt['datasets'].values() if d.get('scenes')]  # SceneDepthDataset renders its own
+    # SceneDepthDataset renders its own scenes; HRCropDataset may read the project's photographs only
+    generated = [d for d in opt['datasets'].values() if d.get('scenes') or d.get('photos')]
     assert generated or any(k.startswith('datasets:') for k in filled), 'no dataset path in the file'
     check_options(opt, ROOT)
     for phase, dataset_opt in opt['datasets'].items():
@@ -192,6 +193,9 @@ def test_option_file_parses_checks_and_builds_its_datasets(path, fixture_data, m
         sample = dataset[0]
         if dataset_opt['type'] == 'SceneDepthDataset':
             assert sample['img'].shape[0] == 3 and sample['depth'].shape[0] == 1, phase
+            continue
+        if dataset_opt['type'] == 'HRCropDataset':  # clean HR crops (the diffusion prior): no LR
+            assert sample['gt'].shape == (3, dataset_opt['gt_size'], dataset_opt['gt_size']), phase
             continue
         assert sample['lq'].shape[0] == 3 and sample['gt'].shape[0] == 3, phase
         if dataset_opt['type'] == 'SSRPairedDataset' and dataset_opt.get('dataroot'):
@@ -222,7 +226,7 @@ def test_full_size_files_read_documented_data_only(path, monkeypatch):
     data_keys = {k: v for k, v in filled.items() if k.startswith('datasets:') or k.endswith('pca_path')}
     if osp.basename(path) == 'train_rrdb_sv_baseline.yml':  # the BasicSR mixing example: its own data paths
         data_keys = {k: v for k, v in data_keys.items() if k.endswith(':dataroot')}
-    generated = [d for d in (opt.get('datasets') or {}).values() if d.get('scenes')]  # rendered, nothing to read
+    generated = [d for d in (opt.get('datasets') or {}).values() if d.get('scenes') or d.get('photos')]  # nothing to read
     assert data_keys or generated
     for key, value in data_keys.items():
         assert 'datasets/demo' not in value, f'{key} = {value}: a full-size file must not use the demo data'

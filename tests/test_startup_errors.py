@@ -116,8 +116,7 @@ def test_an_incomplete_pretrained_folder_is_named_before_any_folder_is_made(tmp_
     with open(osp.join(ROOT, 'options', 'train_ssr_demo.yml')) as f:
         launch = yaml.safe_load(f)
     launch['name'] = run_name
-    net = launch['network_g']
-    net.pop('unet'), net.pop('vae')
+    net = launch['network_g']  # the demo's SSR stage on a frozen prior folder, here an incomplete one
     net.update(pretrained_path=str(base), pca_path=None)
     launch['datasets']['train']['dataroot_gt'] = str(tmp_path)
     launch['datasets']['train'].pop('dataroot_depth')
