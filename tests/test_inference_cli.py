@@ -229,9 +229,11 @@ def test_num_samples_one_seed_each_named_apart(models, tmp_path, capsys):
                                                   'x_seed7.png']
     imgs = [cv2.imread(str(tmp_path / 'n' / f'x_seed{s}.png')) for s in (5, 6, 7)]
     assert not np.array_equal(imgs[0], imgs[1]) and not np.array_equal(imgs[1], imgs[2])
-    for seed, img in zip((5, 6), imgs):  # sample k is the single run with seed + k
+    for seed, img in zip((5, 6), imgs):  # sample k is the single run with seed + k (the samples of an image run
+        # as one batch, which may round differently in the last bit: at most one grey level)
         assert _ssr(models, src, tmp_path / f's{seed}', '--seed', str(seed)) == 0
-        assert np.array_equal(cv2.imread(str(tmp_path / f's{seed}' / 'x.png')), img)
+        single = cv2.imread(str(tmp_path / f's{seed}' / 'x.png')).astype(np.int32)
+        assert np.abs(single - img.astype(np.int32)).max() <= 1
     assert _ssr(models, src, tmp_path / 'm', '--num-samples', '2', '--suffix', 'v') == 0  # the model's seed, 0
     assert sorted(os.listdir(tmp_path / 'm')) == ['x_v_seed0.png', 'x_v_seed1.png']
     capsys.readouterr()

@@ -212,3 +212,21 @@ def test_from_pretrained_torch_dtype(tiny_models, tmp_path):
     assert next(pipe.unet.unet.parameters()).dtype == torch.bfloat16
     with pytest.raises(OptionError, match='torch_dtype'):
         SSRPipeline.from_pretrained(str(tmp_path / 'm'), torch_dtype=torch.bfloat16, dtype='fp16')
+
+
+@torch.no_grad()
+def test_tiled_call_with_the_layerwise_vae_is_within_40db_of_the_whole_vae(pipe):
+    # the acceptance of the layer-wise default, at test size: the same tiled call (UNet on the same windows)
+    # with the whole VAE is the reference (scripts/benchmarks/bench_inference.py --vae-psnr at larger sizes)
+    import math
+    import os.path as osp
+    import sys
+    from conftest import ROOT
+    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
+    from bench_inference import whole_vae_call
+    lr = torch.nn.functional.interpolate(_lr(h=8, w=8, seed=4), size=(32, 32), mode='bicubic').clamp(0, 1)
+    ref = whole_vae_call(pipe, lr, 16, 4, 2, seed=0)
+    layerwise = pipe(lr, num_inference_steps=2, seed=0, tile=16, tile_overlap=4).images
+    assert 10 * math.log10(1 / (layerwise - ref).pow(2).mean().item()) >= 40
+    windows = pipe(lr, num_inference_steps=2, seed=0, tile=16, tile_overlap=4, vae_tiling='windows').images
+    assert (windows - ref).abs().max() > 10 * (layerwise - ref).abs().max()  # the reference tells them apart
