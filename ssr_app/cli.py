@@ -10,17 +10,21 @@ INFERENCE_USAGE = """Super-resolve an image or a folder with SSR (or only its SV
     python scripts/inference_ssr.py -opt options/test_ssr_demo.yml -i photos/ -o results/photos_sr
     python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i photo.jpg -o out --svkr-only --save-maps
     python scripts/inference_ssr.py -opt experiments/train_SSR_x4 -i big.png -o out --tile 128 --tile-overlap 16
+    python scripts/inference_ssr.py --model_path models/ssr_demo_x4 -i frames/ -o out --batch_size 4 --fp16
 
 ``--model_path`` is a model folder (``scripts/export_model.py`` makes one; ``SSRPipeline.save_pretrained``);
 ``-opt`` an option file or an experiment folder. Outputs ``<out>/<input stem>[_<suffix>].<ext>`` (16-bit when
 the input is 16-bit and the output PNG, gray when it is gray, alpha carried through and upscaled separately;
-``_seed<N>`` added per sample with ``--num_samples``). On CUDA the networks run in fp16 autocast unless
-``--fp32``. Files that cannot be read or processed are reported and skipped; the exit status is 1 when
-anything was skipped, 2 for bad arguments or an empty input folder. See docs/inference.md.
+``_seed<N>`` added per sample with ``--num_samples``). On CUDA the weights are float16 unless ``--fp32``
+(``--bf16`` on any device). The first line names the device. Files that cannot be read or processed are
+reported and skipped; the exit status is 1 when anything was skipped, 2 for bad arguments or an empty input
+folder. See docs/inference.md.
 """
 
-EXPORT_USAGE = """Write an SSR model folder (SSRPipeline.save_pretrained) from training results; a frozen Stable
-Diffusion base and a depth network are referenced by path, not copied.
+EXPORT_USAGE = """Write an SSR model folder (SSRPipeline.save_pretrained) from training results. Frozen parts that
+load from folders of their own (the SVKR's depth network, a Stable Diffusion base or the project's prior) are
+copied into the folder when their weights are at most 200 MB (relative paths: the folder can be moved), and
+referenced by absolute path otherwise; --copy-parts copies them whatever their size, --reference-parts never.
 
     python scripts/export_model.py -i experiments/ssr_demo --svkr experiments/train_SVKR_x4_demo -o models/ssr_demo_x4
     python scripts/export_model.py -i options/test_ssr_demo.yml -o models/ssr_demo_x4
@@ -70,10 +74,24 @@ def build_inference_parser(prog=None):
     p.add_argument('--tile-overlap', '--tile_overlap', '--tile_pad', '--tile-pad', dest='tile_overlap', type=int,
                    default=None, help='overlap of neighbouring tiles in LR pixels (default: min(16, tile / 4); '
                    '--tile_pad is accepted for Real-ESRGAN users)')
+    p.add_argument('--batch_size', '--batch-size', dest='batch_size', type=int, default=1,
+                   help='images of one size per pipeline call (default 1); with --num_samples each image\'s samples '
+                   'run in the same call')
+    p.add_argument('--vae-tiling', '--vae_tiling', dest='vae_tiling', choices=('layerwise', 'windows'), default=None,
+                   help='how the VAE is tiled: layerwise (whole-image GroupNorm statistics, no tone seams; the default '
+                   'with --tile; without --tile it tiles the VAE alone) or windows (each --tile window through the '
+                   'whole VAE, blended)')
+    p.add_argument('--offload', action='store_true',
+                   help='keep the networks in host memory and move each to the GPU for its stage only '
+                   '(SSRPipeline.enable_model_cpu_offload)')
+    p.add_argument('--attention-slicing', '--attention_slicing', dest='attention_slicing', action='store_true',
+                   help='the UNet\'s attention in slices (diffusers\' attention slicing; saves nothing with PyTorch\'s '
+                   'scaled-dot-product attention, see docs/inference.md)')
     half = p.add_mutually_exclusive_group()
-    half.add_argument('--fp32', action='store_true', help='float32 on the GPU too (default there: fp16 autocast)')
-    half.add_argument('--fp16', action='store_true', help='float16 autocast (GPU only; the default on CUDA)')
-    half.add_argument('--bf16', action='store_true', help='bfloat16 autocast (GPU only)')
+    half.add_argument('--fp32', action='store_true', help='float32 weights on the GPU too (default there: fp16)')
+    half.add_argument('--fp16', action='store_true', help='float16 weights (batch norms and the kernel PCA stay '
+                      'float32; the default on CUDA; not on the CPU, use --bf16 there)')
+    half.add_argument('--bf16', action='store_true', help='bfloat16 weights (any device)')
     p.add_argument('--device', default='auto', help='auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps')
     p.add_argument('--color-fix', '--color_fix', dest='color_fix', choices=('none', 'adain', 'wavelet'),
                    default=None, help='colour correction against the LR input (default: the model\'s)')
@@ -81,7 +99,7 @@ def build_inference_parser(prog=None):
                    help='the SVKR result I^T only (no diffusion; fast)')
     p.add_argument('--save-maps', '--save_maps', dest='save_maps', action='store_true',
                    help='also write <stem>_depth.png and <stem>_kernel_var.png (kernel-variance heat map)')
-    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars')
+    p.add_argument('-q', '--quiet', action='store_true', help='no progress bars (transformers\' and diffusers\' too)')
     return p
 
 
@@ -91,4 +109,11 @@ def build_export_parser():
     p.add_argument('--svkr', default=None, help='experiment folder or option file of the SVKR to include')
     p.add_argument('-o', '--output', required=True, help='the model folder to write')
     p.add_argument('--overwrite', action='store_true', help='replace an existing model folder')
+    parts = p.add_mutually_exclusive_group()
+    parts.add_argument('--copy-parts', '--copy_parts', dest='copy_parts', action='store_const', const='all',
+                       default='auto', help='copy every frozen part (depth network, diffusion base) into the folder, '
+                       'whatever its size (default: those up to 200 MB)')
+    parts.add_argument('--reference-parts', '--reference_parts', dest='copy_parts', action='store_const',
+                       const='none', help='copy none: reference them by absolute path (the folder then works only '
+                       'where those paths exist)')
     return p

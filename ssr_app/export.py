@@ -3,7 +3,8 @@
 The networks are built from the option file the experiment saved (or the one given), with their trained
 weights (the EMA ones when saved), by the builder ``scripts/inference_ssr.py -opt`` uses
 (``ssr_pipelines.builder``), and written with ``SSRPipeline.save_pretrained``; so ``--model_path <folder>``
-gives the same images as ``-opt``.
+gives the same images as ``-opt``. Frozen parts with folders of their own (a depth network, a diffusion base
+or prior) are copied into the model folder when small (``--copy-parts`` always, ``--reference-parts`` never).
 """
 import os.path as osp
 from copy import deepcopy
@@ -45,32 +46,35 @@ def export_options(source, svkr_source=None):
     return opt
 
 
-def export_model(source, output, svkr_source=None, overwrite=False):
-    """Write the model folder ``output``; returns the pipeline. The folder appears complete or not at all
-    (``atomic_directory``: an existing one is replaced only with ``overwrite``, once the new one is written)."""
+def export_model(source, output, svkr_source=None, overwrite=False, copy_parts='auto'):
+    """Write the model folder ``output``; returns ``(pipeline, report)`` (``report``: the frozen parts copied into
+    the folder and those referenced by path, ``model_folder.save_model_folder``). The folder appears complete or
+    not at all (``atomic_directory``: an existing one is replaced only with ``overwrite``, once the new one is
+    written). ``copy_parts``: ``auto`` (parts up to ``COPY_PARTS_MAX_MB``), ``all`` or ``none``."""
     with atomic_directory(output, overwrite=overwrite) as tmp:
         pipe = pipeline_from_options(prepare_options(export_options(source, svkr_source)))
-        pipe.save_pretrained(tmp)
-    return pipe
+        report = pipe.save_pretrained(tmp, copy_parts=copy_parts)
+    return pipe, report
 
 
 def run(args):
     """Run the CLI; returns the exit status (0: written, 2: bad arguments)."""
     try:
-        pipe = export_model(args.input, args.output, args.svkr, args.overwrite)
+        pipe, report = export_model(args.input, args.output, args.svkr, args.overwrite, args.copy_parts)
     except (OptionError, FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as err:
         msg = str(err) if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
         print(f'export_model: {msg}', flush=True)
         return 2
     parts = []
     if pipe.unet is not None:
-        base = pipe.unet.config['pretrained_path'] if pipe.unet.referenced_parts else None
         parts.append(f'SSR (×{pipe.scale}, {pipe.num_inference_steps} {pipe.sampler} step(s), strength '
-                     f'{pipe.strength:g}, colour fix {pipe.color_fix})'
-                     + (f', base referenced: {base}' if base else ''))
+                     f'{pipe.strength:g}, colour fix {pipe.color_fix})')
     if pipe.svkr is not None:
         parts.append(f'SVKR (T = {pipe.svkr.num_iter})')
-    print(f'Exported {osp.abspath(args.output)}: {"; ".join(parts)}\n'
-          f'  python scripts/inference_ssr.py --model_path {args.output} -i <image or folder> -o <output folder>',
-          flush=True)
+    lines = [f'Exported {osp.abspath(args.output)}: {"; ".join(parts)}']
+    lines += [f'  copied into the folder: {part}' for part in report['copied']]
+    lines += [f'  referenced by absolute path (not moved with the folder; --copy-parts copies it): {part}'
+              for part in report['referenced']]
+    lines.append(f'  python scripts/inference_ssr.py --model_path {args.output} -i <image or folder> -o <output folder>')
+    print('\n'.join(lines), flush=True)
     return 0

@@ -1,10 +1,11 @@
 """The engine behind ``scripts/inference_ssr.py``: load an ``SSRPipeline`` from a model folder
 (``--model_path``), an option file or an experiment folder (``-opt``) through ``ssr_pipelines.builder``,
-super-resolve images one by one (tiled when asked), write ``<out>/<stem>.png``, report a summary.
+super-resolve images (tiled when asked; ``--batch_size`` images of one size per pipeline call), write
+``<out>/<stem>.png``, report a summary.
 
 Two paths, both ``SSRPipeline`` calls: ``svkr_only`` (the SVKR's non-blind result Iᵀ, fast and
-deterministic) and SSR diffusion (``pipe(image, ...)``, tiled with ``--tile``; a whole image is its
-one-window case).
+deterministic) and SSR diffusion (``pipe(images, ...)``, tiled with ``--tile``; a whole image is its
+one-window case; ``--num_samples`` samples of an image share its conditions, one SVKR run per image).
 """
 import os
 import os.path as osp
@@ -24,10 +25,10 @@ from basicsr.utils import get_root_logger  # noqa: E402
 
 from ssr_app.cli import MIN_TILE  # noqa: E402
 from ssr_pipelines.builder import load_pipeline  # noqa: E402
-from ssr_pipelines.pipeline_ssr import check_sampler, check_strength  # noqa: E402
+from ssr_pipelines.pipeline_ssr import VAE_TILINGS, check_sampler, check_strength  # noqa: E402
+from ssr_utils.amp import amp_dtype  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
-from ssr_utils.image_io import (image_to_tensor, list_images, read_image, tensor_to_image,  # noqa: E402
-                                upscale_alpha, write_image)
+from ssr_utils.image_io import image_to_tensor, list_images, read_image, upscale_alpha, write_image  # noqa: E402
 
 OUTPUT_EXTS = ('auto', 'png', 'jpg')
 
@@ -67,15 +68,16 @@ def resolve_device(name, flag='--device'):
 
 
 def default_precision(device, fp32=False, fp16=False, bf16=False):
-    """The CLI's precision: fp16 autocast on CUDA unless ``--fp32`` (Real-ESRGAN's default), float32 elsewhere;
-    ``--fp16`` / ``--bf16`` asked for on a non-CUDA device stop with the flag named."""
-    asked = 'fp16' if fp16 else 'bf16' if bf16 else None
-    if asked is not None and device.type != 'cuda':
-        raise OptionError(f'--{asked}', True, f'half precision needs a CUDA device (device is {device}; '
-                          'leave the flag out there)')
+    """The CLI's precision, that of the weights: ``--fp16`` / ``--bf16`` cast the networks (``float32_modules``
+    stay float32), the default on CUDA is fp16 unless ``--fp32`` (Real-ESRGAN's default), float32 elsewhere.
+    ``--fp16`` on the CPU stops with the flag named: CPUs without float16 arithmetic emulate it (measured here:
+    a convolution 200× slower than in float32); ``--bf16`` is the CPU's half precision."""
+    if fp16 and device.type == 'cpu':
+        raise OptionError('--fp16', True, 'float16 runs about 200 times slower than float32 on a CPU without float16 '
+                          'arithmetic; use --bf16 for half-precision weights on the CPU (or leave it out)')
     if fp32:
         return 'fp32'
-    return asked or ('fp16' if device.type == 'cuda' else 'fp32')
+    return 'fp16' if fp16 else 'bf16' if bf16 else ('fp16' if device.type == 'cuda' else 'fp32')
 
 
 def output_extension(ext, input_path, has_alpha):
@@ -110,12 +112,45 @@ def check_tiling(tile, tile_overlap):
     return int(tile), int(tile_overlap)
 
 
+def image_size_hint(path):
+    """``(height, width)`` of an image file as it will be read (EXIF orientation applied), from its header
+    (Pillow, no decoding), or None where Pillow cannot tell: used to group equal sizes into batches."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            turned = im.getexif().get(0x0112) in (5, 6, 7, 8)
+    except Exception:  # unreadable here: read_image reports it when the file's turn comes
+        return None
+    return (w, h) if turned else (h, w)
+
+
+def batches_by_size(paths, batch_size):
+    """``paths`` in groups of at most ``batch_size`` whose images (probably) have one size: sorted by the size of
+    the header (stable, files without one last, one per group), then cut; the groups are checked again after
+    reading. ``batch_size`` 1 keeps the order of ``paths``."""
+    if batch_size <= 1:
+        return [[p] for p in paths]
+    sizes = {p: image_size_hint(p) for p in paths}
+    known = sorted((p for p in paths if sizes[p] is not None), key=lambda p: sizes[p])
+    groups, current = [], []
+    for path in known:
+        if current and (sizes[current[0]] != sizes[path] or len(current) == batch_size):
+            groups.append(current)
+            current = []
+        current.append(path)
+    if current:
+        groups.append(current)
+    return groups + [[p] for p in paths if sizes[p] is None]
+
+
 class Inferencer:
-    """One loaded pipeline; ``process(path, out_dir)`` super-resolves one file and writes the outputs."""
+    """One loaded pipeline; ``process_batch(paths, out_dir)`` super-resolves images of one size in one pipeline
+    call and writes the outputs (``process(path, out_dir)``: one image)."""
 
     def __init__(self, pipeline, svkr_only=False, precision='fp32', tile=None, tile_overlap=None, steps=None, seed=None,
                  color_fix_method=None, scale=None, save_maps=False, progress=True, sampler=None, strength=None,
-                 num_samples=1, ext='png', suffix=''):
+                 num_samples=1, ext='png', suffix='', batch_size=1, vae_tiling=None):
         tile, tile_overlap = check_tiling(tile, tile_overlap)
         if steps is not None and steps < 1:
             raise OptionError('--steps', steps, 'must be >= 1')
@@ -123,12 +158,20 @@ class Inferencer:
             raise OptionError('--outscale', scale, 'must be > 0')
         if num_samples < 1:
             raise OptionError('--num_samples', num_samples, 'must be >= 1')
+        if batch_size < 1:
+            raise OptionError('--batch_size', batch_size, 'must be >= 1')
         if svkr_only and num_samples > 1:
             raise OptionError('--num_samples', num_samples, 'the SVKR result (--svkr-only) is deterministic: one '
                               'sample')
-        if svkr_only and (sampler is not None or strength is not None):
-            raise OptionError('--sampler' if sampler is not None else '--strength',
-                              sampler if sampler is not None else strength, 'has no effect with --svkr-only')
+        if svkr_only:
+            for flag, value in (('--sampler', sampler), ('--strength', strength), ('--vae-tiling', vae_tiling)):
+                if value is not None:
+                    raise OptionError(flag, value, 'has no effect with --svkr-only')
+        if vae_tiling is not None and vae_tiling not in VAE_TILINGS:
+            raise OptionError('--vae-tiling', vae_tiling, f'expected one of {", ".join(VAE_TILINGS)}')
+        if vae_tiling == 'windows' and not tile:
+            raise OptionError('--vae-tiling', vae_tiling, 'cuts the VAE along the windows of --tile; give --tile '
+                              '(or --vae-tiling layerwise, which tiles the VAE alone)')
         if sampler is not None:
             check_sampler(sampler, '--sampler')
         if strength is not None:
@@ -139,9 +182,12 @@ class Inferencer:
             raise OptionError('--suffix', suffix, 'must not contain a path separator')
         self.sampler, self.strength, self.num_samples, self.ext, self.suffix = \
             sampler, strength, int(num_samples), ext, suffix
+        self.batch_size = int(batch_size)
         self.pipeline = pipeline
-        self.svkr_only, self.dtype = svkr_only, None if precision == 'fp32' else precision
+        self.svkr_only, self.precision = svkr_only, precision
         self.tile, self.tile_overlap = tile, tile_overlap
+        # with --tile the seam-free VAE unless asked otherwise; without, --vae-tiling layerwise tiles the VAE alone
+        self.vae_tiling = (vae_tiling or 'layerwise') if tile else None
         self.steps, self.seed, self.color_fix, self.save_maps, self.progress = \
             steps, seed, color_fix_method, save_maps, progress
         if svkr_only and pipeline.svkr is None:
@@ -155,6 +201,8 @@ class Inferencer:
                 raise OptionError('network_svkr', None, 'blind inference needs an SVKR for the depth / kernel maps; '
                                   'this model has none (e.g. a training file with conditions: source: gt; add one '
                                   'with scripts/export_model.py --svkr)')
+            if vae_tiling == 'layerwise' and not tile:
+                pipeline.enable_vae_tiling()
         self.net_scale = pipeline.scale
         self.out_scale = float(scale) if scale is not None else float(self.net_scale)
         if self.out_scale != self.net_scale:
@@ -172,60 +220,103 @@ class Inferencer:
         return f'{stem}_{self.suffix}' if self.suffix else stem
 
     @torch.no_grad()
-    def super_resolve(self, lr, out=None, seed=None):
-        """1×3×h×w RGB [0, 1] (CPU) -> ``SSRPipelineOutput`` with the result on the CPU. ``out``: optional CPU
-        float32 tensor 1×3×(h·s)×(w·s) (e.g. a view of the output image) the result is written into."""
+    def super_resolve(self, lr, out=None):
+        """B×3×h×w RGB [0, 1] (CPU) -> ``SSRPipelineOutput`` with the results on the CPU: ``--num_samples`` per image
+        (sample k of every image from seed + k), the samples of each image one after another. ``out``: optional CPU
+        float32 tensor (B·n)×3×(h·s)×(w·s) (e.g. a view of the output images) the results are written into."""
         if self.svkr_only:
-            return self.pipeline.svkr_only(lr, tile=self.tile, tile_overlap=self.tile_overlap, dtype=self.dtype,
+            return self.pipeline.svkr_only(lr, tile=self.tile, tile_overlap=self.tile_overlap,
                                            return_maps=self.save_maps, progress=self.progress, out=out,
-                                           out_device='cpu')
-        return self.pipeline(lr, num_inference_steps=self.steps, seed=self.seed if seed is None else seed,
-                             strength=self.strength, sampler=self.sampler, tile=self.tile,
-                             tile_overlap=self.tile_overlap, color_fix=self.color_fix, dtype=self.dtype,
-                             return_maps=self.save_maps, progress=self.progress, out=out, out_device='cpu')
+                                           out_device='cpu', output_type='pt')
+        return self.pipeline(lr, num_inference_steps=self.steps, seed=self.seeds()[0],
+                             num_images_per_image=self.num_samples, strength=self.strength, sampler=self.sampler,
+                             tile=self.tile, tile_overlap=self.tile_overlap, vae_tiling=self.vae_tiling,
+                             color_fix=self.color_fix, return_maps=self.save_maps, progress=self.progress, out=out,
+                             out_device='cpu', output_type='pt')
 
     def process(self, path, out_dir):
-        """Returns the list of written files; raises on any problem (the caller reports and goes on)."""
+        """Super-resolve one file; returns the list of written files; raises on any problem."""
+        return self.process_batch([(path, read_image(path))], out_dir)[path]
+
+    def process_batch(self, items, out_dir):
+        """``items``: ``[(path, LoadedImage)]`` of one size, super-resolved in one pipeline call. Returns
+        ``{path: [written files]}``; raises on any problem (the caller retries the images one by one)."""
         import cv2
         from ssr_utils.visualize import colorize, depth_image
-        img = read_image(path)
-        lr = image_to_tensor(img.rgb)
-        h, w = img.shape
+        h, w = items[0][1].shape
+        if any(img.shape != (h, w) for _, img in items):
+            raise ValueError('process_batch: the images of a batch must have one size')
+        lr = torch.cat([image_to_tensor(img.rgb) for _, img in items])
+        n = 1 if self.svkr_only else self.num_samples
+        s = self.net_scale
+        # the results are written straight into the output images (N×H×W×3), so no second HR-size copy
+        results = np.empty((len(items) * n, h * s, w * s, 3), dtype=np.float32)
+        view = torch.from_numpy(results).permute(0, 3, 1, 2)
+        out = self.super_resolve(lr, out=view)
+        if out.images.data_ptr() != view.data_ptr():
+            view.copy_(out.images)
+        depth, kvar = out.depth, out.kernel_variance
+        del out
         size = (int(round(h * self.out_scale)), int(round(w * self.out_scale)))
-        alpha = upscale_alpha(img.alpha, size) if img.alpha is not None else None
-        ext = output_extension(self.ext, path, alpha is not None)
-        name = self.output_stem(path)
-        written = []
-        for k, seed in enumerate(self.seeds()):
-            # tiled runs write their rows straight into the output image (H×W×3), so no second HR-size copy
-            sr = np.empty((h * self.net_scale, w * self.net_scale, 3), dtype=np.float32)
-            sr_view = torch.from_numpy(sr).permute(2, 0, 1)[None]
-            out = self.super_resolve(lr, out=sr_view, seed=seed)
-            if out.images.data_ptr() != sr_view.data_ptr():
-                sr = tensor_to_image(out.images)
-            depth, kvar = out.depth, out.kernel_variance
-            del out, sr_view
-            for r in range(0, sr.shape[0], 512):
-                rows = sr[r:r + 512]
-                if not np.isfinite(rows).all():
-                    raise RuntimeError('the network produced non-finite values')
-                np.clip(rows, 0, 1, out=rows)
-            if tuple(sr.shape[:2]) != size:
-                interp = cv2.INTER_AREA if size[0] < sr.shape[0] else cv2.INTER_CUBIC
-                sr = np.clip(cv2.resize(sr, (size[1], size[0]), interpolation=interp), 0, 1)
-            target = f'{name}_seed{seed}.{ext}' if self.num_samples > 1 else f'{name}.{ext}'
-            written.append(write_image(osp.join(out_dir, target), sr, alpha, img.bit_depth, img.gray))
-            del sr
-            if self.save_maps and k == 0:  # the maps come from the SVKR: the same for every seed
+        written = {}
+        for i, (path, img) in enumerate(items):
+            alpha = upscale_alpha(img.alpha, size) if img.alpha is not None else None
+            ext = output_extension(self.ext, path, alpha is not None)
+            name = self.output_stem(path)
+            files = written[path] = []
+            for k, seed in enumerate(self.seeds() if n > 1 else [None]):
+                sr = results[i * n + k]
+                for r in range(0, sr.shape[0], 512):
+                    rows = sr[r:r + 512]
+                    if not np.isfinite(rows).all():
+                        raise RuntimeError(f'{path}: the network produced non-finite values')
+                    np.clip(rows, 0, 1, out=rows)
+                if tuple(sr.shape[:2]) != size:
+                    interp = cv2.INTER_AREA if size[0] < sr.shape[0] else cv2.INTER_CUBIC
+                    sr = np.clip(cv2.resize(sr, (size[1], size[0]), interpolation=interp), 0, 1)
+                target = f'{name}_seed{seed}.{ext}' if n > 1 else f'{name}.{ext}'
+                files.append(write_image(osp.join(out_dir, target), sr, alpha, img.bit_depth, img.gray))
+            if self.save_maps:  # the maps come from the SVKR: one per image, whatever the samples
                 if depth is not None:
-                    dimg = depth_image(depth.cpu(), size=size)
-                    written.append(write_image(osp.join(out_dir, f'{name}_depth.png'), dimg[..., ::-1] / 255.0))
+                    dimg = depth_image(depth[i:i + 1].cpu(), size=size)
+                    files.append(write_image(osp.join(out_dir, f'{name}_depth.png'), dimg[..., ::-1] / 255.0))
                 if kvar is not None:
-                    kv = F.interpolate(kvar.float().cpu(), size=size, mode='nearest')[0, 0]
-                    kimg = colorize(kv)
-                    written.append(write_image(osp.join(out_dir, f'{name}_kernel_var.png'),
-                                               kimg[..., ::-1] / 255.0))
+                    kv = F.interpolate(kvar[i:i + 1].float().cpu(), size=size, mode='nearest')[0, 0]
+                    files.append(write_image(osp.join(out_dir, f'{name}_kernel_var.png'),
+                                             colorize(kv)[..., ::-1] / 255.0))
         return written
+
+
+def quiet_library_bars():
+    """``-q``: also no progress bars from transformers and diffusers (transformers' "Loading weights" bar when a
+    depth network loads), through their own switches."""
+    import importlib
+    for name in ('transformers', 'diffusers'):
+        try:
+            importlib.import_module(f'{name}.utils.logging').disable_progress_bar()
+        except (ImportError, AttributeError):
+            pass
+
+
+def device_line(device, precision, engine, count):
+    """The first line of a run: the device the networks run on, the precision of their weights, the switches."""
+    name = ''
+    if device.type == 'cuda':
+        name = f' ({torch.cuda.get_device_name(device)})'
+    weights = {'fp32': 'float32', 'fp16': 'float16', 'bf16': 'bfloat16'}[precision]
+    switches = []
+    pipe = engine.pipeline
+    if engine.tile:
+        switches.append(f'tile {engine.tile} (overlap {engine.tile_overlap}'
+                        + (f', VAE {engine.vae_tiling})' if not engine.svkr_only else ')'))
+    elif getattr(pipe, '_vae_tiling', None):
+        switches.append('VAE tiled (layerwise)')
+    if getattr(pipe, '_offload', None) is not None:
+        switches.append('model offload')
+    if engine.batch_size > 1:
+        switches.append(f'batch {engine.batch_size}')
+    return (f'inference_ssr: device {device}{name}, {weights} weights'
+            + (f', {", ".join(switches)}' if switches else '') + f'; {count} file(s)')
 
 
 def run(args):
@@ -239,22 +330,36 @@ def run(args):
         device = resolve_device(args.device)
         precision = default_precision(device, getattr(args, 'fp32', False), args.fp16, args.bf16)
         check_tiling(args.tile, args.tile_overlap)  # before the (slow) model load
-        pipeline = load_pipeline(args.opt, args.model_path, device)
+        offload = getattr(args, 'offload', False)
+        if offload and device.type == 'cpu':
+            raise OptionError('--offload', True, 'moves each network to the GPU for its stage only; the device is the '
+                              'CPU, where the networks already are')
+        if (offload or getattr(args, 'attention_slicing', False)) and args.svkr_only:
+            raise OptionError('--offload' if offload else '--attention-slicing', True, 'has no effect with '
+                              '--svkr-only')
+        if args.quiet:
+            quiet_library_bars()
+        torch_dtype = None if precision == 'fp32' else amp_dtype(precision, f'--{precision}')
+        # with --offload the networks load into host memory: the GPU never holds them all
+        pipeline = load_pipeline(args.opt, args.model_path, 'cpu' if offload else device, torch_dtype=torch_dtype)
         engine = Inferencer(pipeline, args.svkr_only, precision, args.tile, args.tile_overlap, args.steps, args.seed,
                             args.color_fix, args.scale, args.save_maps, progress=not args.quiet,
                             sampler=args.sampler, strength=args.strength, num_samples=args.num_samples,
-                            ext=args.ext, suffix=args.suffix)
+                            ext=args.ext, suffix=args.suffix, batch_size=getattr(args, 'batch_size', 1),
+                            vae_tiling=getattr(args, 'vae_tiling', None))
+        if offload:
+            pipeline.enable_model_cpu_offload(device=device)
+        if getattr(args, 'attention_slicing', False):
+            pipeline.enable_attention_slicing()
     except (OptionError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         msg = str(err) if isinstance(err, OptionError) else f'{type(err).__name__}: {err}'
         print(f'inference_ssr: {msg}', flush=True)
         return 2
-    if device.type == 'cuda' or precision != 'fp32':
-        logger.info(f'inference: {device}, precision {precision}' + (' (--fp32 for float32)' if precision == 'fp16'
-                                                                     else ''))
+    print(device_line(device, precision, engine, len(files)), flush=True)
     os.makedirs(args.output, exist_ok=True)
-    done, skipped, seen = OrderedDict(), OrderedDict(), {}
-    interrupted = False
-    for path in tqdm(files, desc='images', unit='img', disable=args.quiet):
+    done, skipped, seen = {}, {}, {}
+    accepted = []
+    for path in files:
         name = engine.output_stem(path)
         if name in seen:
             skipped[path] = f'output name {name} is already taken by {seen[name]}'
@@ -266,27 +371,65 @@ def run(args):
                 '-o folder or a --suffix'
             continue
         seen[name] = path
-        start = time.perf_counter()
-        try:
-            engine.process(path, args.output)
-            done[path] = time.perf_counter() - start
-        except KeyboardInterrupt:
-            interrupted = True
-            skipped[path] = 'interrupted'
-            break
-        except OptionError:
-            raise  # a bad option stops the run (the command's one line), it is no problem of this file
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            skipped[path] = 'out of GPU memory (try a smaller --tile)'
-        except Exception as err:  # one bad file never stops the run
-            reason = str(err) if str(err).startswith(path) else f'{type(err).__name__}: {err}'
-            skipped[path] = reason
-            logger.debug('inference: %s failed', path, exc_info=True)
-    print_summary(done, skipped, args.output)
+        accepted.append(path)
+    interrupted = False
+    bar = tqdm(total=len(accepted), desc='images', unit='img', disable=args.quiet)
+    group = []
+    try:
+        for group in batches_by_size(accepted, engine.batch_size):
+            items = []
+            for path in group:
+                try:
+                    items.append((path, read_image(path)))
+                except Exception as err:  # one bad file never stops the run
+                    skipped[path] = _reason(path, err)
+                    bar.update(1)
+            while items:  # the sizes the headers promised, checked: one batch per size
+                batch = [it for it in items if it[1].shape == items[0][1].shape]
+                items = [it for it in items if it[1].shape != items[0][1].shape]
+                _run_batch(engine, batch, args.output, done, skipped, logger)
+                bar.update(len(batch))
+    except KeyboardInterrupt:
+        interrupted = True
+        for path in group:  # the batch in flight; later files are not reached
+            if path not in done and path not in skipped:
+                skipped[path] = 'interrupted'
+    bar.close()
+    print_summary(OrderedDict((p, done[p]) for p in files if p in done),
+                  OrderedDict((p, skipped[p]) for p in files if p in skipped), args.output)
     if interrupted:
         return 130
     return 1 if skipped else 0
+
+
+def _reason(path, err):
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        torch.cuda.empty_cache()
+        return 'out of GPU memory (try a smaller --tile, --batch_size 1, --offload or --fp16)'
+    return str(err) if str(err).startswith(path) else f'{type(err).__name__}: {err}'
+
+
+def _run_batch(engine, batch, out_dir, done, skipped, logger):
+    """One pipeline call for ``batch``; where it fails with several images, each is retried alone, so one bad image
+    never takes its batch with it. The time of a batch is shared out over its images."""
+    start = time.perf_counter()
+    try:
+        engine.process_batch(batch, out_dir)
+    except (KeyboardInterrupt, OptionError):
+        raise  # a bad option stops the run (the command's one line), it is no problem of these files
+    except Exception as err:
+        if len(batch) > 1:
+            logger.debug('inference: a batch of %d failed (%s); one by one', len(batch), err)
+            for item in batch:
+                _run_batch(engine, [item], out_dir, done, skipped, logger)
+            return
+        path = batch[0][0]
+        skipped[path] = _reason(path, err)
+        logger.debug('inference: %s failed', path, exc_info=True)
+        return
+    seconds = (time.perf_counter() - start) / len(batch)
+    for path, _ in batch:
+        done[path] = seconds
 
 
 def print_summary(done, skipped, out_dir):

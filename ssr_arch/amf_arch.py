@@ -19,14 +19,20 @@ so with ``alpha``, ``beta`` computed once per image an AMF is one per-pixel affi
 ``F_out = F_in + (F_in * gain + shift)`` (:meth:`AMF.folded_modulation`); SSRUNet composes the AMFs of
 one injection point into one such map, so a sampling step pays two elementwise passes per point instead
 of a norm and three elementwise passes per modality.
+
+``AMFFusion`` is the ``fusion: amf`` method of SSRUNet (``ssr_arch/fusion_arch.py``): the AMF layers of every
+injection point and modality, their per-image modulations and the fold.
 """
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from ssr_arch.fusion_arch import FUSION_REGISTRY, ConditionFusion, apply_affine, resize_to
 from ssr_utils.errors import OptionError
+
+# modality tag of an injection point whose AMF layers are composed into one affine map (AMFFusion.fold)
+FOLDED = 'folded'
 
 
 def _norm_layer(norm, channels, num_groups):
@@ -40,13 +46,6 @@ def _norm_layer(norm, channels, num_groups):
     if norm in ('none', None):
         return nn.Identity()
     raise OptionError('norm', norm, 'expected batch, group or none')
-
-
-def resize_to(feat, size):
-    """Bilinearly resize ``feat`` to spatial ``size`` (no-op when it already matches)."""
-    if tuple(feat.shape[-2:]) == tuple(size):
-        return feat
-    return F.interpolate(feat, size=tuple(size), mode='bilinear', align_corners=False)
 
 
 @ARCH_REGISTRY.register()
@@ -137,3 +136,59 @@ class AMF(nn.Module):
             raise ValueError(f'AMF: feature has {feat.shape[1]} channels, expected {self.num_feat}')
         alpha, beta = self.modulation(cond, feat.shape[-2:])
         return self.apply_modulation(feat, alpha, beta)
+
+
+@FUSION_REGISTRY.register()
+class AMFFusion(ConditionFusion):
+    """``fusion: amf`` (default, the paper's): one :class:`AMF` per injection point and modality, keyed
+    ``<point>_<modality>``; at every point the modalities act one after another in the order of
+    ``modalities``. Options: the ``AMF`` arguments (``network_g: amf``). At inference each point's layers
+    are composed into one per-pixel affine map where their norms are fixed (:meth:`fold`)."""
+    option_name = 'amf'
+    foldable = True
+
+    def __init__(self, unet, modalities, inject, feature_channels, input_channels, **options):
+        super().__init__(unet, modalities, inject)
+        self.resolved_options = dict(options)
+        for name, _, feat_ch, level in self.points:
+            for m in self.modalities:
+                self[f'{name}_{m}'] = AMF(feat_ch, feature_channels[m][level], **options)
+
+    def conditions(self, feats):
+        """Per injection point, the list ``[(modality, alpha, beta), ...]`` in application order."""
+        return {name: [(m, *self[f'{name}_{m}'].modulation(feats[m][level])) for m in self.modalities]
+                for name, _, _, level in self.points}
+
+    def fold(self, conds):
+        """Each injection point's AMF layers composed into one per-pixel affine map, where they can be.
+
+        Where every AMF of a point has a fixed norm (eval mode, :meth:`AMF.norm_affine`) and its modalities'
+        modulations share one size, the point's list becomes ``[(FOLDED, gain, shift)]``: the point then
+        computes ``h + (h * gain + shift)``, the same numbers as applying the AMFs one after another (up to
+        rounding) in two elementwise passes instead of four per modality. Other points are kept as they are.
+        ``gain`` and ``shift`` have the modulations' dtype; they are composed in float32."""
+        folded = {}
+        for name, entries in conds.items():
+            gain = shift = None
+            for m, alpha, beta in entries:
+                ab = None if m == FOLDED else self[f'{name}_{m}'].folded_modulation(alpha, beta)
+                if ab is None or (gain is not None and ab[0].shape != gain.shape):
+                    gain = None
+                    break
+                if gain is None:
+                    gain, shift = ab
+                else:  # h(1 + G) + S, then (1 + g) and s: 1 + G' = (1 + G)(1 + g), S' = S(1 + g) + s
+                    g, s = ab
+                    gain, shift = gain + g + gain * g, shift + shift * g + s
+            dtype = entries[0][1].dtype if entries else None
+            folded[name] = entries if gain is None else [(FOLDED, gain.to(dtype), shift.to(dtype))]
+        return folded
+
+    def fuse(self, name, hidden, point_conds):
+        for m, alpha, beta in point_conds:
+            if m == FOLDED:
+                hidden = apply_affine(hidden, alpha, beta)
+            else:
+                hidden = self[f'{name}_{m}'].apply_modulation(hidden, alpha, beta)
+        return hidden
+

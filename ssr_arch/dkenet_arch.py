@@ -114,6 +114,10 @@ class FocusPlaneEstimator(nn.Module):
     in [0, 1] (the normalised circle of confusion; 0 in focus). Inputs are not differentiated through.
     """
 
+    # computes in float32 (its sums of squared Laplacians overflow float16): its buffers stay float32 when a
+    # pipeline casts the networks to half precision (ssr_pipelines.pipeline_ssr.float32_modules)
+    keep_in_float32 = True
+
     def __init__(self, num_bins=8, window=5, min_share=2e-3):
         super().__init__()
         if num_bins < 3:

@@ -8,17 +8,20 @@ Structure (all one registered network, saved and loaded together):
 * ``encoders``: ``lr`` (half-UNet ``SSRLREncoder`` of the VAE latent of the upsampled LR image),
   ``depth`` and ``kernel`` (small ``SSRMapEncoder`` of the depth map and of the kernel map's PCA
   code). Each gives one feature map per UNet level.
-* ``amf``: one ``AMF`` per injection point and modality. Injection points are the output of every
+* the fusion method (``fusion``, ``ssr_arch/fusion_arch.py``), kept under its own name: ``amf`` (default,
+  the paper's) is one ``AMF`` per injection point and modality. Injection points are the output of every
   down block (``down0``...), of the mid block (``mid``) and of every up block (``up0``...). At each
   point the modalities are applied one after another in the order of ``modalities``; the default
   ``[kernel, depth, lr]`` is the paper's index order (f1 = kernel, f2 = depth, f3 = LR image), so the
-  primary modality acts last, closest to the UNet's next layer.
+  primary modality acts last, closest to the UNet's next layer. ``sft``: one SFT layer per point on the
+  concatenated features, no normalisation (StableSR); ``concat``: the raw conditions concatenated at the
+  UNet input through a zero-initialised extension of ``conv_in`` (SR3 / ResShift; no encoders).
 * ``recon_heads``: light heads for the constraint terms C_i of Eq. (5) (see ``reconstruct``).
 * the null text embedding (``null_text``: ``zeros`` = fixed zeros, ``learned`` = a trained
   parameter; ``null_text_path`` initialises it from a saved tensor, e.g. the text encoder's
   embedding of the empty prompt computed once offline).
 
-The UNet's own modules and parameter names are untouched (AMF acts through forward hooks), so the
+The UNet's own modules and parameter names are untouched (the fusion acts through forward hooks), so the
 base weights load and save in the diffusers layout and a bare UNet call (``conditions=None``)
 behaves exactly like the original model. With ``pretrained_path`` the UNet and the VAE are frozen by
 default (``freeze_unet`` / ``freeze_vae``); without it everything is trainable.
@@ -44,7 +47,8 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from ssr_arch.amf_arch import AMF, resize_to
+from ssr_arch.amf_arch import FOLDED  # noqa: F401  (re-exported: the tag of a folded AMF point)
+from ssr_arch.fusion_arch import BLOCK_GROUPS, fusion_class
 from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
 from ssr_data.kernels import KernelPCA
 from ssr_utils.atomic_file import atomic_write
@@ -52,8 +56,9 @@ from ssr_utils.compat import own_weights
 from ssr_utils.errors import OptionError
 
 MODALITIES = ('kernel', 'depth', 'lr')
-# modality tag of an injection point whose AMF layers are composed into one affine map (fold_modulations)
-FOLDED = 'folded'
+# what the LR encoder (and the img2img start) reads: the bicubic-upsampled LR image (the paper), or the
+# SVKR's refined image I^T (restoration, then generation)
+LR_INPUTS = ('bicubic', 'svkr')
 WEIGHTS_NAME = 'diffusion_pytorch_model.safetensors'
 _BASE_PARTS = ('unet', 'vae')
 _WEIGHT_FILES = ('diffusion_pytorch_model.safetensors', 'diffusion_pytorch_model.bin',
@@ -136,8 +141,13 @@ class SSRUNet(ModelMixin, ConfigMixin):
             ``pca`` and saved with the network, so later loads need no file.
         lr_encoder (dict): ``SSRLREncoder`` options (``block_out_channels`` one per UNet level...).
         map_encoder (dict): ``SSRMapEncoder`` options, shared by the depth and kernel encoders.
-        amf (dict): ``AMF`` options (hidden, norm, residual, zero_init).
-        inject (list[str]): which groups of points get AMF: down, mid, up.
+        amf (dict): ``AMF`` options (hidden, norm, residual, zero_init), for ``fusion: amf``.
+        inject (list[str]): which groups of points get AMF / SFT: down, mid, up (concat: the input only).
+        fusion (str): how the conditions enter the UNet: ``amf`` (paper), ``sft``, ``concat``, or any method
+            registered in ``FUSION_REGISTRY`` (ssr_arch/fusion_arch.py).
+        fusion_opt (dict | None): options of a fusion method other than ``amf`` (e.g. ``sft``: hidden).
+        lr_input (str): what the LR encoder reads, ``bicubic`` (the upsampled LR image, paper) or ``svkr``
+            (the SVKR's refined image I^T; training and sampling then need the SVKR). Also the img2img start.
         null_text (str): zeros | learned. null_text_length (int): tokens. null_text_path (str | None).
         recon_heads (bool): build the reconstruction heads of the constraint terms.
         gradient_checkpointing (bool): diffusers' gradient checkpointing in the UNet blocks.
@@ -162,18 +172,27 @@ class SSRUNet(ModelMixin, ConfigMixin):
                  null_text_length=77,
                  null_text_path=None,
                  recon_heads=True,
-                 gradient_checkpointing=False):
+                 gradient_checkpointing=False,
+                 fusion='amf',
+                 fusion_opt=None,
+                 lr_input='bicubic'):
         super().__init__()
         self.modalities, self.inject = self._check_choices(modalities, inject, null_text)
+        fusion_cls = fusion_class(fusion)
+        if lr_input not in LR_INPUTS:
+            raise OptionError('lr_input', lr_input, f'expected one of {list(LR_INPUTS)}')
+        self.lr_input = lr_input
         self._build_base(pretrained_path, unet, vae, freeze_unet, freeze_vae, gradient_checkpointing)
         self._build_kernel_pca(pca_path, kernel_code_channels, kernel_size)
-        lr_encoder, map_encoder = self._build_encoders(lr_encoder, map_encoder, kernel_code_channels)
-        amf = self._build_fusion(amf)
-        self._build_recon_heads(recon_heads, kernel_code_channels)
+        lr_encoder, map_encoder = self._build_encoders(lr_encoder, map_encoder, kernel_code_channels,
+                                                       fusion_cls.uses_encoders)
+        amf, fusion_opt = self._build_fusion(fusion_cls, amf, fusion_opt, kernel_code_channels)
+        self._build_recon_heads(recon_heads and fusion_cls.uses_encoders, kernel_code_channels)
         self._build_null_text(null_text, null_text_length, null_text_path)
         self._active = None
         self._hook_handles = [
-            module.register_forward_hook(functools.partial(self._amf_hook, name)) for name, module, _, _ in self._points
+            module.register_forward_hook(functools.partial(self._fusion_hook, name))
+            for name, module, _, _ in self._points
         ]
         # the config rebuilds this architecture: resolved lists and dicts, an absolute base path, and no
         # pca_path / null_text_path (the basis and the embedding are part of the weights)
@@ -184,6 +203,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
             lr_encoder=_jsonable(lr_encoder),
             map_encoder=_jsonable(map_encoder),
             amf=_jsonable(amf),
+            fusion_opt=_jsonable(fusion_opt),
             null_text_length=int(self.null_text_embedding.shape[1]),
             pca_path=None,
             null_text_path=None)
@@ -192,7 +212,8 @@ class SSRUNet(ModelMixin, ConfigMixin):
             f'SSRUNet: {n_train:,} trainable of {n_total:,} parameters ({100.0 * n_train / max(n_total, 1):.2f}%); '
             f'UNet {"frozen" if self.frozen["unet"] else "trainable"}, '
             f'VAE {"frozen" if self.frozen["vae"] else "trainable"}, modalities {self.modalities}, '
-            f'{len(self._points)} AMF points')
+            f'fusion {fusion} at {len(self._points)} points' + (', LR encoder reads the SVKR\'s I^T'
+                                                               if lr_input == 'svkr' else ''))
 
     def __getattr__(self, name):
         # config keys unet / vae / amf / recon_heads share their names with submodules: the submodules win
@@ -210,7 +231,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
         if not modalities or any(m not in MODALITIES for m in modalities) or len(set(modalities)) != len(modalities):
             raise OptionError('modalities', modalities, f'expected distinct entries from {list(MODALITIES)}')
         inject = list(inject)
-        if not inject or any(g not in ('down', 'mid', 'up') for g in inject):
+        if not inject or any(g not in BLOCK_GROUPS for g in inject):
             raise OptionError('inject', inject, 'expected a non-empty subset of [down, mid, up]')
         if null_text not in ('zeros', 'learned'):
             raise OptionError('null_text', null_text, 'expected zeros or learned')
@@ -223,9 +244,12 @@ class SSRUNet(ModelMixin, ConfigMixin):
             if unet is not None or vae is not None:
                 raise OptionError('unet' if unet is not None else 'vae', 'dict',
                                   'give either pretrained_path or the unet/vae configs, not both')
-            # own_weights: the same numbers as the saved networks (ssr_utils/compat.py, fix 9)
-            self.unet = own_weights(UNet2DConditionModel.from_pretrained(osp.join(pretrained_path, 'unet')))
-            self.vae = own_weights(AutoencoderKL.from_pretrained(osp.join(pretrained_path, 'vae')))
+            # own_weights: the same numbers as the saved networks (ssr_utils/compat.py, fix 9); accelerate is no
+            # dependency, and diffusers warns at every load that defaults low_cpu_mem_usage to True without it
+            self.unet = own_weights(UNet2DConditionModel.from_pretrained(osp.join(pretrained_path, 'unet'),
+                                                                         low_cpu_mem_usage=False))
+            self.vae = own_weights(AutoencoderKL.from_pretrained(osp.join(pretrained_path, 'vae'),
+                                                                 low_cpu_mem_usage=False))
         else:
             if unet is None or vae is None:
                 raise OptionError('unet' if unet is None else 'vae', None,
@@ -256,8 +280,9 @@ class SSRUNet(ModelMixin, ConfigMixin):
         else:  # filled from the weights, or by SSRModel from the SVKR's basis
             self.pca = KernelPCA(kernel_size=kernel_size, dim=kernel_code_channels)
 
-    def _build_encoders(self, lr_encoder, map_encoder, kernel_code_channels):
-        """One encoder per modality, each giving one feature map per UNet level."""
+    def _build_encoders(self, lr_encoder, map_encoder, kernel_code_channels, build=True):
+        """One encoder per modality, each giving one feature map per UNet level (none when the fusion method
+        reads the raw conditions)."""
         levels = list(self.unet.config.block_out_channels)
         lr_encoder = dict(lr_encoder or {})
         map_encoder = dict(map_encoder or {})
@@ -268,7 +293,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
                 raise OptionError(f'{key}:block_out_channels', enc['block_out_channels'],
                                   f'needs one entry per UNet level ({len(levels)})')
         self.encoders = nn.ModuleDict()
-        for m in self.modalities:
+        for m in (self.modalities if build else ()):
             if m == 'lr':
                 self.encoders[m] = SSRLREncoder(in_channels=self.vae.config.latent_channels, **lr_encoder)
             else:
@@ -276,33 +301,28 @@ class SSRUNet(ModelMixin, ConfigMixin):
                 self.encoders[m] = SSRMapEncoder(in_channels=in_ch, **map_encoder)
         return lr_encoder, map_encoder
 
-    def _build_fusion(self, amf):
-        """The injection points (outputs of the down, mid and up blocks) and one AMF per point and modality."""
-        amf = dict(amf or {})
-        levels = list(self.unet.config.block_out_channels)
-        n = len(levels)
-        # (name, module, feature channels, UNet level of its output)
-        self._points = []
-        if 'down' in self.inject:
-            for i, block in enumerate(self.unet.down_blocks):
-                level = i + 1 if getattr(block, 'downsamplers', None) is not None else i
-                self._points.append((f'down{i}', block, levels[i], level))
-        if 'mid' in self.inject:
-            if self.unet.mid_block is None:
-                raise OptionError('inject', self.inject, 'the UNet has no mid block')
-            self._points.append(('mid', self.unet.mid_block, levels[-1], n - 1))
-        if 'up' in self.inject:
-            rev = levels[::-1]
-            for j, block in enumerate(self.unet.up_blocks):
-                level = n - 1 - j - (1 if getattr(block, 'upsamplers', None) is not None else 0)
-                self._points.append((f'up{j}', block, rev[j], level))
+    def _build_fusion(self, fusion_cls, amf, fusion_opt, kernel_code_channels):
+        """The fusion method (``ssr_arch/fusion_arch.py``), kept under its own attribute name (``amf`` for AMF,
+        so its weights keep their names), and its injection points. Returns the resolved ``amf`` and
+        ``fusion_opt`` for the config."""
+        amf, fusion_opt = dict(amf or {}), dict(fusion_opt or {})
+        if fusion_cls.option_name == 'amf' and fusion_opt:
+            raise OptionError('fusion_opt', fusion_opt, 'AMF takes its options from the amf: block')
+        options = amf if fusion_cls.option_name == 'amf' else fusion_opt
+        feature_channels = {m: list(enc.out_channels) for m, enc in self.encoders.items()}
+        input_channels = {'lr': self.vae.config.latent_channels, 'depth': 1, 'kernel': kernel_code_channels}
+        try:
+            method = fusion_cls(self.unet, self.modalities, self.inject, feature_channels, input_channels, **options)
+        except TypeError as err:  # an option the method does not take
+            key = 'amf' if fusion_cls.option_name == 'amf' else 'fusion_opt'
+            raise OptionError(key, options, f'not options of fusion {fusion_cls.option_name}: {err}') from None
+        self._fusion_attr = fusion_cls.attribute()
+        setattr(self, self._fusion_attr, method)
+        self._points = method.injection_points()
         self.point_levels = {name: level for name, _, _, level in self._points}
-        self.amf = nn.ModuleDict()
-        for name, _, feat_ch, level in self._points:
-            for m in self.modalities:
-                cond_ch = self.encoders[m].out_channels[level]
-                self.amf[f'{name}_{m}'] = AMF(feat_ch, cond_ch, **amf)
-        return amf
+        if fusion_cls.option_name == 'amf':
+            return method.resolved_options, fusion_opt
+        return amf, method.resolved_options
 
     def _build_recon_heads(self, recon_heads, kernel_code_channels):
         self.recon_heads = nn.ModuleDict()
@@ -328,8 +348,13 @@ class SSRUNet(ModelMixin, ConfigMixin):
             self.register_buffer('null_text_embedding', emb)
 
     # ------------------------------------------------------------------ save / load
+    @property
+    def fusion_method(self):
+        """The fusion module (``AMFFusion``, ``SFTFusion``, ``ConcatFusion``...; ``ssr_arch/fusion_arch.py``)."""
+        return getattr(self, self._fusion_attr)
+
     def injection_points(self):
-        """``[(name, module, feature channels, UNet level), ...]`` where AMF acts, in forward order."""
+        """``[(name, module, feature channels, UNet level), ...]`` where the fusion acts, in forward order."""
         return list(self._points)
 
     def parameter_counts(self):
@@ -337,7 +362,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
         return _count(p for p in params if p.requires_grad), _count(params)
 
     def adapter_state_dict(self):
-        """Everything but the base UNet and VAE (encoders, AMF, heads, null embedding)."""
+        """Everything but the base UNet and VAE (encoders, fusion layers, heads, null embedding)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith(('unet.', 'vae.'))}
 
     def saved_state_dict(self, state=None):
@@ -355,22 +380,28 @@ class SSRUNet(ModelMixin, ConfigMixin):
             raise KeyError(f'{source} does not fit this SSRUNet: missing {missing[:5]} ({len(missing)}), '
                            f'unexpected {unexpected[:5]} ({len(unexpected)})')
 
-    def save_pretrained(self, save_directory, **_):
+    def referenced_bytes(self):
+        """The size of the weights of the referenced base parts (what ``include_referenced`` would add)."""
+        return sum(p.numel() * p.element_size() for part in self.referenced_parts
+                   for p in getattr(self, part).parameters())
+
+    def save_pretrained(self, save_directory, include_referenced=False, **_):
         """``config.json`` and ``diffusion_pytorch_model.safetensors`` (diffusers' file names) in
-        ``save_directory``. Base parts loaded from ``pretrained_path`` and frozen are referenced, not copied;
-        when nothing is referenced the config carries the UNet / VAE configs and no path, so the folder
-        stands alone."""
+        ``save_directory``. Base parts loaded from ``pretrained_path`` and frozen are referenced, not copied,
+        unless ``include_referenced``; when nothing is referenced the config carries the UNet / VAE configs and no
+        path (and the freeze flags), so the folder stands alone."""
         from safetensors.torch import save as safetensors_bytes
         os.makedirs(save_directory, exist_ok=True)
         config = {k: v for k, v in dict(self.config).items() if not k.startswith('_')}
-        if config['pretrained_path'] is not None and not self.referenced_parts:
+        if config['pretrained_path'] is not None and (include_referenced or not self.referenced_parts):
             config.update(pretrained_path=None, unet=_public_config(self.unet.config),
                           vae=_public_config(self.vae.config), freeze_unet=self.frozen['unet'],
                           freeze_vae=self.frozen['vae'])
         config = dict(_class_name=type(self).__name__, **_jsonable(config))
         with atomic_write(osp.join(save_directory, self.config_name), 'w') as f:
             json.dump(config, f, indent=2, sort_keys=True)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.saved_state_dict().items()}
+        state = self.state_dict() if include_referenced else self.saved_state_dict()
+        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         with atomic_write(osp.join(save_directory, WEIGHTS_NAME)) as f:
             f.write(safetensors_bytes(tensors, metadata={'format': 'pt'}))
 
@@ -413,8 +444,9 @@ class SSRUNet(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ conditioning
     def encode_features(self, lr_latent=None, depth=None, kernel_code=None, size=None):
-        """Encoder features per modality (list over UNet levels). Depth / kernel maps are resized to the
-        latent size (``size``, default: the LR latent's)."""
+        """Encoder features per modality (list over UNet levels; ``[the input]`` when the fusion method reads
+        the raw conditions). Depth / kernel maps are resized to the latent size (``size``, default: the LR
+        latent's)."""
         inputs = {'lr': lr_latent, 'depth': depth, 'kernel': kernel_code}
         if size is None and lr_latent is not None:
             size = lr_latent.shape[-2:]
@@ -427,40 +459,19 @@ class SSRUNet(ModelMixin, ConfigMixin):
                 # in float32: antialiased bilinear has no half-precision kernel everywhere (bf16 on CPU, torch 2.14)
                 x = F.interpolate(x.float(), size=tuple(size), mode='bilinear', align_corners=False,
                                   antialias=True).to(x.dtype)
-            feats[m] = self.encoders[m](x)
+            feats[m] = self.encoders[m](x) if m in self.encoders else [x]
         return feats
 
     def modulations(self, feats):
-        """Per injection point, the list ``[(modality, alpha, beta), ...]`` in application order."""
-        conds = {}
-        for name, _, _, level in self._points:
-            conds[name] = [(m, *self.amf[f'{name}_{m}'].modulation(feats[m][level])) for m in self.modalities]
-        return conds
+        """Per injection point, the fusion method's list ``[(tag, tensor, ...), ...]`` (AMF: ``(modality, alpha,
+        beta)`` in application order)."""
+        return self.fusion_method.conditions(feats)
 
     def fold_modulations(self, conds):
-        """Each injection point's AMF layers composed into one per-pixel affine map, where they can be.
-
-        Where every AMF of a point has a fixed norm (eval mode, :meth:`AMF.norm_affine`) and its modalities'
-        modulations share one size, the point's list becomes ``[(FOLDED, gain, shift)]``: the point then
-        computes ``h + (h * gain + shift)``, the same numbers as applying the AMFs one after another (up to
-        rounding) in two elementwise passes instead of four per modality. Other points are kept as they are.
-        ``gain`` and ``shift`` have the modulations' dtype; they are composed in float32."""
-        folded = {}
-        for name, entries in conds.items():
-            gain = shift = None
-            for m, alpha, beta in entries:
-                ab = None if m == FOLDED else self.amf[f'{name}_{m}'].folded_modulation(alpha, beta)
-                if ab is None or (gain is not None and ab[0].shape != gain.shape):
-                    gain = None
-                    break
-                if gain is None:
-                    gain, shift = ab
-                else:  # h(1 + G) + S, then (1 + g) and s: 1 + G' = (1 + G)(1 + g), S' = S(1 + g) + s
-                    g, s = ab
-                    gain, shift = gain + g + gain * g, shift + shift * g + s
-            dtype = entries[0][1].dtype if entries else None
-            folded[name] = entries if gain is None else [(FOLDED, gain.to(dtype), shift.to(dtype))]
-        return folded
+        """The conditions in the fusion method's inference form: for AMF each injection point's layers composed
+        into one per-pixel affine map where they can be (``AMFFusion.fold``: ``[(FOLDED, gain, shift)]``, the
+        same prediction up to rounding in two elementwise passes); other methods as they are."""
+        return self.fusion_method.fold(conds)
 
     def encode_conditions(self, lr_latent=None, depth=None, kernel_code=None, size=None, return_features=False,
                           fold=None):
@@ -489,29 +500,21 @@ class SSRUNet(ModelMixin, ConfigMixin):
         """C_i heads: each modality's deepest feature -> its own input, at that feature's size."""
         return {m: self.recon_heads[m](feats[m][-1]) for m in self.modalities if m in self.recon_heads}
 
-    def _amf_hook(self, name, module, args, output):
+    def _fusion_hook(self, name, module, args, output):
         """Forward hook of injection point ``name``. Registered as a bound method (through ``partial``), not a
         closure: ``copy.deepcopy`` rebinds it to the copy (an EMA copy, a half-precision copy), where a closure
         would keep reading the original network's conditions and the copy would silently run unconditioned."""
         conds = self._active
         if conds is None or name not in conds:
             return output
+        fuse = self.fusion_method.fuse
         if isinstance(output, tuple):  # down block: (hidden, res_samples); res_samples[-1] is hidden
             hidden, states = output[0], output[1]
             if states[-1] is not hidden:
                 raise RuntimeError(f'SSRUNet: unsupported down block {type(module).__name__} at {name}')
-            fused = self._fuse(name, hidden, conds[name])
+            fused = fuse(name, hidden, conds[name])
             return (fused, states[:-1] + (fused, )) + tuple(output[2:])
-        return self._fuse(name, output, conds[name])
-
-    def _fuse(self, name, hidden, point_conds):
-        for m, alpha, beta in point_conds:
-            if m == FOLDED:
-                gain, shift = resize_to(alpha, hidden.shape[-2:]), resize_to(beta, hidden.shape[-2:])
-                hidden = torch.addcmul(shift.to(hidden.dtype), hidden, gain.to(hidden.dtype)).add_(hidden)
-            else:
-                hidden = self.amf[f'{name}_{m}'].apply_modulation(hidden, alpha, beta)
-        return hidden
+        return fuse(name, output, conds[name])
 
     def null_embedding(self, batch, dtype=None):
         emb = self.null_text_embedding.expand(batch, -1, -1)

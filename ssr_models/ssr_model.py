@@ -73,8 +73,11 @@ class SSRModel(SSRBaseModel):
     @classmethod
     def svkr_use(cls, opt):
         """What the SVKR is used for in this option file ('' when it is not)."""
-        return ' and '.join(f'{key}: svkr' for key, value in zip(('conditions:source', 'conditions:val_source'),
-                                                                  cls.condition_sources(opt)) if value == 'svkr')
+        uses = [f'{key}: svkr' for key, value in zip(('conditions:source', 'conditions:val_source'),
+                                                     cls.condition_sources(opt)) if value == 'svkr']
+        if (opt.get('network_g') or {}).get('lr_input', 'bicubic') == 'svkr':
+            uses.append('network_g:lr_input: svkr')
+        return ' and '.join(uses)
 
     @classmethod
     def check_options(cls, opt):
@@ -176,6 +179,8 @@ class SSRModel(SSRBaseModel):
         self.gt = data['gt'].to(self.device) if 'gt' in data else None
         self.depth_in = data['depth_lq'].to(self.device) if 'depth_lq' in data else None
         self.kernel_in = data['kernel'].to(self.device) if 'kernel' in data else None
+        # the SVKR's Iᵀ of the whole image the crop comes from, when the data carries it (lr_input: svkr)
+        self.svkr_sr_in = data['svkr_sr'].to(self.device) if 'svkr_sr' in data else None
 
     @torch.no_grad()
     def condition_maps(self, lq, source, depth=None, kernel=None):
@@ -218,7 +223,7 @@ class SSRModel(SSRBaseModel):
             total = self.vae_weight * l_vae
             losses['l_total'] = total.detach()
             return total, losses
-        lr_up = upsample_lr(self.lq, self.gt.shape[-2:])
+        lr_up = self.lr_encoder_image(self.lq, self.gt.shape[-2:], self.svkr_sr_in)
         with torch.no_grad():
             z0 = net.encode_image(self.gt).float()
             z_lr = net.encode_image(lr_up).float()
@@ -247,6 +252,22 @@ class SSRModel(SSRBaseModel):
             total = total + self.vae_weight * l_vae
         losses['l_total'] = total.detach()
         return total, losses
+
+    @torch.no_grad()
+    def lr_encoder_image(self, lq, size, svkr_sr=None):
+        """What the LR encoder reads, at the output ``size``: the bicubic-upsampled LR image (the paper), or with
+        ``network_g: lr_input: svkr`` the frozen SVKR's refined image Iᵀ (restoration, then generation): the
+        given ``svkr_sr`` (the sample's ``svkr_sr``: Iᵀ of the whole image a crop was cut from), else the SVKR's
+        Iᵀ of ``lq``."""
+        if self.bare_g.lr_input != 'svkr':
+            return upsample_lr(lq, size)
+        if svkr_sr is not None:
+            sr = svkr_sr
+        else:
+            with self.autocast():
+                sr = self.net_svkr(lq)['sr']
+        sr = sr.float().clamp(0, 1)
+        return sr if tuple(sr.shape[-2:]) == tuple(size) else upsample_lr(sr, size)
 
     def _vae_loss(self):
         """L1 reconstruction of the HR image through a sampled latent + ``vae_kl_weight`` x KL."""

@@ -202,12 +202,17 @@ def pipeline_from_options(opt, device=None, dtype=None):
     return assemble_pipeline(opt, load_ssr_unet(net_opt, path_opt), svkr, dtype).to(device or 'cpu')
 
 
-def load_pipeline(opt_source=None, model_path=None, device=None, dtype=None):
+def load_pipeline(opt_source=None, model_path=None, device=None, dtype=None, torch_dtype=None):
     """The ``SSRPipeline`` of a model folder (``model_path``) or of an option file / experiment folder
-    (``opt_source``; a relative path is also looked up in the repository root and the shipped option files)."""
+    (``opt_source``; a relative path is also looked up in the repository root and the shipped option files).
+    ``torch_dtype``: half-precision weights (``SSRPipeline.to(dtype)``), cast before the move to ``device``;
+    ``dtype``: the autocast precision over float32 weights."""
     if (opt_source is None) == (model_path is None):
         raise ValueError('load_pipeline: give exactly one of opt_source and model_path')
     if model_path is not None:
-        return SSRPipeline.from_pretrained(model_path, device=device, dtype=dtype)
+        return SSRPipeline.from_pretrained(model_path, device=device, dtype=dtype, torch_dtype=torch_dtype)
     opt = prepare_options(load_options(find_option_file(opt_source)))
-    return pipeline_from_options(opt, device=device, dtype=dtype)
+    pipe = pipeline_from_options(opt, device='cpu' if torch_dtype is not None else device, dtype=dtype)
+    if torch_dtype is not None:
+        pipe.to(dtype=torch_dtype).to(device or 'cpu')
+    return pipe

@@ -4,16 +4,22 @@
     ssr_unet/                 SSRUNet: config.json + diffusion_pytorch_model.safetensors
     scheduler/                the training noise schedule (diffusers' scheduler_config.json)
     svkr/                     SVKR: config.json + model.safetensors
+    depth_network/            the SVKR's depth network (a transformers save_pretrained folder), when copied
     kernel_pca.pth            the kernel PCA basis the conditions are coded with (KernelPCA.load)
 
-A frozen Stable Diffusion base (``network_g: pretrained_path``) is referenced by its absolute path in
-``ssr_unet/config.json``, not copied; so is a depth network of the SVKR (``depth_opt: model_path``). A folder
-moved to another machine needs them there too; where such a path is missing, loading stops with an
-``OptionError`` naming the file that holds it.
+Frozen parts that load from folders of their own travel with the model folder or are referenced by their
+absolute path (``copy_parts``): a frozen Stable Diffusion base (``network_g: pretrained_path``) or the
+project's own trained prior, whose weights then go into ``ssr_unet/``'s safetensors (the config carries the
+UNet / VAE configs instead of the path), and the SVKR's depth network (``depth_opt: model_path``), copied to
+``depth_network/`` and named by that relative path in ``svkr/config.json`` (relative paths are read from the
+model folder). ``auto`` copies each part whose weights are at most ``COPY_PARTS_MAX_MB``, so a folder of small
+parts (the demo's) can be moved and the experiments deleted; a multi-GB base stays referenced. Where a
+referenced path is missing, loading stops with an ``OptionError`` naming the file that holds it.
 """
 import json
 import os
 import os.path as osp
+import shutil
 from contextlib import contextmanager
 from copy import deepcopy
 
@@ -35,12 +41,18 @@ SCHEDULER_FOLDER = 'scheduler'
 SVKR_FOLDER = 'svkr'
 SVKR_WEIGHTS = 'model.safetensors'
 KERNEL_PCA_FILE = 'kernel_pca.pth'
-# the SVKR's depth estimator is frozen and loads from its own model_path: referenced, never saved
+DEPTH_FOLDER = 'depth_network'
+COPY_PARTS = ('auto', 'all', 'none')
+# ``copy_parts='auto'``: a referenced part this small travels with the model folder (the demo's depth network is
+# 2 MB, its prior's UNet and VAE a few MB; a Stable Diffusion 2.1 base is about 3.5 GB and stays referenced)
+COPY_PARTS_MAX_MB = 200
+# the SVKR's depth estimator is frozen and loads from its own model_path (referenced or copied as a
+# folder), never from the SVKR's weights
 _SVKR_REFERENCED = ('depth_net.', )
 
 
 @contextmanager
-def _referenced_path(config_file, what, prefix=''):
+def _referenced_path(config_file, what, prefix='', model_folder=None):
     """A model folder references a frozen part by an absolute path (module doc); when that path is gone (a
     folder moved to another machine) the error names the file that holds it and what to do."""
     try:
@@ -48,39 +60,70 @@ def _referenced_path(config_file, what, prefix=''):
     except OptionError as err:
         if err.key not in ('model_path', 'pretrained_path'):
             raise
-        raise OptionError(f'{config_file}: {prefix}{err.key}', err.value,
-                          f'{err.problem}. {what[0].upper() + what[1:]} is referenced by this path, not copied into '
-                          'the model folder: copy it along and set the path in that file') from None
+        inside = model_folder is not None and isinstance(err.value, str) and \
+            osp.abspath(err.value).startswith(osp.abspath(model_folder) + os.sep)
+        what = what[0].upper() + what[1:]
+        hint = (f'{what} was copied into the model folder and its copy is incomplete: export the folder again'
+                if inside else f'{what} is referenced by this path, not copied into the model folder: copy it along '
+                'and set the path in that file (or export with --copy-parts)')
+        raise OptionError(f'{config_file}: {prefix}{err.key}', err.value, f'{err.problem}. {hint}') from None
 
 
 # ------------------------------------------------------------------------------------------ writing
-def save_model_folder(pipe, folder):
+def _folder_bytes(path):
+    return sum(osp.getsize(osp.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _copies(copy_parts, nbytes):
+    return copy_parts == 'all' or (copy_parts == 'auto' and nbytes <= COPY_PARTS_MAX_MB * 2**20)
+
+
+def save_model_folder(pipe, folder, copy_parts='auto'):
     """Write ``pipe`` (an ``SSRPipeline``) as a model folder; ``model_index.json`` last, so a folder that has it
-    is complete."""
+    is complete. ``copy_parts`` (``auto`` | ``all`` | ``none``): which frozen parts with folders of their own
+    travel inside it (module doc). Returns ``{'copied': [...], 'referenced': [...]}``: those parts, by name and
+    source path."""
+    if copy_parts not in COPY_PARTS:
+        raise OptionError('copy_parts', copy_parts, f'expected one of {list(COPY_PARTS)}')
     os.makedirs(folder, exist_ok=True)
+    report = dict(copied=[], referenced=[])
     components = {}
     if pipe.unet is not None:
-        pipe.unet.save_pretrained(osp.join(folder, UNET_FOLDER))
+        base = pipe.unet.config['pretrained_path']
+        copy_base = bool(pipe.unet.referenced_parts) and _copies(copy_parts, pipe.unet.referenced_bytes())
+        if pipe.unet.referenced_parts:
+            report['copied' if copy_base else 'referenced'].append(f'diffusion base {base}')
+        pipe.unet.save_pretrained(osp.join(folder, UNET_FOLDER), include_referenced=copy_base)
         compat.save_scheduler(pipe.scheduler, osp.join(folder, SCHEDULER_FOLDER))
         components.update(ssr_unet=['ssr_arch', 'SSRUNet'], scheduler=['diffusers', type(pipe.scheduler).__name__])
     pca = pipe.kernel_pca()
     if pca is not None:
         pca.save(osp.join(folder, KERNEL_PCA_FILE))
     if pipe.svkr is not None:
-        _save_svkr(pipe.svkr, osp.join(folder, SVKR_FOLDER), pca)
+        _save_svkr(pipe.svkr, folder, pca, copy_parts, report)
         components['svkr'] = ['ssr_arch', type(pipe.svkr).__name__]
     config = dict(_class_name=type(pipe).__name__, components=components, **pipe.config)
     with atomic_write(osp.join(folder, PIPELINE_CONFIG), 'w') as f:
         json.dump(config, f, indent=2, sort_keys=True)
+    return report
 
 
-def _save_svkr(svkr, folder, pca):
+def _save_svkr(svkr, model_folder, pca, copy_parts, report):
     from safetensors.torch import save as safetensors_bytes
+    folder = osp.join(model_folder, SVKR_FOLDER)
     os.makedirs(folder, exist_ok=True)
     config = deepcopy(svkr.config)
     depth_opt = config.get('depth_opt') or {}
-    if depth_opt.get('model_path'):
-        depth_opt['model_path'] = osp.abspath(depth_opt['model_path'])
+    source = depth_opt.get('model_path')
+    if source:
+        source = osp.abspath(source)
+        if _copies(copy_parts, _folder_bytes(source)):
+            shutil.copytree(source, osp.join(model_folder, DEPTH_FOLDER), symlinks=False)
+            depth_opt['model_path'] = DEPTH_FOLDER  # relative: read from the model folder
+            report['copied'].append(f'depth network {source}')
+        else:
+            depth_opt['model_path'] = source
+            report['referenced'].append(f'depth network {source}')
     sr_opt = dict(config.get('sr_opt') or {'type': 'NBSR'})
     nbsr_pca = getattr(svkr.sr_net, 'pca', None)
     same = pca is not None and nbsr_pca is not None and pca.components.shape == nbsr_pca.components.shape and \
@@ -134,7 +177,8 @@ def load_model_folder(folder):
             unet = SSRUNet.from_pretrained(osp.join(folder, UNET_FOLDER)).requires_grad_(False).eval()
         scheduler = DDPMScheduler.from_pretrained(osp.join(folder, SCHEDULER_FOLDER))
     if 'svkr' in components:
-        with _referenced_path(osp.join(folder, SVKR_FOLDER, 'config.json'), 'the depth network', 'depth_opt:'):
+        with _referenced_path(osp.join(folder, SVKR_FOLDER, 'config.json'), 'the depth network', 'depth_opt:',
+                              folder):
             svkr = _load_svkr(osp.join(folder, SVKR_FOLDER), folder)
     return unet, scheduler, svkr, config
 
@@ -146,6 +190,9 @@ def _load_svkr(folder, model_folder):
     sr_opt = config.get('sr_opt') or {}
     if sr_opt.get('pca_path') == KERNEL_PCA_FILE:
         sr_opt['pca_path'] = osp.join(model_folder, KERNEL_PCA_FILE)
+    depth_opt = config.get('depth_opt') or {}
+    if depth_opt.get('model_path') and not osp.isabs(depth_opt['model_path']):  # a copied part, in the folder
+        depth_opt['model_path'] = osp.join(model_folder, depth_opt['model_path'])
     net = build_network(config)
     weights = osp.join(folder, SVKR_WEIGHTS)
     missing, unexpected = net.load_state_dict(load_file(weights), strict=False)

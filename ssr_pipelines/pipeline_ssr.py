@@ -25,6 +25,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -32,12 +33,16 @@ from ssr_utils import compat
 
 compat.apply()
 
+from diffusers import AutoencoderKL  # noqa: E402
+from diffusers.utils import BaseOutput  # noqa: E402
+
 from ssr_arch.ssr_unet_arch import SSRUNet  # noqa: E402
+from ssr_data.kernels import KernelPCA  # noqa: E402
 from ssr_pipelines.model_folder import PIPELINE_CONFIG, load_model_folder, save_model_folder  # noqa: E402
 from ssr_utils.amp import amp_dtype, autocast  # noqa: E402
 from ssr_utils.color_fix import StreamingColorFix  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
-from ssr_utils.tiled_vae import tiled_decode, tiled_encode  # noqa: E402
+from ssr_utils.tiled_vae import choose_store, layerwise_store_bytes, tiled_decode, tiled_encode  # noqa: E402
 from ssr_utils.tiling import TiledRunner, tiled_apply  # noqa: E402
 from ssr_utils.visualize import kernel_variance  # noqa: E402
 
@@ -47,7 +52,7 @@ COLOR_FIXES = ('none', 'adain', 'wavelet')
 # (every GroupNorm sees its window only); 'layerwise' = ssr_utils.tiled_vae, one layer at a time over the
 # whole image, every GroupNorm on whole-image statistics (equal to the untiled VAE up to summation order)
 VAE_TILINGS = ('windows', 'layerwise')
-VAE_STORES = ('memory', 'disk')
+VAE_STORES = ('auto', 'memory', 'disk')
 COND_CACHES = ('auto', 'device', 'cpu', 'none')
 # LR pixels of context around each SVKR window: more than the receptive field of the demo-size networks
 # (about 6 LR pixels, measured); even, so that DKENet's stride-2 stages keep their phase in every window
@@ -165,53 +170,106 @@ def _latent_map(x, lr_size, latent_size):
 
 
 def _map_conds(conds, fn):
-    """Apply ``fn`` to every tensor of SSRUNet.encode_conditions' output (name -> [(modality, a, b)])."""
-    return {k: [(m, fn(a), fn(b)) for m, a, b in v] for k, v in conds.items()}
+    """Apply ``fn`` to every tensor of SSRUNet.encode_conditions' output (name -> [(tag, tensor, ...)])."""
+    return {k: [(tag, *(fn(x) for x in xs)) for tag, *xs in v] for k, v in conds.items()}
 
 
-def _as_batch(image):
-    """``(B×3×h×w float32 tensor, function that turns a result back into the input's kind, input device)``.
+OUTPUT_TYPES = ('pil', 'np', 'pt', 'latent')
 
-    Tensors: ``B×3×h×w`` or ``3×h×w`` RGB in [0, 1]. NumPy arrays: ``h×w×3`` RGB (or ``h×w`` gray), uint8,
-    uint16 or float in [0, 1]. PIL images (converted to RGB)."""
-    if torch.is_tensor(image):
-        squeeze = image.dim() == 3
-        x = image[None] if squeeze else image
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f'SSRPipeline: expected a B×3×h×w (or 3×h×w) RGB tensor, got {tuple(image.shape)}')
-        return x.float(), (lambda y: y[0] if squeeze else y), x.device
-    pil = None
-    if not isinstance(image, np.ndarray):
-        try:
-            from PIL import Image
-        except ImportError:
-            Image = None
-        if Image is not None and isinstance(image, Image.Image):
-            pil = Image
+
+class _Images:
+    """The images of one call as a ``B×3×h×w`` float32 tensor (``batch``, on ``device``, the input's), and how
+    results go back in the input's kind (``convert``).
+
+    Inputs: a tensor ``B×3×h×w`` (or ``3×h×w``) RGB in [0, 1]; a NumPy array ``h×w×3`` RGB (or ``h×w`` gray),
+    uint8, uint16 or float in [0, 1]; a PIL image (converted to RGB); or a list of these, all of one size."""
+
+    def __init__(self, image):
+        self.items = None
+        if isinstance(image, (list, tuple)):
+            if not image:
+                raise ValueError('SSRPipeline: an empty list of images')
+            self.items = [_Images(item) for item in image]
+            sizes = sorted({tuple(item.batch.shape[-2:]) for item in self.items})
+            if len(sizes) > 1:
+                raise ValueError(f'SSRPipeline: the images of a list must have one size, got {sizes} (call the '
+                                 'pipeline once per size)')
+            self.device = self.items[0].device
+            self.batch = torch.cat([item.batch.to(self.device) for item in self.items])
+            return
+        self.kind, self.top, self.np_dtype = 'tensor', 1.0, None
+        if torch.is_tensor(image):
+            self.kind = 'tensor3' if image.dim() == 3 else 'tensor'
+            x = image[None] if image.dim() == 3 else image
+            if x.dim() != 4 or x.shape[1] != 3:
+                raise ValueError(f'SSRPipeline: expected a B×3×h×w (or 3×h×w) RGB tensor, got {tuple(image.shape)}')
+            self.batch, self.device = x.float(), x.device
+            return
+        if not isinstance(image, np.ndarray):
+            try:
+                from PIL import Image
+            except ImportError:
+                Image = None
+            if Image is None or not isinstance(image, Image.Image):
+                raise TypeError('SSRPipeline: expected a torch tensor, a NumPy array, a PIL image or a list of them, '
+                                f'got {type(image)}')
+            self.kind = 'pil'
             image = np.asarray(image.convert('RGB'))
         else:
-            raise TypeError(f'SSRPipeline: expected a torch tensor, a NumPy array or a PIL image, got {type(image)}')
-    arr = image[..., None].repeat(3, axis=2) if image.ndim == 2 else image
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f'SSRPipeline: expected an h×w×3 RGB (or h×w gray) array, got shape {image.shape}')
-    top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
-    x = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32).transpose(2, 0, 1)) / top)[None]
+            self.kind = 'numpy'
+        arr = image[..., None].repeat(3, axis=2) if image.ndim == 2 else image
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ValueError(f'SSRPipeline: expected an h×w×3 RGB (or h×w gray) array, got shape {image.shape}')
+        self.np_dtype = arr.dtype
+        self.top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(arr.dtype, 1.0)
+        self.batch = torch.from_numpy(np.ascontiguousarray(arr.astype(np.float32).transpose(2, 0, 1)) / self.top)[None]
+        self.device = torch.device('cpu')
 
-    def back(y):
-        out = y[0].permute(1, 2, 0).float().cpu().numpy()
-        if top > 1:
-            out = np.clip(np.round(out * top), 0, top).astype(arr.dtype)
-        return pil.fromarray(out) if pil is not None else out
+    def convert(self, y, output_type=None):
+        """``y`` (``N×3×H×W`` in [0, 1]: the samples of every input image, image by image) as ``output_type``:
+        ``pt`` the tensor, ``np`` a float32 ``N×H×W×3`` array and ``pil`` a list of PIL images (diffusers'
+        conventions); None the input's kind: one result for one sample of one image, several samples of one image
+        stacked along a new first axis (a list for a PIL image), a list for a list."""
+        if output_type == 'pt':
+            return y
+        if output_type == 'np':
+            return y.permute(0, 2, 3, 1).float().cpu().numpy()
+        if output_type == 'pil':
+            from PIL import Image
+            arrays = np.clip(np.round(y.permute(0, 2, 3, 1).float().cpu().numpy() * 255), 0, 255).astype(np.uint8)
+            return [Image.fromarray(a) for a in arrays]
+        if self.items is not None:
+            per = y.shape[0] // len(self.items)
+            return [self.items[j // per].convert(y[j:j + 1]) for j in range(y.shape[0])]
+        if self.kind == 'tensor':
+            return y
+        if self.kind == 'tensor3':
+            return y[0] if y.shape[0] == 1 else y
+        arrays = y.permute(0, 2, 3, 1).float().cpu().numpy()
+        if self.top > 1:
+            arrays = np.clip(np.round(arrays * self.top), 0, self.top).astype(self.np_dtype)
+        if self.kind == 'pil':
+            from PIL import Image
+            images = [Image.fromarray(a) for a in arrays]
+            return images[0] if len(images) == 1 else images
+        return arrays[0] if arrays.shape[0] == 1 else arrays
 
-    return x, back, torch.device('cpu')
+
+def check_output_type(output_type):
+    if output_type is not None and output_type not in OUTPUT_TYPES:
+        raise OptionError('output_type', output_type, f'expected one of {list(OUTPUT_TYPES)} or None (the input\'s '
+                          'kind)')
+    return output_type
 
 
 @dataclass
-class SSRPipelineOutput:
-    """``images``: the super-resolved images, the same kind as the input (a tensor gives ``B×3×(h·s)×(w·s)``
-    RGB in [0, 1] on ``out_device``). ``depth``: the depth map that conditioned SSR (``B×1×h×w``, LR size,
-    1 = near) or None. ``kernel_variance``: the spread of the kernel at every LR pixel (``B×1×h×w``,
-    pixels²), with ``return_maps=True``."""
+class SSRPipelineOutput(BaseOutput):
+    """``images``: the super-resolved images (``output_type``; by default the input's kind: a tensor gives
+    ``B×3×(h·s)×(w·s)`` RGB in [0, 1] on ``out_device``); with several samples per image, the samples of each
+    image one after another. ``depth``: the depth map that conditioned SSR (``B×1×h×w``, LR size, 1 = near, one
+    per input image) or None. ``kernel_variance``: the spread of the kernel at every LR pixel (``B×1×h×w``,
+    pixels²), with ``return_maps=True``. A diffusers ``BaseOutput``: ``out.images``, ``out['images']`` and
+    ``out.to_tuple()`` (the fields that are not None, in this order: what ``return_dict=False`` returns)."""
     images: Any
     depth: Optional[torch.Tensor] = None
     kernel_variance: Optional[torch.Tensor] = None
@@ -297,9 +355,15 @@ class WindowVAETiling:
     GroupNorm normalises with its own window's statistics. With one window it is the untiled VAE."""
     name = 'windows'
 
-    def encode(self, net, lq, windows, progress=False):
-        """Padded LR image ``lq`` -> LR latent of its upsampling; each window upsamples its own LR window."""
+    def encode(self, net, lq, windows, progress=False, image=None):
+        """Padded LR image ``lq`` -> LR latent of its upsampling; each window upsamples its own LR window. With
+        ``image`` (HR size of ``lq``) that image is encoded instead, in the same windows at HR size."""
         s = windows.scale
+        if image is not None:
+            return tiled_apply(lambda t: net.encode_image(t).float(), image, windows.lr_tile and windows.lr_tile * s,
+                               windows.lr_overlap * s, context=windows.lr_context * s,
+                               multiple=windows.lr_multiple * s, out_device=lq.device, progress=progress,
+                               desc='VAE encode')
 
         def encode_window(t):
             return net.encode_image(upsample_lr(t, (t.shape[-2] * s, t.shape[-1] * s))).float()
@@ -317,37 +381,66 @@ class WindowVAETiling:
 class LayerwiseVAETiling:
     """``vae_tiling='layerwise'``: ``ssr_utils.tiled_vae`` runs one layer at a time over the whole image in tiles,
     every GroupNorm on whole-image statistics (the untiled VAE up to summation order). Its image-size
-    activations live in ``store``: ``memory`` (host memory) or ``disk`` (a temporary file)."""
+    activations live in ``store``: ``memory`` (host memory), ``disk`` (a temporary file) or ``auto`` (memory when
+    they take at most half of the memory the system has available, else disk: ``tiled_vae.choose_store``).
+    ``tile_size``: the tiles in output pixels; default (None) the call's windows (``SamplingWindows``)."""
     name = 'layerwise'
 
-    def __init__(self, store='memory'):
+    def __init__(self, store='auto', tile_size=None):
         self.store = store
+        self.tile_size = None if tile_size is None else int(tile_size)
 
-    def encode(self, net, lq, windows, progress=False):
+    def _store(self, vae, part, batch, height, width):
+        if self.store != 'auto':
+            return self.store
+        return choose_store(layerwise_store_bytes(vae, height, width, batch, part))
+
+    def encode(self, net, lq, windows, progress=False, image=None):
         s = windows.scale
-        image = upsample_lr(lq, (lq.shape[-2] * s, lq.shape[-1] * s)) * 2 - 1
-        latent = tiled_encode(net.vae, image, tile_size=windows.lr_tile * s, out_device=lq.device, store=self.store,
+        h, w = lq.shape[-2] * s, lq.shape[-1] * s
+        tile = self.tile_size or windows.lr_tile * s
+        image = (upsample_lr(lq, (h, w)) if image is None else image) * 2 - 1
+        store = self._store(net.vae, 'encoder', lq.shape[0], h, w)
+        latent = tiled_encode(net.vae, image, tile_size=tile, out_device=lq.device, store=store,
                               progress=progress).mode()
         return latent * net.vae.config.scaling_factor
 
     def decode(self, net, latents, windows, push, out_device, progress=False):
+        f = net.vae_scale_factor
+        tile = max(1, self.tile_size // f) if self.tile_size else windows.latent_tile
+        store = self._store(net.vae, 'decoder', latents.shape[0], latents.shape[-2] * f, latents.shape[-1] * f)
         # rows in [-1, 1] -> decode_latent's [0, 1]
-        tiled_decode(net.vae, latents / net.vae.config.scaling_factor, tile_size=windows.latent_tile,
-                     out_device=out_device, store=self.store, progress=progress,
+        tiled_decode(net.vae, latents / net.vae.config.scaling_factor, tile_size=tile, out_device=out_device,
+                     store=store, progress=progress,
                      out=lambda r0, r1, rows: push(r0, r1, ((rows + 1) / 2).clamp(0, 1)))
 
 
-def vae_tiling_strategy(vae_tiling='windows', vae_store='memory', tiled=True):
-    """The VAE tiling of a call (checked): ``LayerwiseVAETiling`` for a tiled ``layerwise`` call, else
-    ``WindowVAETiling`` (untiled, both are the untiled VAE)."""
+def vae_tiling_strategy(vae_tiling='windows', vae_store='memory', tiled=True, tile_size=None):
+    """The VAE tiling of a call (checked): ``LayerwiseVAETiling`` for a tiled ``layerwise`` call, or for any call
+    with a ``tile_size`` of its own (``enable_vae_tiling``); else ``WindowVAETiling`` (untiled, both are the
+    untiled VAE)."""
     vae_tiling, vae_store = check_vae_tiling(vae_tiling, vae_store)
-    return LayerwiseVAETiling(vae_store) if tiled and vae_tiling == 'layerwise' else WindowVAETiling()
+    if vae_tiling == 'layerwise' and (tiled or tile_size):
+        return LayerwiseVAETiling(vae_store, None if tiled else tile_size)
+    return WindowVAETiling()
+
+
+def _repeat_batch(conds, batch):
+    """The condition features of ``B`` images for ``batch`` samples (each image's samples one after another):
+    unchanged when the batches agree or when there is one image (broadcast by the fusion)."""
+    first = next((xs[0] for entries in conds.values() for _, *xs in entries), None)
+    if first is None or first.shape[0] in (1, batch):
+        return conds
+    if batch % first.shape[0]:
+        raise RuntimeError(f'SSRPipeline: {batch} samples for condition features of {first.shape[0]} images')
+    return _map_conds(conds, lambda x: x.repeat_interleave(batch // first.shape[0], 0))
 
 
 class ConditionWindows:
     """The AMF condition features of every latent window, computed on first use and kept where ``cache`` says
     (``device``; ``cpu``, moved back each step; ``none``: recomputed every step), and the network's prediction
-    over the windows (``predict``), blended over the overlaps before the scheduler step."""
+    over the windows (``predict``), blended over the overlaps before the scheduler step. The features are those
+    of the input images; several samples of one image share them."""
 
     def __init__(self, net, lr_latent, depth, code, runner, cache, device):
         self.net, self.lr_latent, self.depth, self.code = net, lr_latent, depth, code
@@ -374,7 +467,8 @@ class ConditionWindows:
     def window_prediction(self, model_input, t, window):
         if tuple(model_input.shape[-2:]) != (window[1] - window[0], window[3] - window[2]):
             raise RuntimeError('SSRPipeline: latent window was padded; size multiple mismatch')
-        return self.net(model_input, t, conditions=self(window)).float()
+        conditions = _repeat_batch(self(window), model_input.shape[0])
+        return self.net(model_input, t, conditions=conditions).float()
 
     def predict(self, model_input, t):
         """The network's prediction (the noise, or v) for the whole latent ``model_input`` at step ``t``."""
@@ -393,6 +487,103 @@ class SamplingSettings:
     cond_cache: str
     windows: SamplingWindows
     vae_tiling: Any  # WindowVAETiling | LayerwiseVAETiling
+    num_images: int = 1
+    output_type: Optional[str] = None
+    callback_tensor_inputs: tuple = ('latents', )
+
+
+# ------------------------------------------------------------------------------------------ precision
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def weights_dtype(value, key='torch_dtype'):
+    """``torch.float16`` / ``torch.bfloat16`` / ``torch.float32`` (or ``fp16`` / ``bf16`` / ``fp32``) as a dtype."""
+    return amp_dtype(value, key) or torch.float32
+
+
+def float32_modules(net, dtype):
+    """The modules of ``net`` that keep float32 weights when it is cast to the half-precision ``dtype``:
+    batch norms (their running variances leave float16's range; the AMF layers fold them into float32 affine
+    maps), the kernel PCA bases (the kernel maps are float32: DKENet's softmax; a code is a difference of
+    taps near 1/k²), modules that mark themselves ``keep_in_float32`` (DKENet's focus-plane estimator, which
+    computes in float32), and, for float16, a VAE whose config asks for it (diffusers' ``force_upcast``)."""
+    keep = []
+    for module in net.modules():
+        if isinstance(module, _BATCH_NORMS + (KernelPCA, )) or getattr(module, 'keep_in_float32', False):
+            keep.append(module)
+        elif dtype == torch.float16 and isinstance(module, AutoencoderKL) and module.config.get('force_upcast'):
+            keep.append(module)
+    return keep
+
+
+def cast_weights(net, dtype):
+    """Cast the floating-point weights and buffers of ``net`` to ``dtype`` in place, except those of
+    ``float32_modules`` (float32, never rounded on the way: each tensor is converted once from what it holds)."""
+    kept = {id(sub) for module in (float32_modules(net, dtype) if dtype != torch.float32 else ())
+            for sub in module.modules()}
+    for module in net.modules():
+        target = torch.float32 if id(module) in kept else dtype
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point() and param.dtype != target:
+                param.data = param.data.to(target)
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None and buf.is_floating_point() and buf.dtype != target:
+                setattr(module, name, buf.to(target))
+    return net
+
+
+# ------------------------------------------------------------------------------------------ offload
+def _own_tensors_to(module, device):
+    for param in module.parameters(recurse=False):
+        param.data = param.data.to(device)
+    for name, buf in list(module.named_buffers(recurse=False)):
+        if buf is not None:
+            setattr(module, name, buf.to(device))
+
+
+class StageOffload:
+    """``enable_model_cpu_offload``: every component waits on the offload device (the host) and is moved to the
+    execution device for the stage that runs it, the one before it moved back first, so the execution device
+    holds one component's weights at a time: the SVKR (``prepare_conditions``), the VAE (``encode_lr``,
+    ``decode``), the diffusion UNet with the condition encoders and AMF (``denoise``). The kernel PCA (a few KB)
+    stays on the execution device."""
+
+    def __init__(self, pipe, execution_device, offload_device='cpu'):
+        self.execution_device, self.offload_device = torch.device(execution_device), torch.device(offload_device)
+        net = pipe.unet
+        self.components = {}  # name -> (modules, modules whose own tensors move)
+        if pipe.svkr is not None:
+            self.components['svkr'] = ([pipe.svkr], [])
+        if net is not None:
+            self.components['vae'] = ([net.vae], [])
+            rest = [child for name, child in net.named_children() if name not in ('vae', 'pca')]
+            self.components['unet'] = (rest, [net])
+            net.pca.to(self.execution_device)
+        self.resident = set(self.components)
+        self.log = []  # (component, 'execution' | 'offload') of every move, in order
+
+    def _move(self, name, device, role):
+        modules, own = self.components[name]
+        for module in modules:
+            module.to(device)
+        for module in own:
+            _own_tensors_to(module, device)
+        self.log.append((name, role))
+
+    def use(self, *names):
+        """Only ``names`` on the execution device."""
+        for name in sorted(self.resident - set(names)):
+            self._move(name, self.offload_device, 'offload')
+            self.resident.discard(name)
+        for name in names:
+            if name in self.components and name not in self.resident:
+                self._move(name, self.execution_device, 'execution')
+                self.resident.add(name)
+
+    def release(self):
+        """Every component to the offload device (the end of a call)."""
+        self.use()
+
 
 # ------------------------------------------------------------------------------------------ pipeline
 class SSRPipeline:
@@ -406,9 +597,16 @@ class SSRPipeline:
         scale (int | None): the SR factor (default: the SVKR's).
         sampler, num_inference_steps, strength, seed, color_fix, solver_order: sampling defaults (the
             ``diffusion`` block of an option file), each overridable per call.
-        dtype: autocast precision (``none`` / ``fp16`` / ``bf16`` or a torch dtype; the weights stay float32).
+        dtype: autocast precision (``none`` / ``fp16`` / ``bf16`` or a torch dtype) over the weights as they are;
+            ``pipe.to(torch.float16)`` (or ``from_pretrained(..., torch_dtype=...)``) casts the weights themselves.
+
+    Memory switches, as diffusers names them: ``enable_vae_tiling`` / ``disable_vae_tiling``,
+    ``enable_model_cpu_offload``, ``enable_attention_slicing`` / ``disable_attention_slicing``, half-precision
+    weights (``to(dtype)``); progress bars: ``set_progress_bar_config`` / ``progress_bar``.
     """
     config_name = PIPELINE_CONFIG
+    # what callback_on_step_end may ask for (diffusers' _callback_tensor_inputs); 'latents' is taken back
+    _callback_tensor_inputs = ['latents', 'noise_pred', 'lr_latent']
 
     def __init__(self, unet=None, scheduler=None, svkr=None, scale=None, sampler='dpmsolver++', num_inference_steps=50,
                  strength=1.0, seed=0, color_fix='wavelet', solver_order=2, dtype=None):
@@ -438,6 +636,12 @@ class SSRPipeline:
         self.color_fix = check_color_fix(color_fix)
         self.solver_order = int(solver_order)
         self.dtype = amp_dtype(dtype, 'dtype')
+        self._weights_dtype = torch.float32
+        self._progress_bar_config = {}
+        self._vae_tiling = None  # enable_vae_tiling's (store, tile_size)
+        self._offload = None  # a StageOffload
+        self._interrupt = False
+        self._num_timesteps = 0
 
     # ------------------------------------------------------------------ properties
     @property
@@ -448,12 +652,51 @@ class SSRPipeline:
 
     @property
     def device(self):
+        """Where sampling runs (with model offload: the execution device, not where the weights wait)."""
+        if self._offload is not None:
+            return self._offload.execution_device
         net = self.unet if self.unet is not None else self.svkr
         return next(net.parameters()).device
 
-    def to(self, device):
-        for net in (self.unet, self.svkr):
-            if net is not None:
+    @property
+    def torch_dtype(self):
+        """The dtype the networks' weights were cast to (``to(dtype)``; float32 unless cast), as diffusers'
+        ``pipe.dtype``; ``float32_modules`` keep float32 in a half-precision pipeline."""
+        return self._weights_dtype
+
+    @property
+    def num_timesteps(self):
+        """The number of denoising steps the last call ran (diffusers' ``num_timesteps``)."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self):
+        """Set ``pipe._interrupt = True`` in ``callback_on_step_end`` to stop the loop after that step (the latent
+        reached so far is decoded), as in diffusers."""
+        return self._interrupt
+
+    def networks(self):
+        return [net for net in (self.unet, self.svkr) if net is not None]
+
+    def to(self, device=None, dtype=None):
+        """Move the networks to ``device`` and / or cast their weights to ``dtype`` (``torch.float16`` /
+        ``torch.bfloat16``: ``float32_modules`` stay float32, and sampling then runs under autocast in that dtype;
+        ``torch.float32`` casts back). ``pipe.to(torch.float16)`` and ``pipe.to('cuda', torch.float16)`` work as in
+        diffusers. A device turns model offload off."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if dtype is not None:
+            dtype = weights_dtype(dtype, 'dtype')
+            for net in self.networks():
+                cast_weights(net, dtype)
+            previous, self._weights_dtype = self._weights_dtype, dtype
+            if dtype != torch.float32:
+                self.dtype = dtype
+            elif previous != torch.float32:
+                self.dtype = None
+        if device is not None:
+            self._offload = None
+            for net in self.networks():
                 net.to(device)
         return self
 
@@ -466,6 +709,90 @@ class SSRPipeline:
         if self.unet is not None and self.unet.has_pca:
             return self.unet.pca
         return getattr(getattr(self.svkr, 'sr_net', None), 'pca', None)
+
+    # ------------------------------------------------------------------ memory switches
+    def _needs_unet(self, what):
+        if self.unet is None:
+            raise RuntimeError(f'SSRPipeline.{what}: this pipeline has no SSR network (an SVKR-only model)')
+
+    def enable_vae_tiling(self, tile_size=512, store='auto'):
+        """Decode (and encode) with the layer-wise tiled VAE (``LayerwiseVAETiling``: seam-free, every GroupNorm on
+        whole-image statistics) also when a call is not tiled, in tiles of ``tile_size`` output pixels
+        (diffusers' ``enable_vae_tiling``); ``store``: where its image-size activations live (``auto``, ``memory``,
+        ``disk``). A tiled call (``tile=``) tiles the VAE along its own windows, layer-wise unless
+        ``vae_tiling='windows'``, with or without this switch."""
+        self._needs_unet('enable_vae_tiling')
+        check_vae_tiling('layerwise', store)
+        tile_size = int(tile_size)
+        if tile_size < self.unet.vae_scale_factor:
+            raise OptionError('tile_size', tile_size, f'expected at least the VAE factor {self.unet.vae_scale_factor}')
+        self._vae_tiling = (store, tile_size)
+
+    def disable_vae_tiling(self):
+        """Untiled calls decode with the whole VAE again (the default)."""
+        self._vae_tiling = None
+
+    def enable_attention_slicing(self, slice_size='auto'):
+        """The UNet's attention in slices of ``slice_size`` heads (diffusers' ``set_attention_slice``: ``auto`` =
+        half the heads, ``max`` = one at a time, or a number). As in diffusers it applies to the UNet; the VAE's
+        attention is tiled by ``enable_vae_tiling`` instead. With PyTorch's scaled-dot-product attention (the
+        default here) slicing saves nothing and costs time (docs/inference.md, measured)."""
+        self._needs_unet('enable_attention_slicing')
+        self.unet.unet.set_attention_slice(slice_size)
+
+    def disable_attention_slicing(self):
+        """Back to whole attention (PyTorch's scaled-dot-product attention)."""
+        self._needs_unet('disable_attention_slicing')
+        self.unet.unet.set_attention_slice(None)
+
+    def enable_model_cpu_offload(self, gpu_id=None, device=None):
+        """Keep the networks in host memory and move each to ``device`` (default ``cuda:<gpu_id>``) only for the
+        stage that runs it (``StageOffload``): the GPU holds the SVKR, the VAE or the UNet, one at a time. Our
+        own stage-level offload, not accelerate's hooks: the stages are explicit methods here, and it needs no
+        extra package. ``pipe.to(device)`` turns it off."""
+        if device is None:
+            if not torch.cuda.is_available():
+                raise RuntimeError('SSRPipeline.enable_model_cpu_offload: no CUDA device to run on (give device=); '
+                                   'on the CPU the networks already live in host memory')
+            device = torch.device('cuda', 0 if gpu_id is None else int(gpu_id))
+        for net in self.networks():
+            net.to('cpu')
+        self._offload = StageOffload(self, device)
+        self._offload.release()
+
+    def _place(self, *components):
+        if self._offload is not None:
+            self._offload.use(*components)
+
+    def _vae_autocast(self, dtype):
+        """The autocast of the VAE stages: as the call's, but off for a VAE kept in float32 among half weights."""
+        vae = self.unet.vae
+        if dtype is not None and self._weights_dtype != torch.float32 and \
+                next(vae.parameters()).dtype == torch.float32:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return autocast(self.device, dtype)
+
+    # ------------------------------------------------------------------ progress bars
+    def set_progress_bar_config(self, **kwargs):
+        """tqdm options of the bars (diffusers' ``set_progress_bar_config``): ``disable=False`` shows them in calls
+        that do not pass ``progress=`` (the default is no bars), other keys (``desc``, ``leave``, ``position``...)
+        go to tqdm."""
+        self._progress_bar_config = dict(kwargs)
+
+    def progress_bar(self, iterable=None, total=None, **kwargs):
+        """A tqdm bar with ``set_progress_bar_config``'s options (``kwargs`` first, the config on top)."""
+        options = dict(kwargs)
+        options.update(self._progress_bar_config)
+        if iterable is not None:
+            return tqdm(iterable, **options)
+        if total is not None:
+            return tqdm(total=total, **options)
+        raise ValueError('SSRPipeline.progress_bar: give iterable or total')
+
+    def _progress(self, progress):
+        if progress is not None:
+            return bool(progress)
+        return not self._progress_bar_config.get('disable', True)
 
     # ------------------------------------------------------------------ sampling
     def sampling_scheduler(self, sampler=None):
@@ -480,10 +807,46 @@ class SSRPipeline:
 
     strength_steps = staticmethod(strength_steps)
 
+    def samples_per_image(self, batch, num_images_per_image=None, num_images_per_prompt=None, generator=None):
+        """The number of samples of each of ``batch`` images: ``num_images_per_image`` (``num_images_per_prompt``
+        as diffusers users type it), else one per generator of a list, else 1."""
+        n = num_images_per_image
+        if num_images_per_prompt is not None:
+            if n is not None and int(n) != int(num_images_per_prompt):
+                raise OptionError('num_images_per_prompt', num_images_per_prompt,
+                                  f'differs from num_images_per_image = {n} (give one of the two)')
+            n = num_images_per_prompt
+        if isinstance(generator, (list, tuple)):
+            if n is None:
+                if not generator or len(generator) % batch:
+                    raise ValueError(f'SSRPipeline: {len(generator)} generators for {batch} image(s): give one per '
+                                     'sample')
+                n = len(generator) // batch
+            elif len(generator) != batch * int(n):
+                raise ValueError(f'SSRPipeline: a list of {len(generator)} generators for {batch} image(s) × {n} '
+                                 f'sample(s); give one per sample ({batch * int(n)})')
+        n = 1 if n is None else n
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise OptionError('num_images_per_image', n, 'expected an integer >= 1')
+        return int(n)
+
+    def prepare_generators(self, batch, num_images=1, generator=None, seed=None):
+        """The noise source of ``batch × num_images`` samples: ``generator`` as given (one ``torch.Generator``, or a
+        list with one per sample), else one generator per sample on the pipeline's device seeded ``seed + k`` for
+        the k-th sample of every image (``seed`` default: the pipeline's), so that a sample is the same whatever
+        else is in the batch."""
+        if generator is not None:
+            if seed is not None:
+                raise ValueError('SSRPipeline: give seed= or generator=, not both')
+            return list(generator) if isinstance(generator, (list, tuple)) else generator
+        seed = int(self.seed if seed is None else seed)
+        return [torch.Generator(device=self.device).manual_seed(seed + k) for _ in range(batch)
+                for k in range(num_images)]
+
     # ------------------------------------------------------------------ sampling stages
     def check_inputs(self, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
-                     tile_overlap=16, color_fix=None, dtype=None, cond_cache='auto', vae_tiling='windows',
-                     vae_store='memory'):
+                     tile_overlap=16, color_fix=None, dtype=None, cond_cache='auto', vae_tiling=None,
+                     vae_store=None, num_images_per_image=1, output_type=None, callback_on_step_end_tensor_inputs=None):
         """Check the sampling arguments of ``__call__`` (an ``OptionError`` names a bad one) and fill in the
         pipeline's defaults; returns the ``SamplingSettings`` the other stages read."""
         if self.unet is None:
@@ -491,26 +854,43 @@ class SSRPipeline:
         steps = int(num_inference_steps or self.num_inference_steps)
         if steps < 1:
             raise OptionError('num_inference_steps', num_inference_steps, 'expected an integer >= 1')
-        vae_tiling = vae_tiling_strategy(vae_tiling, vae_store, tiled=bool(tile))
+        tiled = bool(tile)
+        store, tile_size = self._vae_tiling or ('auto', None)
+        vae_tiling = vae_tiling_strategy('layerwise' if vae_tiling is None else vae_tiling,
+                                         store if vae_store is None else vae_store, tiled=tiled,
+                                         tile_size=None if tiled else tile_size)
         color_fix = check_color_fix(self.color_fix if color_fix is None else color_fix, 'color_fix')
         dtype = self.dtype if dtype is None else amp_dtype(dtype, 'dtype')
+        if self._weights_dtype != torch.float32 and dtype != self._weights_dtype:
+            raise OptionError('dtype', dtype, f'the weights are {self._weights_dtype} (pipe.to(torch.float32) casts '
+                              'them back for another precision)')
         windows = SamplingWindows.plan(tile, tile_overlap, self.scale, self.unet.vae_scale_factor,
                                        self.unet.size_multiple)
+        names = ('latents', ) if callback_on_step_end_tensor_inputs is None else \
+            tuple(callback_on_step_end_tensor_inputs)
+        unknown = [n for n in names if n not in self._callback_tensor_inputs]
+        if unknown:
+            raise OptionError('callback_on_step_end_tensor_inputs', unknown,
+                              f'expected names from {self._callback_tensor_inputs}')
         return SamplingSettings(
             num_inference_steps=steps, strength=check_strength(self.strength if strength is None else strength,
                                                                'strength'),
             sampler=check_sampler(self.sampler if sampler is None else sampler, 'sampler'),
             seed=int(self.seed if seed is None else seed), color_fix=color_fix, dtype=dtype,
-            cond_cache=check_cond_cache(cond_cache), windows=windows, vae_tiling=vae_tiling)
+            cond_cache=check_cond_cache(cond_cache), windows=windows, vae_tiling=vae_tiling,
+            num_images=self.samples_per_image(1, num_images_per_image), output_type=check_output_type(output_type),
+            callback_tensor_inputs=names)
 
     @torch.no_grad()
     def prepare_conditions(self, lr, depth=None, kernel=None, tile=None, tile_overlap=16, dtype=None, return_maps=False,
                            progress=False):
         """The LR-size maps SSR is conditioned on: ``depth`` (B×1×h×w), ``code`` (the kernel map's PCA code) and,
         with ``return_maps``, ``kvar`` (kernel variance); the given ``depth`` / ``kernel`` maps, the rest from the
-        SVKR, tiled in LR space when ``tile`` is given. Returns a dict of the maps there are."""
+        SVKR, tiled in LR space when ``tile`` is given; with ``network_g: lr_input: svkr`` also ``sr``, the SVKR's
+        Iᵀ (HR size), what the LR encoder reads. Returns a dict of the maps there are."""
         net, dev = self.unet, self.device
         need_depth, need_kernel = 'depth' in net.modalities, 'kernel' in net.modalities
+        need_sr = net.lr_input == 'svkr'
         maps = {}
         if depth is not None:
             maps['depth'] = depth.to(dev).float()
@@ -522,14 +902,18 @@ class SSRPipeline:
             if return_maps:
                 maps['kvar'] = kernel_variance(kernel)
         want = [name for name, wanted in (('depth', need_depth or return_maps), ('code', need_kernel),
-                                          ('kvar', return_maps)) if wanted and name not in maps]
-        needed = [name for name in want if name != 'kvar' and (name == 'code' or need_depth)]
+                                          ('kvar', return_maps), ('sr', need_sr)) if wanted and name not in maps]
+        needed = [name for name in want if name != 'kvar' and (name in ('code', 'sr') or need_depth)]
         if want and self.svkr is None:
+            if 'sr' in needed:
+                raise OptionError('network_svkr', None, 'the LR encoder reads the SVKR\'s Iᵀ (network_g: lr_input: '
+                                  'svkr): SSR needs its SVKR')
             if needed:
                 raise OptionError('network_svkr', None, 'SSR needs an SVKR for the depth / kernel maps (or give '
                                   'depth= and kernel= maps)')
             want = []
         if want:
+            self._place('svkr')
             maps.update(svkr_tiled(self.svkr, lr, tile, tile_overlap, want=want, kernel_code=net.kernel_code,
                                    dtype=dtype, progress=progress, out_device=dev))
             if need_depth and 'depth' not in maps:
@@ -537,12 +921,23 @@ class SSRPipeline:
         return maps
 
     @torch.no_grad()
-    def encode_lr(self, lq, windows, vae_tiling=None, progress=False):
+    def encode_lr(self, lq, windows, vae_tiling=None, progress=False, svkr_sr=None):
         """The padded LR image ``lq`` (``pad_lr``), upsampled to the output size and VAE-encoded: the scaled LR
         latent (float32) the conditions and a ``strength`` < 1 start from. ``windows``: ``SamplingWindows``;
-        ``vae_tiling``: the VAE tiling strategy (default: ``WindowVAETiling``)."""
+        ``vae_tiling``: the VAE tiling strategy (default: ``WindowVAETiling``). With ``svkr_sr`` (the SVKR's Iᵀ of
+        the unpadded image; ``network_g: lr_input: svkr``) that image, padded as ``lq`` is, is encoded instead:
+        restoration, then generation."""
         vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
-        return vae_tiling.encode(self.unet, lq, windows, progress)
+        image = None
+        if svkr_sr is not None:
+            s = windows.scale
+            image = svkr_sr.to(lq.device).float().clamp(0, 1)
+            gh, gw = lq.shape[-2] * s - image.shape[-2], lq.shape[-1] * s - image.shape[-1]
+            if gh or gw:
+                mode = 'reflect' if gh < image.shape[-2] and gw < image.shape[-1] else 'replicate'
+                image = F.pad(image, (0, gw, 0, gh), mode=mode)
+        self._place('vae')
+        return vae_tiling.encode(self.unet, lq, windows, progress, image=image)
 
     def condition_windows(self, lr_latent, maps, windows, cond_cache='auto'):
         """The ``ConditionWindows`` of a call: the LR latent and the maps of ``prepare_conditions`` (padded as the
@@ -579,36 +974,68 @@ class SSRPipeline:
         return scheduler, timesteps
 
     def prepare_latents(self, latent_shape, scheduler, timesteps, generator, init_latent=None):
-        """The starting latent (float32): seeded noise from ``generator`` (a ``torch.Generator`` on the pipeline's
-        device), scaled for the scheduler; with ``init_latent`` (the LR latent, for ``strength`` < 1) that latent
-        noised with the same noise to the first of ``timesteps``."""
-        latents = torch.randn(latent_shape, generator=generator, device=self.device, dtype=torch.float32)
+        """The starting latent (float32, on the pipeline's device) of ``latent_shape[0]`` samples: noise from
+        ``generator`` (one ``torch.Generator`` for the whole batch, or a list with one per sample; drawn on each
+        generator's device, as diffusers' ``randn_tensor``), scaled for the scheduler; with ``init_latent`` (the LR
+        latent of the images, for ``strength`` < 1; each image's for each of its samples) that latent noised with
+        the same noise to the first of ``timesteps``."""
+        shape = tuple(latent_shape)
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != shape[0]:
+                raise ValueError(f'SSRPipeline.prepare_latents: {len(generator)} generators for {shape[0]} samples')
+            latents = torch.cat([torch.randn((1, ) + shape[1:], generator=g, device=g.device, dtype=torch.float32)
+                                 .to(self.device) for g in generator])
+        else:
+            source = generator.device if generator is not None else self.device
+            latents = torch.randn(shape, generator=generator, device=source, dtype=torch.float32).to(self.device)
         if init_latent is None:
             return latents * scheduler.init_noise_sigma
-        if tuple(init_latent.shape) != tuple(latent_shape):
+        if tuple(init_latent.shape[1:]) != shape[1:] or shape[0] % init_latent.shape[0]:
             raise ValueError(f'SSRPipeline.prepare_latents: init_latent {tuple(init_latent.shape)} does not match the '
-                             f'latent shape {tuple(latent_shape)}')
-        t0 = timesteps[:1].repeat(latent_shape[0])
-        return scheduler.add_noise(init_latent.to(self.device, torch.float32), latents, t0)
+                             f'latent shape {shape}')
+        init_latent = init_latent.to(self.device, torch.float32).repeat_interleave(shape[0] // init_latent.shape[0], 0)
+        t0 = timesteps[:1].repeat(shape[0])
+        return scheduler.add_noise(init_latent, latents, t0)
 
     @torch.no_grad()
-    def denoise(self, latents, scheduler, timesteps, predict, progress=False):
+    def denoise(self, latents, scheduler, timesteps, predict, progress=False, callback_on_step_end=None,
+                callback_tensor_inputs=('latents', ), callback_tensors=None):
         """The sampling loop: at every timestep ``predict(model_input, t)`` is the network's prediction (the
         noise, or v with ``prediction_type: v_prediction``; e.g. ``ConditionWindows.predict``) and the scheduler
-        steps; returns the final latent (float32)."""
-        for t in tqdm(timesteps, desc='SSR sampling', disable=not progress, leave=False):
-            pred = predict(scheduler.scale_model_input(latents, t), t)
-            latents = scheduler.step(pred.float(), t, latents).prev_sample
+        steps; returns the final latent (float32).
+
+        ``callback_on_step_end(pipe, step, timestep, callback_kwargs)`` runs after every step, as in diffusers:
+        ``callback_kwargs`` holds the tensors named in ``callback_tensor_inputs`` (``latents``, ``noise_pred``,
+        and those of ``callback_tensors``, e.g. ``lr_latent``); a ``latents`` in the dict it returns replaces the
+        latent. Setting ``pipe._interrupt`` stops the loop."""
+        self._place('unet')
+        self._num_timesteps = len(timesteps)
+        extra = dict(callback_tensors or {})
+        bar = dict(dict(desc='SSR sampling', leave=False), **self._progress_bar_config)
+        bar['disable'] = not progress
+        for i, t in enumerate(tqdm(timesteps, **bar)):
+            if self._interrupt:
+                break
+            noise_pred = predict(scheduler.scale_model_input(latents, t), t)
+            latents = scheduler.step(noise_pred.float(), t, latents).prev_sample
+            if callback_on_step_end is not None:
+                available = dict(extra, latents=latents, noise_pred=noise_pred)
+                returned = callback_on_step_end(self, i, t, {name: available[name] for name in callback_tensor_inputs})
+                latents = (returned or {}).pop('latents', latents)
         return latents
 
     @torch.no_grad()
     def decode(self, latents, lq, windows, color_fix, out, vae_tiling=None, out_device=None, progress=False):
-        """The final latent -> the image, written into ``out`` (B×3×(h·s)×(w·s), the unpadded size): VAE-decoded
+        """The final latent -> the image, written into ``out`` (N×3×(h·s)×(w·s), the unpadded size): VAE-decoded
         (``vae_tiling``, default ``WindowVAETiling``) in row bands that stream through the colour correction
-        (``color_fix`` against the upsampled padded LR image ``lq``). Returns ``out``."""
+        (``color_fix`` against the upsampled padded LR image ``lq``: one per sample, or one per image for several
+        samples of each). Returns ``out``."""
         vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
         out_device = out.device if out_device is None else out_device
         s = self.scale
+        if lq.shape[0] != latents.shape[0]:
+            lq = lq.repeat_interleave(latents.shape[0] // lq.shape[0], 0)
+        self._place('vae')
         fixer = StreamingColorFix(color_fix, lambda a, b: upsample_lr_rows(lq, s, a, b).to(out_device).float(),
                                   lq.shape[-2] * s, out)
         vae_tiling.decode(self.unet, latents, windows, fixer.push, out_device, progress)
@@ -618,72 +1045,129 @@ class SSRPipeline:
     @torch.no_grad()
     def __call__(self, image, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
                  tile_overlap=16, color_fix=None, dtype=None, depth=None, kernel=None, return_maps=False,
-                 progress=False, out=None, out_device=None, cond_cache='auto', vae_tiling='windows', vae_store='memory'):
-        """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays and PIL images).
+                 progress=None, out=None, out_device=None, cond_cache='auto', vae_tiling=None, vae_store=None,
+                 generator=None, num_images_per_image=None, num_images_per_prompt=None, output_type=None,
+                 return_dict=True, callback_on_step_end=None, callback_on_step_end_tensor_inputs=None):
+        """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays, PIL images, lists of them).
+
+        diffusers' conventions: ``generator`` (a ``torch.Generator``, or a list with one per sample),
+        ``num_images_per_image`` (also ``num_images_per_prompt``): samples of every image, which share its
+        conditions (the SVKR's maps, the LR latent, the condition features: computed once per image), samples of
+        one image one after another; ``output_type`` ``pil`` | ``np`` | ``pt`` | ``latent`` (default None: the
+        input's kind); ``return_dict=False`` gives ``SSRPipelineOutput.to_tuple()``; ``callback_on_step_end`` /
+        ``callback_on_step_end_tensor_inputs`` (``denoise``); ``progress`` (default:
+        ``set_progress_bar_config``, no bars). ``seed``: without ``generator``, sample k of every image is drawn
+        from ``seed + k`` (default: the pipeline's seed).
 
         ``tile`` / ``tile_overlap``: windows in LR pixels (None / 0: the whole image is one window).
         ``depth`` (B×1×h×w) / ``kernel`` (B×k²×h×w), LR size: given maps instead of the SVKR's estimates.
-        ``out``: a float32 B×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
+        ``out``: a float32 N×3×(h·s)×(w·s) tensor the result is written into (e.g. a view of an image array).
         ``cond_cache``: where the per-window AMF features live between steps: ``device``, ``cpu``, ``none``
         (recomputed every step), ``auto`` = ``device`` for one window, else ``cpu`` on CUDA and ``none`` elsewhere
         (measured on CPU, bench_inference.py: same time, a third of the memory).
-        ``vae_tiling``: how ``tile`` cuts the VAE encoder and decoder: ``windows`` (default,
-        ``WindowVAETiling``) or ``layerwise`` (``LayerwiseVAETiling``, no tone seams; its image-size activations
-        in ``vae_store``: ``memory`` or ``disk``). Without ``tile`` both are the untiled VAE. Other arguments
-        default to the pipeline's.
+        ``vae_tiling``: how ``tile`` cuts the VAE encoder and decoder: ``layerwise`` (default,
+        ``LayerwiseVAETiling``: no tone seams; its image-size activations in ``vae_store``: ``auto``, ``memory``
+        or ``disk``) or ``windows`` (``WindowVAETiling``). Without ``tile`` the VAE is whole unless
+        ``enable_vae_tiling()``. ``dtype``: autocast precision (default the pipeline's). Other arguments default to
+        the pipeline's.
 
         The stages, each a method: ``check_inputs`` -> ``prepare_conditions`` (SVKR maps) -> ``encode_lr`` ->
         ``condition_windows`` -> ``prepare_timesteps`` / ``prepare_latents`` -> ``denoise`` -> ``decode``."""
+        images = _Images(image)
+        b = images.batch.shape[0]
+        if hasattr(callback_on_step_end, 'tensor_inputs'):  # diffusers' PipelineCallback objects
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        num_images = self.samples_per_image(b, num_images_per_image, num_images_per_prompt, generator)
         run = self.check_inputs(num_inference_steps, strength, sampler, seed, tile, tile_overlap, color_fix, dtype,
-                                cond_cache, vae_tiling, vae_store)
-        lr, back, in_device = _as_batch(image)
-        out_device = torch.device(out_device) if out_device is not None else in_device
-        lr, dev = lr.to(self.device), self.device
-        b, _, h, w = lr.shape
-        with eval_mode(self.unet, self.svkr):
-            maps = self.prepare_conditions(lr, depth, kernel, run.windows.tile, run.windows.overlap, run.dtype,
-                                           return_maps, progress)
-            lq, _ = pad_lr(lr, self.scale, self.unet.size_multiple)
-            if out is None:
-                out = torch.empty((b, 3, h * self.scale, w * self.scale), dtype=torch.float32, device=out_device)
-            with autocast(dev, run.dtype):
-                lr_latent = self.encode_lr(lq, run.windows, run.vae_tiling, progress)
-                conditions = self.condition_windows(lr_latent, maps, run.windows, run.cond_cache)
-                scheduler, timesteps = self.prepare_timesteps(run.num_inference_steps, run.strength, run.sampler)
-                generator = torch.Generator(device=dev).manual_seed(run.seed)
-                latents = self.prepare_latents(lr_latent.shape, scheduler, timesteps, generator,
-                                               init_latent=lr_latent if run.strength < 1 else None)
-                latents = self.denoise(latents, scheduler, timesteps, conditions.predict, progress)
-                self.decode(latents, lq, run.windows, run.color_fix, out, run.vae_tiling, out_device, progress)
-        return SSRPipelineOutput(images=back(out), depth=maps.get('depth'),
-                                 kernel_variance=maps.get('kvar') if return_maps else None)
+                                cond_cache, vae_tiling, vae_store, num_images, output_type,
+                                callback_on_step_end_tensor_inputs)
+        generators = self.prepare_generators(b, num_images, generator, seed)
+        progress = self._progress(progress)
+        out_device = torch.device(out_device) if out_device is not None else images.device
+        dev, s, n = self.device, self.scale, b * num_images
+        lr = images.batch.to(dev)
+        h, w = lr.shape[-2:]
+        if out is not None and tuple(out.shape) != (n, 3, h * s, w * s):
+            raise ValueError(f'SSRPipeline: out is {tuple(out.shape)}, the result {(n, 3, h * s, w * s)}')
+        self._interrupt = False
+        try:
+            with eval_mode(self.unet, self.svkr):
+                maps = self.prepare_conditions(lr, depth, kernel, run.windows.tile, run.windows.overlap, run.dtype,
+                                               return_maps, progress)
+                lq, _ = pad_lr(lr, s, self.unet.size_multiple)
+                with self._vae_autocast(run.dtype):
+                    lr_latent = self.encode_lr(lq, run.windows, run.vae_tiling, progress, svkr_sr=maps.get('sr'))
+                with autocast(dev, run.dtype):
+                    conditions = self.condition_windows(lr_latent, maps, run.windows, run.cond_cache)
+                    scheduler, timesteps = self.prepare_timesteps(run.num_inference_steps, run.strength, run.sampler)
+                    latents = self.prepare_latents((n, ) + tuple(lr_latent.shape[1:]), scheduler, timesteps,
+                                                   generators, init_latent=lr_latent if run.strength < 1 else None)
+                    latents = self.denoise(latents, scheduler, timesteps, conditions.predict, progress,
+                                           callback_on_step_end, run.callback_tensor_inputs, dict(lr_latent=lr_latent))
+                del conditions
+                if run.output_type == 'latent':
+                    result = latents
+                else:
+                    if out is None:
+                        out = torch.empty((n, 3, h * s, w * s), dtype=torch.float32, device=out_device)
+                    with self._vae_autocast(run.dtype):
+                        self.decode(latents, lq, run.windows, run.color_fix, out, run.vae_tiling, out_device, progress)
+                    result = images.convert(out, run.output_type)
+        finally:
+            self._place()
+        output = SSRPipelineOutput(images=result, depth=maps.get('depth'),
+                                   kernel_variance=maps.get('kvar') if return_maps else None)
+        return output if return_dict else output.to_tuple()
 
     @torch.no_grad()
-    def svkr_only(self, image, tile=None, tile_overlap=16, dtype=None, return_maps=False, progress=False, out=None,
-                  out_device=None):
+    def svkr_only(self, image, tile=None, tile_overlap=16, dtype=None, return_maps=False, progress=None, out=None,
+                  out_device=None, output_type=None, return_dict=True):
         """The SVKR's non-blind SR result Iᵀ (fast, deterministic), tiled in LR space when ``tile`` is given;
-        with ``return_maps`` also its depth and kernel-variance maps. Returns an ``SSRPipelineOutput``."""
+        with ``return_maps`` also its depth and kernel-variance maps. Returns an ``SSRPipelineOutput``
+        (``output_type`` and ``return_dict`` as in ``__call__``)."""
         if self.svkr is None:
             raise RuntimeError('SSRPipeline: this pipeline has no SVKR')
-        lr, back, in_device = _as_batch(image)
-        out_device = torch.device(out_device) if out_device is not None else in_device
+        images = _Images(image)
+        output_type = check_output_type(output_type)
+        if output_type == 'latent':
+            raise OptionError('output_type', output_type, 'the SVKR result has no latent')
+        dtype = self.dtype if dtype is None else amp_dtype(dtype, 'dtype')
+        if self._weights_dtype != torch.float32 and dtype != self._weights_dtype:
+            raise OptionError('dtype', dtype, f'the weights are {self._weights_dtype}')
+        out_device = torch.device(out_device) if out_device is not None else images.device
         want = ('sr', 'depth', 'kvar') if return_maps else ('sr', )
-        with eval_mode(self.svkr):
-            res = svkr_tiled(self.svkr, lr.to(self.device), tile, tile_overlap, want=want,
-                             dtype=self.dtype if dtype is None else amp_dtype(dtype, 'dtype'), progress=progress,
-                             out_device=out_device, into=None if out is None else {'sr': out})
+        try:
+            self._place('svkr')
+            with eval_mode(self.svkr):
+                res = svkr_tiled(self.svkr, images.batch.to(self.device), tile, tile_overlap, want=want, dtype=dtype,
+                                 progress=self._progress(progress), out_device=out_device,
+                                 into=None if out is None else {'sr': out})
+        finally:
+            self._place()
         sr = res['sr'].clamp_(0, 1)
-        return SSRPipelineOutput(images=back(sr), depth=res.get('depth'), kernel_variance=res.get('kvar'))
+        output = SSRPipelineOutput(images=images.convert(sr, output_type), depth=res.get('depth'),
+                                   kernel_variance=res.get('kvar'))
+        return output if return_dict else output.to_tuple()
 
     # ------------------------------------------------------------------ folders
-    def save_pretrained(self, save_directory):
+    def save_pretrained(self, save_directory, copy_parts='auto'):
         """Write the model folder (``ssr_pipelines.model_folder``); ``model_index.json`` last, so a folder that has
-        it is complete."""
-        save_model_folder(self, save_directory)
+        it is complete. ``copy_parts``: which frozen parts loaded from their own folders (a Stable Diffusion base
+        or the project's prior, the SVKR's depth network) travel inside the folder: ``auto`` (those under
+        ``model_folder.COPY_PARTS_MAX_MB``), ``all`` or ``none`` (referenced by absolute path)."""
+        return save_model_folder(self, save_directory, copy_parts=copy_parts)
 
     @classmethod
-    def from_pretrained(cls, folder, device=None, dtype=None):
+    def from_pretrained(cls, folder, device=None, dtype=None, torch_dtype=None):
         """Load a folder written by ``save_pretrained`` (local paths only) onto ``device`` (default: CPU).
-        ``dtype``: the default autocast precision of the loaded pipeline."""
+        ``torch_dtype``: cast the weights (``torch.float16`` / ``torch.bfloat16``; ``float32_modules`` stay
+        float32; loaded in float32, then cast). ``dtype``: the default autocast precision over float32 weights."""
+        if torch_dtype is not None and dtype is not None and weights_dtype(torch_dtype) != torch.float32 and \
+                amp_dtype(dtype, 'dtype') != weights_dtype(torch_dtype):
+            raise OptionError('dtype', dtype, f'differs from torch_dtype = {torch_dtype} (half-precision weights run in '
+                              'their own precision; give one of the two)')
         unet, scheduler, svkr, config = load_model_folder(folder)
-        return cls(unet, scheduler, svkr, dtype=dtype, **config).to(device if device is not None else 'cpu')
+        pipe = cls(unet, scheduler, svkr, dtype=dtype, **config)
+        if torch_dtype is not None:
+            pipe.to(dtype=torch_dtype)  # on the host, before the move: the device never holds the float32 copy
+        return pipe.to(device if device is not None else 'cpu')

@@ -52,6 +52,42 @@ from tqdm import tqdm
 
 STORES = ('memory', 'disk')
 
+# the working memory a store may take before ``choose_store`` puts it on disk: this share of the memory
+# the system reports available (MemAvailable)
+AUTO_STORE_SHARE = 0.5
+
+
+def available_memory_bytes():
+    """The memory the system can give without swapping (Linux: ``MemAvailable`` of /proc/meminfo), or None where
+    it cannot be read."""
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def layerwise_store_bytes(vae, height, width, batch=1, part='decoder', element_size=4):
+    """About the most a store holds when ``part`` (``encoder`` / ``decoder``) of ``vae`` runs over an image of
+    ``height × width`` output (decoder) or input (encoder) pixels: the input and output of one step at full
+    resolution plus a residual, i.e. (2·C₀ + C₁) channels of that size (C₀, C₁: the VAE's first two widths; for
+    SD's decoder the 256-channel input and 128-channel output of its last up block)."""
+    widths = list(vae.config.block_out_channels)
+    channels = 2 * widths[0] + (widths[1] if len(widths) > 1 else widths[0])
+    return int(batch) * channels * int(height) * int(width) * int(element_size)
+
+
+def choose_store(nbytes, available=None):
+    """``memory`` when ``nbytes`` fit in ``AUTO_STORE_SHARE`` of the available memory (or when that is unknown),
+    else ``disk``."""
+    available = available_memory_bytes() if available is None else available
+    if available is None or nbytes <= AUTO_STORE_SHARE * available:
+        return 'memory'
+    return 'disk'
+
 
 class TileWindow:
     """One tile of the base grid: its core ``(y0, y1, x0, x1)`` in base pixels (latent pixels for

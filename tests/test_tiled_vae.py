@@ -136,7 +136,7 @@ def _tiny_pipeline():
 @pytest.mark.parametrize('store', ['memory', 'disk'])
 def test_pipeline_layerwise_vae_tiling_is_the_untiled_vae(store):
     """SSRPipeline(vae_tiling='layerwise'): with the sampler taken out (the final latent = the LR latent), a
-    tiled run is decode(encode(upsampled LR)) of the untiled VAE; the default window tiling is not."""
+    tiled run is decode(encode(upsampled LR)) of the untiled VAE, and is the default; the window tiling is not."""
     pipe = _tiny_pipeline()
     lr = torch.rand(1, 3, 24, 32, generator=torch.Generator().manual_seed(1))
     # VAE only: with strength < 1 the start is the LR latent, kept as it is to the end
@@ -144,7 +144,8 @@ def test_pipeline_layerwise_vae_tiling_is_the_untiled_vae(store):
     pipe.denoise = lambda latents, *a, **k: latents
     ref = pipe(lr, strength=0.5).images
     lay = pipe(lr, strength=0.5, tile=8, tile_overlap=4, vae_tiling='layerwise', vae_store=store).images
-    win = pipe(lr, strength=0.5, tile=8, tile_overlap=4).images
+    win = pipe(lr, strength=0.5, tile=8, tile_overlap=4, vae_tiling='windows').images
+    assert torch.equal(pipe(lr, strength=0.5, tile=8, tile_overlap=4, vae_store=store).images, lay)  # the default
     err_lay, err_win = (lay - ref).abs().max().item(), (win - ref).abs().max().item()
     assert err_lay < 1e-4, err_lay
     assert err_win > 10 * max(err_lay, 1e-6), (err_win, err_lay)  # the test tells the two apart

@@ -164,10 +164,28 @@ def build(mode, device, config='tiny', precision='fp32', sampler='ddim'):
     return pipe
 
 
+def apply_switch(pipe, switch):
+    """One of SSRPipeline's memory switches (``--switch``)."""
+    import torch
+    if switch == 'vae_tiling':
+        pipe.enable_vae_tiling(tile_size=128)
+    elif switch == 'attention_slicing':
+        pipe.enable_attention_slicing()
+    elif switch == 'bf16_weights':
+        pipe.to(torch.bfloat16)
+    elif switch == 'offload':
+        pipe.enable_model_cpu_offload(device=pipe.device)
+    elif switch != 'none':
+        raise ValueError(f'unknown switch {switch}')
+    return pipe
+
+
 def child(args):
     import torch
     device = torch.device(args.device)
     obj = build(args.mode, device, args.config, args.precision, args.sampler)
+    if args.mode == 'ssr':
+        apply_switch(obj, args.switch)
     from ssr_pipelines.pipeline_ssr import svkr_tiled
     trace = SVKRTrace(obj) if args.trace and args.mode == 'svkr' and device.type == 'cpu' else None
 
@@ -224,7 +242,8 @@ def measure(args, mode, size, tile, **extra):
            '--config', extra.get('config', getattr(args, 'config', 'tiny')),
            '--precision', extra.get('precision', getattr(args, 'precision', 'fp32')),
            '--sampler', extra.get('sampler', getattr(args, 'sampler', 'ddim')), '--cond-cache', args.cond_cache,
-           '--vae-tiling', extra.get('vae_tiling', getattr(args, 'vae_tiling', 'windows'))] + (['--trace'] if args.trace else [])
+           '--vae-tiling', extra.get('vae_tiling', getattr(args, 'vae_tiling', 'windows')),
+           '--switch', extra.get('switch', 'none')] + (['--trace'] if args.trace else [])
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           env=child_env(ROOT))
     for line in proc.stdout.splitlines():
@@ -243,6 +262,115 @@ def header(mem_key):
 def row(r, base, mem_key):
     print(f'{r["mode"]:5} {r["size"]:>8} {r["tile"]:>5} {r["seconds"]:9.2f} {r["seconds"] / base["seconds"]:7.2f} '
           f'{r[mem_key]:14.1f} {r[mem_key] / max(base[mem_key], 1e-9):7.2f} {r["canvas_mb"]:10.1f}', flush=True)
+
+
+SWITCHES = ('none', 'vae_tiling', 'attention_slicing', 'bf16_weights', 'offload')
+
+
+def switches(args):
+    """``--switches``: one SSR image (tiny config) with each memory switch, every row in a fresh child process.
+    Rows: the tiled call with the window-by-window VAE (the old default: the baseline), with the layer-wise VAE
+    (the default now), + attention slicing, + bfloat16 weights; model offload on a CUDA device only (on the
+    CPU the networks already are in host memory)."""
+    size, tile = args.sizes[0], args.tiles[0]
+    print(f'== SSR switches: device {args.device}, tiny config, LR {size}² (output {4 * size}²), tile {tile} LR, '
+          f'overlap {args.overlap}, {args.steps} {args.sampler} steps; baseline = first row', flush=True)
+    rows = [('tile, VAE windows (the old default)', dict(vae_tiling='windows')),
+            ('tile, VAE layerwise (the default)', dict(vae_tiling='layerwise')),
+            ('+ attention slicing', dict(vae_tiling='layerwise', switch='attention_slicing')),
+            ('+ bfloat16 weights', dict(vae_tiling='layerwise', switch='bf16_weights'))]
+    if args.device.startswith('cuda'):
+        rows.append(('+ model offload', dict(vae_tiling='layerwise', switch='offload')))
+    mem_key = 'gpu_peak_mb' if args.device.startswith('cuda') else 'work_mb'
+    print(f'| switch | s / image | x base | {mem_key} | x base |\n| --- | --- | --- | --- | --- |', flush=True)
+    base = None
+    for name, extra in rows:
+        r = measure(args, 'ssr', size, tile, **extra)
+        base = base or r
+        print(f'| {name} | {r["seconds"]:.1f} | {r["seconds"] / base["seconds"]:.2f} | {r[mem_key]:.1f} | '
+              f'{r[mem_key] / max(base[mem_key], 1e-9):.2f} |', flush=True)
+
+
+def throughput(args):
+    """``--throughput``: in this process, the tiny-config pipeline on ``--batch`` random LR images of
+    ``--sizes[0]``² (untiled): one call per image vs one call for all; then ``--samples`` samples of one image:
+    one call per sample (the CLI before: the SVKR reruns every time) vs one call with
+    ``num_images_per_image`` (the SVKR once). SVKR time from hooks on its forward."""
+    import torch
+    device = torch.device(args.device)
+    pipe = build('ssr', device, args.config, args.precision, args.sampler)
+    svkr_seconds = []
+    pipe.svkr.register_forward_pre_hook(lambda *_: svkr_seconds.append(-time.perf_counter()))
+    pipe.svkr.register_forward_hook(lambda *_: svkr_seconds.append(time.perf_counter()))
+    size, n = args.sizes[0], args.batch
+    lr = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def timed(fn):
+        svkr_seconds.clear()
+        start = time.perf_counter()
+        with torch.no_grad():
+            fn()
+        return time.perf_counter() - start, sum(svkr_seconds)
+
+    timed(lambda: pipe(lr[:1, :, :16, :16], num_inference_steps=1))  # warm-up
+    print(f'== SSR throughput: device {args.device}, tiny config, LR {size}² (output {4 * size}²), untiled, '
+          f'{args.steps} {args.sampler} steps, torch threads {torch.get_num_threads()}', flush=True)
+    one, _ = timed(lambda: [pipe(lr[i:i + 1], num_inference_steps=args.steps, seed=i) for i in range(n)])
+    batch, _ = timed(lambda: pipe(lr, num_inference_steps=args.steps))
+    print(f'| images | calls | s | images/s | x batch 1 |\n| --- | --- | --- | --- | --- |\n'
+          f'| {n} | {n} (batch 1) | {one:.1f} | {n / one:.3f} | 1.00 |\n'
+          f'| {n} | 1 (batch {n}) | {batch:.1f} | {n / batch:.3f} | {one / batch:.2f} |', flush=True)
+    k = args.samples
+    before, svkr_before = timed(lambda: [pipe(lr[:1], num_inference_steps=args.steps, seed=j) for j in range(k)])
+    after, svkr_after = timed(lambda: pipe(lr[:1], num_inference_steps=args.steps, seed=0, num_images_per_image=k))
+    print(f'\n| {k} samples of one image | s | SVKR s | SVKR runs |\n| --- | --- | --- | --- |\n'
+          f'| one call per sample (before) | {before:.1f} | {svkr_before:.2f} | {k} |\n'
+          f'| one call, num_images_per_image={k} (now) | {after:.1f} | {svkr_after:.2f} | 1 |\n'
+          f'ratios: total {before / after:.2f}x, SVKR {svkr_before / max(svkr_after, 1e-9):.2f}x', flush=True)
+
+
+def whole_vae_call(pipe, lr, tile, overlap, steps, seed=0):
+    """``pipe(lr, tile=tile, ...)`` with the UNet on the same latent windows but the whole, untiled VAE for the
+    encode and the decode: the stages run one by one (what ``--vae-psnr`` compares the tiled VAEs against)."""
+    import torch
+    from ssr_pipelines.pipeline_ssr import SamplingWindows, WindowVAETiling, pad_lr
+    net = pipe.unet
+    run = pipe.check_inputs(steps, tile=tile, tile_overlap=overlap, vae_tiling='windows', seed=seed)
+    whole = SamplingWindows.plan(None, overlap, pipe.scale, net.vae_scale_factor, net.size_multiple)
+    lr = lr.to(pipe.device)
+    maps = pipe.prepare_conditions(lr, tile=tile, tile_overlap=overlap)
+    lq, _ = pad_lr(lr, pipe.scale, net.size_multiple)
+    lr_latent = pipe.encode_lr(lq, whole, WindowVAETiling(), svkr_sr=maps.get('sr'))
+    conditions = pipe.condition_windows(lr_latent, maps, run.windows, run.cond_cache)
+    scheduler, timesteps = pipe.prepare_timesteps(run.num_inference_steps, run.strength, run.sampler)
+    latents = pipe.prepare_latents(lr_latent.shape, scheduler, timesteps, pipe.prepare_generators(1, 1, None, seed))
+    latents = pipe.denoise(latents, scheduler, timesteps, conditions.predict)
+    out = torch.empty((1, 3, lr.shape[-2] * pipe.scale, lr.shape[-1] * pipe.scale))
+    return pipe.decode(latents, lq, whole, run.color_fix, out, WindowVAETiling())
+
+
+def vae_psnr(args):
+    """``--vae-psnr``: in this process, a tiled SSR call (``--tiles[0]``) of one random LR image of
+    ``--sizes[0]``² with the layer-wise VAE (the default) and with the window-by-window VAE, each against the
+    same call with the whole VAE (``whole_vae_call``: the UNet on the same windows), as PSNR."""
+    import math
+    import torch
+    pipe = build('ssr', torch.device(args.device), args.config, args.precision, args.sampler)
+    size, tile = args.sizes[0], args.tiles[0]
+    lr = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    lr = torch.nn.functional.interpolate(lr[:, :, ::8, ::8], size=(size, size), mode='bicubic').clamp(0, 1)
+    with torch.no_grad():
+        ref = whole_vae_call(pipe, lr, tile, args.overlap, args.steps)
+        rows = [(name, pipe(lr, num_inference_steps=args.steps, seed=0, tile=tile, tile_overlap=args.overlap,
+                            vae_tiling=name).images) for name in ('layerwise', 'windows')]
+    print(f'== SSR tiled VAE vs the whole VAE: tiny config, LR {size}² (output {4 * size}²), tile {tile} LR, '
+          f'overlap {args.overlap}, {args.steps} {args.sampler} steps; the UNet on the same windows in every row',
+          flush=True)
+    print('| VAE of the tiled call | PSNR vs the whole VAE (dB) | max abs diff |\n| --- | --- | --- |')
+    for name, img in rows:
+        mse = (img - ref).pow(2).mean().item()
+        psnr = float('inf') if mse == 0 else 10 * math.log10(1 / mse)
+        print(f'| {name} | {psnr:.1f} | {(img - ref).abs().max().item():.2e} |', flush=True)
 
 
 @exit_on_option_error()
@@ -272,9 +400,26 @@ def main():
     p.add_argument('--sampler', default='ddim', choices=['ddim', 'dpmsolver++'])
     p.add_argument('--vae-tiling', default='windows', choices=['windows', 'layerwise'],
                    help='SSR: how tiles cut the VAE (SSRPipeline, vae_tiling=)')
+    p.add_argument('--switch', default='none', choices=SWITCHES, help=argparse.SUPPRESS)
+    p.add_argument('--switches', action='store_true',
+                   help='SSR: working memory and time with each of SSRPipeline\'s memory switches at --sizes[0] and '
+                   '--tiles[0] (one child process per row; ratios to the first row)')
+    p.add_argument('--throughput', action='store_true',
+                   help='SSR in one process: images/s at batch 1 vs --batch, and the SVKR time per image for '
+                   '--samples samples (one call per sample, as the CLI did, vs one call)')
+    p.add_argument('--batch', type=int, default=4)
+    p.add_argument('--samples', type=int, default=4)
+    p.add_argument('--vae-psnr', dest='vae_psnr', action='store_true',
+                   help='SSR: a tiled call with the layer-wise and with the window VAE against the whole VAE (PSNR)')
     args = p.parse_args()
+    if args.vae_psnr:
+        return vae_psnr(args)
     if args.child:
         return child(args)
+    if args.switches:
+        return switches(args)
+    if args.throughput:
+        return throughput(args)
     import torch
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs visible, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS")}')
     modes = ['svkr', 'ssr'] if args.mode == 'both' else [args.mode]
