@@ -231,3 +231,33 @@ def test_bad_prior_options_stop_with_the_key(prior_run, tmp_path, pca_path):
     with pytest.raises(OptionError) as err:
         HRCropDataset(dict(photos=PHOTOS, gt_size=32, repeat=dict(dataroot_gt=2)))
     assert err.value.key == 'repeat:dataroot_gt'
+
+
+def test_hr_crop_dataset_mixes_sources_with_repeats_and_fixed_crops(tmp_path):
+    import cv2
+    import numpy as np
+    folder = tmp_path / 'hr'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        cv2.imwrite(str(folder / f'im{i}.png'), rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8))
+    photos = HRCropDataset(dict(photos=PHOTOS, gt_size=32))
+    opt = dict(dataroot_gt=str(folder), photos=PHOTOS, scenes=dict(num=2, seed=3, size=48, shared_dir=None),
+               repeat=dict(gt=2, photos=3), gt_size=32, scale_range=[1, 1.5], aug_seed=7)
+    data = HRCropDataset(opt)
+    assert len(data) == 3 * 2 + 3 * len(photos) + 2
+    names = [data.entries[i][2] for i in range(len(data))]
+    assert len(set(names)) == len(names) and names[:2] == ['im0_000', 'im0_001']
+    for i in (0, 1, 6, len(data) - 1):  # an image, its repeat, a photograph, a scene
+        s = data[i]
+        assert s['gt'].shape == (3, 32, 32) and 0 <= float(s['gt'].min()) and float(s['gt'].max()) <= 1
+        assert s['gt_path'] == s['lq_path'] == names[i]
+        assert torch.equal(s['gt'], data[i]['gt'])  # aug_seed: entry i is always the same crop
+    assert not torch.equal(data[0]['gt'], data[1]['gt'])  # a repeat is another crop of the same image
+    # the image itself, in RGB: a whole-image crop of a 32-pixel square image is the image
+    cv2.imwrite(str(folder / 'im0.png'), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    whole = HRCropDataset(dict(dataroot_gt=str(folder), gt_size=32, use_hflip=False, use_rot=False))[0]['gt']
+    bgr = cv2.imread(str(folder / 'im0.png'))
+    assert torch.equal(whole, torch.from_numpy(bgr[:, :, ::-1].transpose(2, 0, 1).copy()).float() / 255)
+    with pytest.raises(ValueError, match='smaller than gt_size'):
+        HRCropDataset(dict(dataroot_gt=str(folder), gt_size=48))[0]  # im0 is 32×32 now
