@@ -36,10 +36,10 @@ Metrics: PSNR / SSIM on Y (crop 4) and NIQE (crop 4), BasicSR's; LPIPS, MUSIQ, C
 initialisation, the order of the crops and the training noise; tables give mean ± sample standard deviation.
 
     python scripts/experiments/ssr_ablation.py --tiny --out /tmp/abl   # seconds: every code path, toy sizes
-    python scripts/experiments/ssr_ablation.py --quick                 # LR only vs SSR, one seed, 40 iterations
+    python scripts/experiments/ssr_ablation.py --quick                 # LR only vs SSR, one seed, 30 iterations
     nohup nice -n 10 python scripts/experiments/ssr_ablation.py > /tmp/ssr_ablation.log 2>&1 &   # every arm
 
-The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 50
+The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 30
 iterations per arm is early training, not convergence (docs/diffusion.md says what that shows and what not).
 
 The quick and the full run end with the line
@@ -129,14 +129,14 @@ MODES = {
     'tiny': dict(iters=2, batch=2, seeds=(0, ), extra_seeds={'full': (1, )}, arms=tuple(ARMS), pool_scenes=None, draws=1,
                  crops=4, crop=32, scenes=1, val=1, photos=1, size=32, removal_images=1, table_steps=1,
                  pd=((1, 1.0), (2, 0.5)), widths=(0.7, 1.4), gammas=(0.63, 1.6), deviation_images=1),
-    'quick': dict(iters=40, batch=4, seeds=(0, ), extra_seeds={}, arms=('lr_only', 'full'), pool_scenes=32,
+    'quick': dict(iters=30, batch=4, seeds=(0, ), extra_seeds={}, arms=('lr_only', 'full'), pool_scenes=32,
                   draws=1, crops=8, crop=32, scenes=2, val=1, photos=1, size=200, removal_images=2,
                   table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
                   gammas=(0.4, 1.0, 2.5), deviation_images=1),
-    'full': dict(iters=50, batch=4, seeds=(0, ), extra_seeds={'lr_only': (1, ), 'full': (1, )},
+    'full': dict(iters=30, batch=4, seeds=(0, ), extra_seeds={'lr_only': (1, ), 'full': (1, )},
                  arms=('lr_only', 'full', 'full_it', 'lr_kernel', 'lr_depth', 'full_t0', 'full_gt', 'sft', 'concat',
                        'scratch'),
-                 pool_scenes=64, draws=1, crops=8, crop=32, scenes=2, val=1, photos=2, size=200, removal_images=2,
+                 pool_scenes=64, draws=1, crops=8, crop=32, scenes=2, val=1, photos=2, size=200, removal_images=1,
                  table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
                  gammas=(0.4, 1.0, 2.5), deviation_images=1),
 }
@@ -551,20 +551,29 @@ def evaluate_arm(name, model, pca, tests, steps, suite, deviation=None, pd=None,
                 mean_abs_change=float(np.mean([float((a - b).abs().mean()) for a, b in zip(removed, outputs)])))
         res[set_name] = entry
     if deviation is not None:
-        res['deviation'] = deviation_rows(model, pca, tests['scenes'][:deviation['images']], steps, suite,
-                                          deviation['widths'], deviation['gammas'])
+        n = deviation['images']
+        res['deviation'] = deviation_rows(model, pca, tests['scenes'][:n], steps, suite, deviation['widths'],
+                                          deviation['gammas'],
+                                          float(np.mean([p['psnr'] for p in res['scenes']['per_image'][:n]])))
     if pd is not None:
         res['pd'] = pd_rows(model, pca, val, tests, maps, pd, suite)
     return res
 
 
-def deviation_rows(model, pca, items, steps, suite, widths, gammas):
-    """Figs. 8/9 on SSR: PSNR with Kᵀ made narrower / wider and Dᵀ pushed nearer / farther."""
+def deviation_rows(model, pca, items, steps, suite, widths, gammas, unchanged=None):
+    """Figs. 8/9 on SSR: PSNR with Kᵀ made narrower / wider and Dᵀ pushed nearer / farther. ``unchanged``: the
+    PSNR of the maps as they are (the table's), used for the factor 1 instead of sampling it again."""
     rows = dict(kernel=OrderedDict(), depth=OrderedDict())
     for a in widths:
+        if a == 1 and unchanged is not None:
+            rows['kernel'][str(a)] = unchanged
+            continue
         outs = [sample(model, pca, it, 't3', steps, 1.0, code=pca.encode(widen(it['t3_kernel'], a))) for it in items]
         rows['kernel'][str(a)] = score_set(suite, outs, items)[0]['psnr']
     for g in gammas:
+        if g == 1 and unchanged is not None:
+            rows['depth'][str(g)] = unchanged
+            continue
         outs = [sample(model, pca, it, 't3', steps, 1.0, depth=it['maps']['t3'][0].clamp(0, 1).pow(g)) for it in items]
         rows['depth'][str(g)] = score_set(suite, outs, items)[0]['psnr']
     return rows
