@@ -28,7 +28,7 @@ TIMESTEP_FRACTIONS = (0.1, 0.5, 0.9)
 
 def modulation_rms(net):
     """Modality -> RMS of the zero-initialised output layers of its AMF modulations (None: not AMF)."""
-    if getattr(net, 'fusion_method', 'amf') != 'amf':
+    if not any(n.startswith('amf.') for n, _ in net.named_parameters()):  # sft, concat
         return {}
     out = {}
     for m in net.modalities:
