@@ -715,7 +715,7 @@ def draw_panel(img, box, series, xlabel, ylabel, title, log_x=False, labels_at=N
         cv2.line(img, (x0 - 4, py), (x0, py), (0, 0, 0), 1)
         cv2.putText(img, f'{yv:.2f}', (x0 - 48, py + 4), font, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
     ticks = sorted({x for x, _ in pts})
-    for xv in ticks if len(ticks) <= 9 else [ticks[0], ticks[len(ticks) // 2], ticks[-1]]:
+    for xv in ticks if len(ticks) <= 4 else [ticks[0], ticks[len(ticks) // 2], ticks[-1]]:  # no overlaps
         pxv, _ = px(xv, ylo)
         cv2.line(img, (pxv, y0 + h), (pxv, y0 + h + 4), (0, 0, 0), 1)
         cv2.putText(img, f'{xv:.3g}', (pxv - 12, y0 + h + 17), font, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
@@ -763,8 +763,9 @@ def plot_pd(results, baselines, cfg, path):
             xs = [float(np.mean([np.nan if r[i][set_name]['niqe'] is None else r[i][set_name]['niqe'] for r in runs]))
                   for i in range(len(runs[0]))]
             ys = [float(np.mean([r[i][set_name]['psnr'] for r in runs])) for i in range(len(runs[0]))]
-            series.append((ARMS[name][0], xs, ys, 'point'))
-            labels[ARMS[name][0]] = [f'{r["steps"]}/{r["strength"]:g}' for r in runs[0]]
+            legend = ARMS[name][0].replace('ᵀ', '^T')  # OpenCV's font has no superscript T
+            series.append((legend, xs, ys, 'point'))
+            labels[legend] = [f'{r["steps"]}/{r["strength"]:g}' for r in runs[0]]
         for label in ('Bicubic', 'SVKR (I^T, T = 3)', 'VAE round trip of I^T'):
             if label.replace('I^T', 'Iᵀ') not in baselines:
                 continue
