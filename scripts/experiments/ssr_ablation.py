@@ -36,10 +36,10 @@ Metrics: PSNR / SSIM on Y (crop 4) and NIQE (crop 4), BasicSR's; LPIPS, MUSIQ, C
 initialisation, the order of the crops and the training noise; tables give mean ± sample standard deviation.
 
     python scripts/experiments/ssr_ablation.py --tiny --out /tmp/abl   # seconds: every code path, toy sizes
-    python scripts/experiments/ssr_ablation.py --quick                 # LR only vs SSR, one seed, 40 iterations
+    python scripts/experiments/ssr_ablation.py --quick                 # LR only vs SSR, one seed, 30 iterations
     nohup nice -n 10 python scripts/experiments/ssr_ablation.py > /tmp/ssr_ablation.log 2>&1 &   # every arm
 
-The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 50
+The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 30
 iterations per arm is early training, not convergence (docs/diffusion.md says what that shows and what not).
 
 The quick and the full run end with the line
@@ -129,14 +129,14 @@ MODES = {
     'tiny': dict(iters=2, batch=2, seeds=(0, ), extra_seeds={'full': (1, )}, arms=tuple(ARMS), pool_scenes=None, draws=1,
                  crops=4, crop=32, scenes=1, val=1, photos=1, size=32, removal_images=1, table_steps=1,
                  pd=((1, 1.0), (2, 0.5)), widths=(0.7, 1.4), gammas=(0.63, 1.6), deviation_images=1),
-    'quick': dict(iters=40, batch=4, seeds=(0, ), extra_seeds={}, arms=('lr_only', 'full'), pool_scenes=64,
+    'quick': dict(iters=30, batch=4, seeds=(0, ), extra_seeds={}, arms=('lr_only', 'full'), pool_scenes=32,
                   draws=1, crops=8, crop=32, scenes=2, val=1, photos=1, size=200, removal_images=2,
                   table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
                   gammas=(0.4, 1.0, 2.5), deviation_images=1),
-    'full': dict(iters=50, batch=4, seeds=(0, ), extra_seeds={'lr_only': (1, ), 'full': (1, )},
+    'full': dict(iters=30, batch=4, seeds=(0, ), extra_seeds={'lr_only': (1, ), 'full': (1, )},
                  arms=('lr_only', 'full', 'full_it', 'lr_kernel', 'lr_depth', 'full_t0', 'full_gt', 'sft', 'concat',
                        'scratch'),
-                 pool_scenes=64, draws=1, crops=8, crop=32, scenes=2, val=1, photos=2, size=200, removal_images=2,
+                 pool_scenes=64, draws=1, crops=8, crop=32, scenes=2, val=1, photos=2, size=200, removal_images=1,
                  table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
                  gammas=(0.4, 1.0, 2.5), deviation_images=1),
 }
@@ -551,20 +551,29 @@ def evaluate_arm(name, model, pca, tests, steps, suite, deviation=None, pd=None,
                 mean_abs_change=float(np.mean([float((a - b).abs().mean()) for a, b in zip(removed, outputs)])))
         res[set_name] = entry
     if deviation is not None:
-        res['deviation'] = deviation_rows(model, pca, tests['scenes'][:deviation['images']], steps, suite,
-                                          deviation['widths'], deviation['gammas'])
+        n = deviation['images']
+        res['deviation'] = deviation_rows(model, pca, tests['scenes'][:n], steps, suite, deviation['widths'],
+                                          deviation['gammas'],
+                                          float(np.mean([p['psnr'] for p in res['scenes']['per_image'][:n]])))
     if pd is not None:
         res['pd'] = pd_rows(model, pca, val, tests, maps, pd, suite)
     return res
 
 
-def deviation_rows(model, pca, items, steps, suite, widths, gammas):
-    """Figs. 8/9 on SSR: PSNR with Kᵀ made narrower / wider and Dᵀ pushed nearer / farther."""
+def deviation_rows(model, pca, items, steps, suite, widths, gammas, unchanged=None):
+    """Figs. 8/9 on SSR: PSNR with Kᵀ made narrower / wider and Dᵀ pushed nearer / farther. ``unchanged``: the
+    PSNR of the maps as they are (the table's), used for the factor 1 instead of sampling it again."""
     rows = dict(kernel=OrderedDict(), depth=OrderedDict())
     for a in widths:
+        if a == 1 and unchanged is not None:
+            rows['kernel'][str(a)] = unchanged
+            continue
         outs = [sample(model, pca, it, 't3', steps, 1.0, code=pca.encode(widen(it['t3_kernel'], a))) for it in items]
         rows['kernel'][str(a)] = score_set(suite, outs, items)[0]['psnr']
     for g in gammas:
+        if g == 1 and unchanged is not None:
+            rows['depth'][str(g)] = unchanged
+            continue
         outs = [sample(model, pca, it, 't3', steps, 1.0, depth=it['maps']['t3'][0].clamp(0, 1).pow(g)) for it in items]
         rows['depth'][str(g)] = score_set(suite, outs, items)[0]['psnr']
     return rows
@@ -607,10 +616,23 @@ def fmt(values, digits=2):
     return f'{m:.{digits}f}' + (f' ± {s:.{digits}f}' if s is not None else '')
 
 
-def baseline_rows(tests, suite):
+def baseline_rows(tests, suite, prior=None):
+    """Bicubic and the SVKR's Iᵀ; with ``prior``, the prior's autoencoder round trip (encode, decode) of the HR
+    image and of Iᵀ: what any output decoded by that VAE, and an img2img start from Iᵀ, can reach at best."""
     rows = OrderedDict()
-    for label, fn in (('Bicubic', lambda it: upsample_lr(it['lq'], it['gt'].shape[-2:])),
-                      ('SVKR (Iᵀ, T = 3)', lambda it: it['svkr_sr'])):
+    fns = [('Bicubic', lambda it: upsample_lr(it['lq'], it['gt'].shape[-2:])),
+           ('SVKR (Iᵀ, T = 3)', lambda it: it['svkr_sr'])]
+    if prior is not None:
+        from diffusers import AutoencoderKL
+        vae = AutoencoderKL.from_pretrained(osp.join(prior, 'vae'), low_cpu_mem_usage=False).eval()
+
+        @torch.no_grad()
+        def round_trip(img):
+            return ((vae.decode(vae.encode(img * 2 - 1).latent_dist.mode()).sample + 1) / 2).clamp(0, 1)
+
+        fns += [('VAE round trip of HR (prior\'s autoencoder)', lambda it: round_trip(it['gt'])),
+                ('VAE round trip of Iᵀ', lambda it: round_trip(it['svkr_sr']))]
+    for label, fn in fns:
         rows[label] = {s: score_set(suite, [fn(it) for it in items], items)[0] for s, items in tests.items()}
     return rows
 
@@ -693,7 +715,7 @@ def draw_panel(img, box, series, xlabel, ylabel, title, log_x=False, labels_at=N
         cv2.line(img, (x0 - 4, py), (x0, py), (0, 0, 0), 1)
         cv2.putText(img, f'{yv:.2f}', (x0 - 48, py + 4), font, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
     ticks = sorted({x for x, _ in pts})
-    for xv in ticks if len(ticks) <= 9 else [ticks[0], ticks[len(ticks) // 2], ticks[-1]]:
+    for xv in ticks if len(ticks) <= 4 else [ticks[0], ticks[len(ticks) // 2], ticks[-1]]:  # no overlaps
         pxv, _ = px(xv, ylo)
         cv2.line(img, (pxv, y0 + h), (pxv, y0 + h + 4), (0, 0, 0), 1)
         cv2.putText(img, f'{xv:.3g}', (pxv - 12, y0 + h + 17), font, 0.36, (0, 0, 0), 1, cv2.LINE_AA)
@@ -741,9 +763,12 @@ def plot_pd(results, baselines, cfg, path):
             xs = [float(np.mean([np.nan if r[i][set_name]['niqe'] is None else r[i][set_name]['niqe'] for r in runs]))
                   for i in range(len(runs[0]))]
             ys = [float(np.mean([r[i][set_name]['psnr'] for r in runs])) for i in range(len(runs[0]))]
-            series.append((ARMS[name][0], xs, ys, 'point'))
-            labels[ARMS[name][0]] = [f'{r["steps"]}/{r["strength"]:g}' for r in runs[0]]
-        for label in ('Bicubic', 'SVKR (I^T, T = 3)'):
+            legend = ARMS[name][0].replace('ᵀ', '^T')  # OpenCV's font has no superscript T
+            series.append((legend, xs, ys, 'point'))
+            labels[legend] = [f'{r["steps"]}/{r["strength"]:g}' for r in runs[0]]
+        for label in ('Bicubic', 'SVKR (I^T, T = 3)', 'VAE round trip of I^T'):
+            if label.replace('I^T', 'Iᵀ') not in baselines:
+                continue
             m = baselines[label.replace('I^T', 'Iᵀ')][set_name]
             series.append((label, [np.nan if m['niqe'] is None else m['niqe']], [m['psnr']], 'point'))
         draw_panel(img, (p * (panel[0] + 2 * margin) + margin, margin, panel[0], panel[1]), series,
@@ -770,6 +795,8 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=None,
                         help='sampling steps of the tables (default: the --test-opt file\'s)')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--report-only', action='store_true',
+                        help='train and sample nothing: the tables from the arms already in --out (a run cut short)')
     args = parser.parse_args(argv)
     name = 'tiny' if args.tiny else 'quick' if args.quick else 'full'
     cfg = dict(MODES[name])
@@ -813,7 +840,7 @@ def main(argv=None):
         log(f'  {s}: {len(items)} images, {items[0]["gt"].shape[-1]}² HR ({folders[s]})')
     suite = MetricSuite(METRICS, logger=_QuietLogger())
     not_run = dict(suite.unavailable)
-    baselines = baseline_rows(tests, suite)
+    baselines = baseline_rows(tests, suite, res['prior'])
     bicubic_val = score_set(suite, [upsample_lr(it['lq'], it['gt'].shape[-2:]) for it in val], val)[0]['psnr']
     for label, row in baselines.items():
         log(f'  {label}: ' + ', '.join(f'{s} {row[s]["psnr"]:.2f} dB / {row[s]["ssim"]:.3f}' for s in TEST_SETS))
@@ -831,7 +858,12 @@ def main(argv=None):
     # every arm's first seed, then the extra seeds: a run cut short still has every arm
     jobs = [(arm, seeds_of(arm, cfg)[0]) for arm in cfg['arms']] + \
         [(arm, seed) for arm in cfg['arms'] for seed in seeds_of(arm, cfg)[1:]]
+    skipped = []
     for arm, seed in jobs:
+        if args.report_only and not all(osp.isfile(osp.join(arms_dir, f'{arm}_s{seed}{end}'))
+                                        for end in ('.pth', '_train.json', '_eval.json')):
+            skipped.append(f'{arm} seed {seed}')
+            continue
         log(f'==> {arm} ({ARMS[arm][0]}), seed {seed}')
         ckpt, record = train_arm(arm, seed, res, cfg, pool, pca, arms_dir)
         records[arm].append(record)
@@ -862,6 +894,13 @@ def main(argv=None):
                                f'(mean abs change {255 * v["mean_abs_change"]:.2f} grey levels, max '
                                f'{255 * v["max_abs_change"]:.1f})')
                 log(defects[-1])
+    if skipped:
+        log('--report-only: not trained, not in the tables: ' + ', '.join(skipped))
+        for arm in [a for a in results['arms'] if not results['arms'][a]]:
+            del results['arms'][arm], records[arm]
+        cfg['arms'] = tuple(a for a in cfg['arms'] if a in results['arms'])
+        cfg['extra_seeds'] = {a: tuple(int(s) for s in results['arms'][a])[1:] for a in cfg['arms']}
+    results['not_trained'] = skipped
     results['train'] = records
     # item 5: the settings chosen on val, scored on the tests
     summary = OrderedDict()
