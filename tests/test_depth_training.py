@@ -269,8 +269,8 @@ def test_paper_setting_files_name_a_depth_network(name, tmp_path):
     opt.pop('datasets', None)
     opt['path'] = {}
 
-    def drop_pretrain(node):
-        for k in [k for k in node if isinstance(k, str) and k.startswith('pretrain')]:
+    def drop_pretrain(node):  # checkpoints, and the kernel PCA files that datasets/ holds
+        for k in [k for k in node if isinstance(k, str) and (k.startswith('pretrain') or k == 'pca_path')]:
             node.pop(k)
         for v in node.values():
             if isinstance(v, dict):

@@ -186,6 +186,8 @@ STAGES = ('dkenet', 'nbsr', 'svkr', 'ssr')
 
 def _stage_options(stage, tiny, pca_path, device, amp, exp):
     name = f'train_{stage}_demo.yml' if tiny else f'train_{stage}.yml'
+    if tiny and stage == 'ssr':  # the demo's SSR file loads the prior an earlier demo stage trains: its
+        name = 'train_ssr_scratch_demo.yml'  # from-scratch twin has the same encoders / AMF, the UNet / VAE from configs
     with open(osp.join(ROOT, 'options', name)) as f:
         yml = yaml.safe_load(f)
     net = deepcopy(yml['network_g'])

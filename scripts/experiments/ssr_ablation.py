@@ -59,9 +59,8 @@ import time
 from collections import OrderedDict
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.pardir))
-for path in (ROOT, osp.join(ROOT, 'scripts')):
-    if path not in sys.path:
-        sys.path.insert(0, path)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 from ssr_utils import compat  # noqa: E402
 
@@ -78,7 +77,7 @@ import ssr_models  # noqa: E402,F401
 from basicsr.archs import build_network  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
-from make_sv_testset import make_sv_testset  # noqa: E402
+from ssr_app.tools.make_sv_testset import make_sv_testset  # noqa: E402
 from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_arch.ssr_unet_arch import MODALITIES, tiny_config  # noqa: E402
 from ssr_data.kernels import KernelPCA, random_kernels  # noqa: E402
@@ -170,7 +169,7 @@ def tiny_resources(work):
     """Toy stand-ins for what the real run reads (a random prior in SD's layout, a random SVKR with the depth
     prior, a random kernel PCA, a few training scenes): the same code, numbers that mean nothing."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from make_scene_data import make_scene_data
+    from ssr_app.tools.make_scene_data import make_scene_data
     os.makedirs(work, exist_ok=True)
     cfg = tiny_config()
     prior = osp.join(work, 'prior')
