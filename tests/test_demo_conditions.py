@@ -1,14 +1,10 @@
-"""scripts/experiments/demo_conditions.py names a trained stage that ignores its condition as a defect."""
-import os.path as osp
+"""ssr_app/experiments/demo_conditions.py (``python scripts/experiments/demo_conditions.py``) names a trained stage
+that ignores its condition as a defect."""
 import re
-import sys
 
 import numpy as np
 
-ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-sys.path.insert(0, osp.join(ROOT, 'scripts', 'experiments'))
-
-import demo_conditions  # noqa: E402
+from ssr_app.experiments import demo_conditions
 
 
 def _rows(exact, flat, nbsr_gt, nbsr_mean):
@@ -81,7 +77,7 @@ def test_the_noise_of_a_drop_is_that_of_its_paired_per_image_differences():
 
 
 def _accuracy_table(own, other):
-    import depth_accuracy
+    from ssr_app.experiments import depth_accuracy
     from ssr_utils.evaluation import ResultTable
     methods = [f'{e} on {i}' for e in ('network', 'prior') for i in ('HR', depth_accuracy.OTHER_SCENE)]
     table = ResultTable(depth_accuracy.METRICS, methods)

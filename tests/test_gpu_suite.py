@@ -12,8 +12,7 @@ SECTIONS = ('sampling', 'overhead', 'tiled memory', 'training', 'degradation')
 
 
 def test_a_partial_table_names_the_sections_it_did_not_reach():
-    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
-    import gpu_suite
+    from ssr_app.benchmarks import gpu_suite
     suite = gpu_suite.Suite(gpu_suite.torch.device('cpu'), tiny=True)
     suite.add('sampling', 'SSR', 'tiny', '1.00 s/image')
     partial = gpu_suite.table(suite, 'CPU', 1.0, [], pending=['training', 'degradation'])
@@ -24,16 +23,14 @@ def test_a_partial_table_names_the_sections_it_did_not_reach():
 
 def test_accelerators_synthesise_a_batch_in_a_few_operator_calls():
     # the launch count of the GPU synthesis (kernels + blur) for the stage-1 batch, counted on meta tensors
-    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
-    import bench_batch_degradation
+    from ssr_app.benchmarks import bench_batch_degradation
     counts = bench_batch_degradation.count_accelerator_ops(16, 192, 4)
     assert counts['synthesis'] < 100 and counts['blur'] < 20 and counts['blur loop'] > 40 * counts['blur'], counts
 
 
 def test_the_sampling_benchmark_times_every_loop_at_every_place_in_a_round():
     # a fixed order favoured whichever loop ran at the same place every round (docs/diffusion.md)
-    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
-    from bench_ssr_sampling import rotated
+    from ssr_app.benchmarks.bench_ssr_sampling import rotated
     loops = ['bare', 'ssr', 'conditions', 'apart']
     orders = [rotated(loops, r) for r in range(8)]
     assert all(sorted(order) == sorted(loops) for order in orders)

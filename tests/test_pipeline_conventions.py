@@ -219,11 +219,7 @@ def test_tiled_call_with_the_layerwise_vae_is_within_40db_of_the_whole_vae(pipe)
     # the acceptance of the layer-wise default, at test size: the same tiled call (UNet on the same windows)
     # with the whole VAE is the reference (scripts/benchmarks/bench_inference.py --vae-psnr at larger sizes)
     import math
-    import os.path as osp
-    import sys
-    from conftest import ROOT
-    sys.path.insert(0, osp.join(ROOT, 'scripts', 'benchmarks'))
-    from bench_inference import whole_vae_call
+    from ssr_app.benchmarks.bench_inference import whole_vae_call
     lr = torch.nn.functional.interpolate(_lr(h=8, w=8, seed=4), size=(32, 32), mode='bicubic').clamp(0, 1)
     ref = whole_vae_call(pipe, lr, 16, 4, 2, seed=0)
     layerwise = pipe(lr, num_inference_steps=2, seed=0, tile=16, tile_overlap=4).images

@@ -74,7 +74,7 @@ def test_quick_mode_prints_row1_and_last_line(tmp_path):
 def _check_saved_network_reads_depth(path, arch):
     """The saved (scored) with-depth DKENet: a flat depth map changes its kernels, beyond float noise."""
     import torch
-    evidence = _import_script()
+    from ssr_app.experiments import svkr_evidence as evidence
     net = evidence.build_dkenet(arch, True, 0)
     net.load_state_dict(torch.load(str(path), map_location='cpu'))
     net.eval()
@@ -86,15 +86,6 @@ def _check_saved_network_reads_depth(path, arch):
     # after two iterations the depth path is still near its initialisation, where it moves the kernels about
     # 1/700 as much as another image does (measured); float32 rounding of the kernels is ~1e-10
     assert (k_ramp - k_flat).abs().max() > 1e-4 * (k_ramp - k_other).abs().max()
-
-
-def _import_script():
-    import importlib.util
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location('svkr_evidence', f'{ROOT}/{SCRIPT}')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_full_mode_every_row_two_seeds_with_a_depth_network(tmp_path):

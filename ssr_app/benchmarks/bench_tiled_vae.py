@@ -1,0 +1,238 @@
+"""Tiled VAE decoding with whole-image GroupNorm statistics vs the untiled decode and vs naive tiles.
+
+    python scripts/benchmarks/bench_tiled_vae.py                      # SD-size VAE, CPU: accuracy at 1024², memory
+    python scripts/benchmarks/bench_tiled_vae.py --device cuda        # the same on a GPU (max_memory_allocated)
+    python scripts/benchmarks/bench_tiled_vae.py --config tiny --size 256 --mem-sizes 128 256 512   # a quick run
+
+The VAE is diffusers' ``AutoencoderKL`` at Stable Diffusion's size (block_out_channels 128, 256, 512, 512,
+four down and up blocks, 2 layers per block, 32 norm groups, 4 latent channels; ``--config tiny``: a small
+one), random weights from a fixed seed. The latent is built from real photographs (scikit-image's
+astronaut, coffee, chelsea and rocket as a 2×2 mosaic, area-downsampled to the latent size, channels
+R, G, B and luma standardised): regions of different tone, which is what makes per-tile statistics drift.
+
+Accuracy (one process, output ``--size``²): the untiled ``vae.decode``; ``ssr_utils.tiled_vae.tiled_decode``
+(tiles of ``--tile`` latent pixels); and the naive way this project decoded tiles until now
+(``ssr_utils.tiling.tiled_apply`` over the VAE decoder: windows of ``--tile`` latent pixels overlapping by
+``--overlap`` with as much context, each with its own GroupNorm statistics, blended). Reported against the
+untiled decode: PSNR (images mapped to [0, 1]), max abs difference, and the tone shift: the largest
+difference of a tile's mean colour (per channel, in 8-bit levels) over the tiles' cores; and the time as
+a ratio to the untiled decode.
+
+Memory (one fresh child process per row, ``--mem-sizes``): working memory of one decode besides its
+input latent and the output image (allocated and touched before the baseline is read): on CPU the peak
+RSS minus the RSS before the call (peak reset through /proc/self/clear_refs), on CUDA
+``max_memory_allocated`` minus the allocation before the call. Rows: the tiled decode with the activation
+store on disk (CPU) or in host memory (CUDA), optionally with ``--stores memory`` too, and the untiled
+decode at the sizes in ``--untiled-sizes``; ratios against the first tiled row.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from ssr_app.benchmarks.process_memory import child_env, peak_rss_kb, reset_peak_rss, rss_kb
+from ssr_utils.errors import exit_on_option_error
+from ssr_utils.install import project_root
+
+ROOT = project_root()
+
+SD_VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=('DownEncoderBlock2D', ) * 4,
+              up_block_types=('UpDecoderBlock2D', ) * 4, layers_per_block=2, norm_num_groups=32, latent_channels=4)
+TINY_VAE = dict(block_out_channels=(32, 64, 64), down_block_types=('DownEncoderBlock2D', ) * 3,
+                up_block_types=('UpDecoderBlock2D', ) * 3, layers_per_block=1, norm_num_groups=8, latent_channels=4)
+
+
+
+
+def build_vae(config, device, dtype):
+    import torch
+    from diffusers import AutoencoderKL
+    torch.manual_seed(0)
+    vae = AutoencoderKL(**(SD_VAE if config == 'sd' else TINY_VAE)).eval()
+    return vae.to(device=device, dtype=dtype)
+
+
+def photo_latent(size, factor, device, dtype):
+    """1×4×(size/factor)² latent from a 2×2 mosaic of scikit-image photographs (see the module doc)."""
+    import numpy as np
+    import torch
+    from skimage import data
+    from torch.nn import functional as F
+    half = size // 2
+    tiles = []
+    for name in ('astronaut', 'coffee', 'chelsea', 'rocket'):
+        img = torch.from_numpy(np.ascontiguousarray(getattr(data, name)()[..., :3])).permute(2, 0, 1)[None].float() / 255
+        tiles.append(F.interpolate(img, size=(half, half), mode='bilinear', antialias=True, align_corners=False))
+    mosaic = torch.cat([torch.cat(tiles[:2], dim=3), torch.cat(tiles[2:], dim=3)], dim=2)
+    small = F.adaptive_avg_pool2d(mosaic, (size // factor, size // factor))
+    luma = (0.299 * small[:, :1] + 0.587 * small[:, 1:2] + 0.114 * small[:, 2:])
+    z = torch.cat([small, luma], dim=1)
+    z = (z - z.mean(dim=(2, 3), keepdim=True)) / z.std(dim=(2, 3), keepdim=True)
+    return z.to(device=device, dtype=dtype)
+
+
+def decode_factor(vae):
+    return 2 ** sum(1 for blk in vae.decoder.up_blocks if getattr(blk, 'upsamplers', None))
+
+
+def _sync(device):
+    import torch
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def compare(out, ref, tile_px):
+    """PSNR (dB, [0, 1] range), max abs diff, and the largest per-tile mean-colour shift in 8-bit levels."""
+    a, b = ((out.float() + 1) / 2).clamp(0, 1), ((ref.float() + 1) / 2).clamp(0, 1)
+    mse = float(((a - b)**2).mean())
+    psnr = float('inf') if mse == 0 else 10 * math.log10(1.0 / mse)
+    diff = a - b
+    h, w = diff.shape[-2:]
+    shift = 0.0
+    for y in range(0, h, tile_px):
+        for x in range(0, w, tile_px):
+            shift = max(shift, float(diff[..., y:y + tile_px, x:x + tile_px].mean(dim=(2, 3)).abs().max()) * 255)
+    return psnr, float(diff.abs().max()), shift
+
+
+def accuracy(args):
+    import torch
+    from ssr_utils.tiled_vae import tiled_decode
+    from ssr_utils.tiling import tiled_apply
+    device = torch.device(args.device)
+    dtype = torch.float32
+    vae = build_vae(args.config, device, dtype)
+    f = decode_factor(vae)
+    z = photo_latent(args.size, f, device, dtype)
+    print(f'\nAccuracy: {args.config} VAE, {args.size}² output ({z.shape[-2]}² latent), tiles of {args.tile} latent '
+          f'pixels ({args.tile * f} output pixels), device {device}', flush=True)
+    rows = []
+    with torch.no_grad():
+        _sync(device)
+        t0 = time.perf_counter()
+        ref = vae.decode(z).sample
+        _sync(device)
+        t_ref = time.perf_counter() - t0
+        rows.append(('untiled vae.decode', t_ref, None))
+
+        t0 = time.perf_counter()
+        ours = tiled_decode(vae, z, tile_size=args.tile, store='memory')
+        _sync(device)
+        rows.append(('tiled, whole-image GroupNorm (tiled_decode)', time.perf_counter() - t0, ours))
+
+        t0 = time.perf_counter()
+        naive = tiled_apply(lambda t: vae.decode(t).sample.float(), z, args.tile, args.overlap, context=args.overlap)
+        _sync(device)
+        rows.append((f'naive: per-tile GroupNorm, overlap {args.overlap} + blend', time.perf_counter() - t0, naive))
+    print(f'{"method":48} {"PSNR dB":>8} {"max abs":>8} {"tone shift":>10} {"seconds":>8} {"x untiled":>9}')
+    results = {}
+    for name, sec, out in rows:
+        if out is None:
+            print(f'{name:48} {"":>8} {"":>8} {"":>10} {sec:8.1f} {1.0:9.2f}', flush=True)
+            continue
+        psnr, mx, shift = compare(out, ref, args.tile * f)
+        results[name] = psnr
+        print(f'{name:48} {psnr:8.2f} {mx:8.2e} {shift:10.2f} {sec:8.1f} {sec / t_ref:9.2f}', flush=True)
+    print('(tone shift: largest |mean difference| of one tile-sized block, per channel, in 8-bit levels)')
+    return results
+
+
+def child(args):
+    import torch
+    from ssr_utils.tiled_vae import tiled_decode
+    device = torch.device(args.device)
+    vae = build_vae(args.config, device, torch.float32)
+    f = decode_factor(vae)
+    with torch.no_grad():
+        warm = photo_latent(64, f, device, torch.float32)[..., :4, :4]
+        if args.store == 'untiled':
+            vae.decode(warm)
+        else:
+            tiled_decode(vae, warm, tile_size=2, store=args.store)
+        z = photo_latent(args.size, f, device, torch.float32)
+        out = torch.empty((1, 3, args.size, args.size), dtype=torch.float32, device=device)
+        out.fill_(0.5)  # touched: resident before the baseline is read
+        _sync(device)
+        if device.type == 'cuda':
+            torch.cuda.reset_peak_memory_stats()
+            base_gpu = torch.cuda.memory_allocated()
+        reset_peak_rss()
+        base = rss_kb()
+        t0 = time.perf_counter()
+        if args.store == 'untiled':
+            out.copy_(vae.decode(z).sample)
+        else:
+            tiled_decode(vae, z, tile_size=args.tile, out=out, store=args.store)
+        _sync(device)
+        sec = time.perf_counter() - t0
+    res = dict(store=args.store, size=args.size, seconds=sec, work_mb=max(0, peak_rss_kb() - base) / 1024,
+               output_mb=out.numel() * 4 / 2**20)
+    if device.type == 'cuda':
+        res['gpu_mb'] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
+    print('RESULT ' + json.dumps(res), flush=True)
+
+
+def measure(args, store, size):
+    cmd = [sys.executable, '-m', 'ssr_app.benchmarks.bench_tiled_vae', '--child', '--store', store, '--size', str(size),
+           '--tile', str(args.tile), '--device', args.device, '--config', args.config]
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=child_env(ROOT))
+    for line in proc.stdout.splitlines():
+        if line.startswith('RESULT '):
+            return json.loads(line[7:])
+    raise RuntimeError(f'benchmark child failed ({" ".join(cmd)}):\n{proc.stdout[-3000:]}')
+
+
+def memory(args):
+    key = 'gpu_mb' if args.device.startswith('cuda') else 'work_mb'
+    what = 'GPU max_memory_allocated' if key == 'gpu_mb' else 'peak RSS'
+    print(f'\nMemory: {args.config} VAE, tiles of {args.tile} latent pixels, working memory = {what} minus '
+          'the baseline (input latent and output image excluded), one child process per row', flush=True)
+    print(f'{"decode":22} {"output":>8} {"MB":>10} {"x first":>8} {"seconds":>8} {"output MB":>10}')
+    stores = args.stores or (['memory'] if key == 'gpu_mb' else ['disk'])
+    base = None
+    for store in stores:
+        for size in args.mem_sizes:
+            r = measure(args, store, size)
+            base = base or r[key]
+            label = f'tiled, store={store}'
+            print(f'{label:22} {str(size) + "²":>8} {r[key]:10.1f} {r[key] / max(base, 1e-9):8.2f} {r["seconds"]:8.1f} '
+                  f'{r["output_mb"]:10.1f}', flush=True)
+    for size in args.untiled_sizes:
+        r = measure(args, 'untiled', size)
+        print(f'{"untiled vae.decode":22} {str(size) + "²":>8} {r[key]:10.1f} {r[key] / max(base, 1e-9):8.2f} '
+              f'{r["seconds"]:8.1f} {r["output_mb"]:10.1f}', flush=True)
+
+
+@exit_on_option_error()
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', choices=['sd', 'tiny'], default='sd')
+    p.add_argument('--device', default='cpu')
+    p.add_argument('--size', type=int, default=1024, help='output size of the accuracy run (0: skip it)')
+    p.add_argument('--tile', type=int, default=64, help='tile size in latent pixels')
+    p.add_argument('--overlap', type=int, default=8, help='overlap and context of the naive tiles, latent pixels')
+    p.add_argument('--mem-sizes', type=int, nargs='*', default=[512, 1024, 1536], help='output sizes of the memory rows')
+    p.add_argument('--stores', nargs='*', choices=['memory', 'disk'], default=None,
+                   help='activation stores of the memory rows (default: disk on CPU, memory on CUDA)')
+    p.add_argument('--untiled-sizes', type=int, nargs='*', default=[512, 1024],
+                   help='output sizes of untiled reference rows in the memory table')
+    p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--store', default='disk', help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        return child(args)
+    import torch
+    print(f'torch {torch.__version__}, {os.cpu_count()} CPUs visible, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS")}',
+          flush=True)
+    if args.size:
+        accuracy(args)
+    if args.mem_sizes:
+        memory(args)
+
+
+if __name__ == '__main__':
+    main()
