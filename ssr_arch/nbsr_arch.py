@@ -7,7 +7,7 @@ from basicsr.archs.arch_util import default_init_weights
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from ssr_arch.maconv_arch import SFTLayer
-from ssr_data.degradations import distribution_kernels
+from ssr_data.degradations import distribution_kernels, kernel_code_spread
 from ssr_data.kernels import KernelPCA
 
 
@@ -94,10 +94,7 @@ class NBSR(nn.Module):
             pca = KernelPCA.fit(distribution_kernels(4000, kernel_size, scale, distribution), pca_dim)
         self.pca = pca
         self.kernel_size = kernel_size
-        reference = torch.as_tensor(distribution_kernels(2000, kernel_size, scale, distribution)).float()
-        spread = pca.encode(reference.t().reshape(1, kernel_size**2, 40, 50)).std(dim=(0, 2, 3))
-        self.register_buffer('code_scale', spread.clamp_min(1e-6) if pca.components.abs().sum() > 0
-                             else torch.ones(pca.dim))
+        self.register_buffer('code_scale', kernel_code_spread(pca, scale, distribution))
         act = nn.LeakyReLU(0.2, inplace=True)
         self.cond = nn.Sequential(
             nn.Conv2d(pca.dim, num_cond, 1), act, nn.Conv2d(num_cond, num_cond, 1), act,

@@ -50,6 +50,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from ssr_arch.amf_arch import FOLDED  # noqa: F401  (re-exported: the tag of a folded AMF point)
 from ssr_arch.fusion_arch import BLOCK_GROUPS, fusion_class
 from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
+from ssr_data.degradations import kernel_code_spread, kernel_distribution_options
 from ssr_data.kernels import KernelPCA
 from ssr_utils.atomic_file import atomic_write
 from ssr_utils.compat import own_weights
@@ -139,6 +140,10 @@ class SSRUNet(ModelMixin, ConfigMixin):
         kernel_size (int): k of the k x k kernels in the kernel maps.
         pca_path (str | None): ``KernelPCA`` file (``KernelPCA.save``); the basis is kept as submodule
             ``pca`` and saved with the network, so later loads need no file.
+        scale (int), kernel_distribution (dict | None): the SR scale (default 4, the paper's) and the distribution
+            of the kernels SSR is trained on (``ssr_data.degradations.KERNEL_DISTRIBUTION_KEYS``; None: the default for the
+            scale); with a basis from ``pca_path`` they give ``code_scale`` (below). SSRModel fills both from
+            ``scale`` and ``datasets:train`` when the option file leaves them out.
         lr_encoder (dict): ``SSRLREncoder`` options (``block_out_channels`` one per UNet level...).
         map_encoder (dict): ``SSRMapEncoder`` options, shared by the depth and kernel encoders.
         amf (dict): ``AMF`` options (hidden, norm, residual, zero_init), for ``fusion: amf``.
@@ -151,6 +156,13 @@ class SSRUNet(ModelMixin, ConfigMixin):
         null_text (str): zeros | learned. null_text_length (int): tokens. null_text_path (str | None).
         recon_heads (bool): build the reconstruction heads of the constraint terms.
         gradient_checkpointing (bool): diffusers' gradient checkpointing in the UNet blocks.
+
+    The kernel modality reads the PCA code divided by ``code_scale`` (``kernel_code``), the spread of each
+    component over the training distribution's kernels (``kernel_code_spread``), as NBSR does: the raw codes'
+    spread is 0.075 down to 0.0006 on the demo's SVKR maps, and with them trained SSRs ignored their kernel maps
+    (removing them changed the output by less than 0.01 grey levels; docs/diffusion.md). A basis taken from the
+    SVKR brings its NBSR's ``code_scale``; a checkpoint saved without one loads with ones (the raw codes it was
+    trained on).
     """
 
     @register_to_config
@@ -175,7 +187,9 @@ class SSRUNet(ModelMixin, ConfigMixin):
                  gradient_checkpointing=False,
                  fusion='amf',
                  fusion_opt=None,
-                 lr_input='bicubic'):
+                 lr_input='bicubic',
+                 scale=4,
+                 kernel_distribution=None):
         super().__init__()
         self.modalities, self.inject = self._check_choices(modalities, inject, null_text)
         fusion_cls = fusion_class(fusion)
@@ -183,7 +197,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
             raise OptionError('lr_input', lr_input, f'expected one of {list(LR_INPUTS)}')
         self.lr_input = lr_input
         self._build_base(pretrained_path, unet, vae, freeze_unet, freeze_vae, gradient_checkpointing)
-        self._build_kernel_pca(pca_path, kernel_code_channels, kernel_size)
+        self._build_kernel_pca(pca_path, kernel_code_channels, kernel_size, scale, kernel_distribution)
         lr_encoder, map_encoder = self._build_encoders(lr_encoder, map_encoder, kernel_code_channels,
                                                        fusion_cls.uses_encoders)
         amf, fusion_opt = self._build_fusion(fusion_cls, amf, fusion_opt, kernel_code_channels)
@@ -270,7 +284,7 @@ class SSRUNet(ModelMixin, ConfigMixin):
             raise OptionError('unet:cross_attention_dim', self.unet.config.cross_attention_dim,
                               'SSRUNet needs a single integer')
 
-    def _build_kernel_pca(self, pca_path, kernel_code_channels, kernel_size):
+    def _build_kernel_pca(self, pca_path, kernel_code_channels, kernel_size, scale, kernel_distribution):
         if pca_path is not None:
             self.pca = KernelPCA.load(pca_path)
             if self.pca.dim != kernel_code_channels or self.pca.kernel_size != kernel_size:
@@ -279,6 +293,31 @@ class SSRUNet(ModelMixin, ConfigMixin):
                     f'kernel_code_channels is {kernel_code_channels}, kernel_size {kernel_size}')
         else:  # filled from the weights, or by SSRModel from the SVKR's basis
             self.pca = KernelPCA(kernel_size=kernel_size, dim=kernel_code_channels)
+        self.kernel_scale = scale
+        self.kernel_distribution = kernel_distribution_options(kernel_distribution, 'kernel_distribution')
+        spread = torch.ones(self.pca.dim)
+        if 'kernel' in self.modalities and pca_path is not None:
+            spread = kernel_code_spread(self.pca, scale, self.kernel_distribution)
+        self.register_buffer('code_scale', spread)
+
+    def set_kernel_pca(self, pca, code_scale=None):
+        """Take the basis of ``pca`` (a ``KernelPCA`` of the same shape) and its code spread: ``code_scale`` (e.g.
+        the NBSR's that used the same basis), else computed from ``scale`` / ``kernel_distribution``."""
+        if pca.components.shape != self.pca.components.shape:
+            raise OptionError('network_g:kernel_code_channels', self.pca.dim,
+                              f'the kernel basis given is {tuple(pca.components.shape)}')
+        with torch.no_grad():
+            self.pca.components.copy_(pca.components)
+            self.pca.mean.copy_(pca.mean)
+            if code_scale is None:
+                code_scale = kernel_code_spread(self.pca, self.kernel_scale, self.kernel_distribution)
+            self.code_scale.copy_(code_scale)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + 'code_scale'
+        if key not in state_dict and prefix + 'pca.components' in state_dict:
+            state_dict[key] = torch.ones_like(self.code_scale)  # saved before code_scale: raw codes
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _build_encoders(self, lr_encoder, map_encoder, kernel_code_channels, build=True):
         """One encoder per modality, each giving one feature map per UNet level (none when the fusion method
@@ -490,11 +529,12 @@ class SSRUNet(ModelMixin, ConfigMixin):
         return bool(self.pca.components.abs().sum() > 0)
 
     def kernel_code(self, kernel_map):
-        """Kernel map B x k^2 x h x w -> PCA code B x L x h x w."""
+        """Kernel map B x k^2 x h x w -> standardised PCA code B x L x h x w (divided by ``code_scale``)."""
         if kernel_map.shape[1] != self.pca.kernel_size**2:
             raise ValueError(f'SSRUNet: kernel map has {kernel_map.shape[1]} channels, expected '
                              f'{self.pca.kernel_size**2} (kernel_size {self.pca.kernel_size})')
-        return self.pca.encode(kernel_map)
+        code = self.pca.encode(kernel_map)
+        return code / self.code_scale.to(code.dtype).view(1, -1, 1, 1)
 
     def reconstruct(self, feats):
         """C_i heads: each modality's deepest feature -> its own input, at that feature's size."""

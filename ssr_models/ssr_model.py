@@ -26,6 +26,7 @@ from collections import OrderedDict
 import torch
 from torch.nn import functional as F
 
+from basicsr.archs import build_network
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
@@ -33,7 +34,8 @@ from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_arch.depth_arch import depth_sources
 from ssr_arch.ssr_unet_arch import check_pretrained_folder
 from ssr_models.ssr_base_model import SSRBaseModel
-from ssr_pipelines.builder import SVKR_WEIGHTS_HINT, assemble_pipeline, build_svkr_from_options, svkr_has_weights
+from ssr_pipelines.builder import (SVKR_WEIGHTS_HINT, assemble_pipeline, build_svkr_from_options, ssr_unet_options,
+                                   svkr_has_weights)
 from ssr_pipelines.pipeline_ssr import check_color_fix, check_sampler, check_strength, upsample_lr
 from ssr_utils.errors import OptionError
 
@@ -119,6 +121,9 @@ class SSRModel(SSRBaseModel):
                               f'trained for {trained} ({config}); leave the key out to use it')
 
     # ------------------------------------------------------------------ networks
+    def build_network_g(self):
+        return build_network(ssr_unet_options(self.opt))
+
     def setup_model(self):
         opt = self.opt
         self.scale = int(opt.get('scale', 4))

@@ -14,8 +14,6 @@ import os
 import os.path as osp
 from copy import deepcopy
 
-import torch
-
 from ssr_utils import compat
 
 compat.apply()
@@ -25,6 +23,7 @@ from basicsr.utils import get_root_logger  # noqa: E402
 
 import ssr_arch  # noqa: E402,F401  (registers the networks option files name)
 from ssr_arch.ssr_unet_arch import SSRUNet, check_pretrained_folder  # noqa: E402
+from ssr_data.degradations import kernel_distribution_options  # noqa: E402
 from ssr_pipelines.pipeline_ssr import SSRPipeline  # noqa: E402
 from ssr_utils.checkpoint import read_state_dict  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
@@ -136,23 +135,32 @@ def adopt_svkr_kernel_pca(unet, svkr):
     """An SSRUNet conditioned on kernels without a basis of its own takes the SVKR's (its NBSR's)."""
     if unet is None or 'kernel' not in unet.modalities or unet.has_pca:
         return
-    svkr_pca = getattr(getattr(svkr, 'sr_net', None), 'pca', None)
+    sr_net = getattr(svkr, 'sr_net', None)
+    svkr_pca = getattr(sr_net, 'pca', None)
     if svkr_pca is not None and bool(svkr_pca.components.abs().sum() > 0):
-        if svkr_pca.components.shape != unet.pca.components.shape:
-            raise OptionError('network_g:kernel_code_channels', unet.config['kernel_code_channels'],
-                              f'the SVKR kernel basis is {tuple(svkr_pca.components.shape)}')
-        with torch.no_grad():
-            unet.pca.components.copy_(svkr_pca.components)
-            unet.pca.mean.copy_(svkr_pca.mean)
-        get_root_logger().info('SSR: kernel PCA basis taken from the SVKR')
+        unet.set_kernel_pca(svkr_pca, getattr(sr_net, 'code_scale', None))
+        get_root_logger().info('SSR: kernel PCA basis (and its code spread) taken from the SVKR')
         return
     raise OptionError('network_g:pca_path', None, 'the kernel modality needs a KernelPCA file '
                       '(or a network_svkr / pretrain_network_g that holds one)')
 
 
+def ssr_unet_options(opt):
+    """``network_g`` of an SSR option dict with what the file leaves to the rest of it: ``scale`` (the file's) and
+    ``kernel_distribution`` (the kernel keys of ``datasets:train``), which the kernel code's standardisation is
+    computed for (``SSRUNet.code_scale``)."""
+    net_opt = deepcopy(opt['network_g'])
+    if net_opt.get('scale') is None and opt.get('scale') is not None:
+        net_opt['scale'] = int(opt['scale'])
+    train_set = (opt.get('datasets') or {}).get('train')
+    if net_opt.get('kernel_distribution') is None and train_set:
+        net_opt['kernel_distribution'] = kernel_distribution_options(train_set, 'datasets:train')
+    return net_opt
+
+
 def load_ssr_unet(net_opt, path_opt):
-    """The trained, frozen SSRUNet of an SSR option file (``network_g``; weights ``path:pretrain_network_g``,
-    ``param_key_g``, default ``params_ema``)."""
+    """The trained, frozen SSRUNet of an SSR option file (``network_g``, e.g. ``ssr_unet_options(opt)``; weights
+    ``path:pretrain_network_g``, ``param_key_g``, default ``params_ema``)."""
     net_opt = deepcopy(net_opt)
     net_opt.pop('type')
     if net_opt.get('pretrained_path') is not None:
@@ -199,7 +207,7 @@ def pipeline_from_options(opt, device=None, dtype=None):
         if not svkr_has_weights(opt['network_svkr'], path_opt):
             raise OptionError('path:pretrain_network_svkr', None, SVKR_WEIGHTS_HINT)
         svkr = build_svkr_from_options(opt['network_svkr'], path_opt, 'pretrain_network_svkr', 'param_key_svkr')
-    return assemble_pipeline(opt, load_ssr_unet(net_opt, path_opt), svkr, dtype).to(device or 'cpu')
+    return assemble_pipeline(opt, load_ssr_unet(ssr_unet_options(opt), path_opt), svkr, dtype).to(device or 'cpu')
 
 
 def load_pipeline(opt_source=None, model_path=None, device=None, dtype=None, torch_dtype=None):

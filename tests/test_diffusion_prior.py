@@ -5,7 +5,6 @@ import copy
 import json
 import os.path as osp
 import shutil
-import sys
 import uuid
 
 import pytest
@@ -172,8 +171,7 @@ def test_phases_autoencoder_then_unet_and_the_latent_scale(tmp_path):
 
 
 def test_prior_evidence_script_tables_and_defects(prior_run, tmp_path):
-    sys.path.insert(0, osp.join(ROOT, 'scripts', 'experiments'))
-    import prior_evidence
+    from ssr_app.experiments import prior_evidence
     _, folder, _ = prior_run
     result, grid = prior_evidence.run(folder, size=32, crops=1, timesteps=(200, 800), samples=4, steps=2,
                                       output=str(tmp_path / 'ev'), shared_dir=None)

@@ -29,11 +29,7 @@ def test_the_run_ends_with_the_summary_line(tiny_run):
 
 
 def test_every_arm_is_trained_and_scored_with_each_of_its_conditions_removed(tiny_run):
-    import importlib.util
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location('ssr_ablation', osp.join(ROOT, 'scripts/experiments/ssr_ablation.py'))
-    ablation = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablation)
+    from ssr_app.experiments import ssr_ablation as ablation
     _, _, results = tiny_run
     assert list(results['arms']) == list(ablation.ARMS)
     trainable = {}

@@ -330,3 +330,45 @@ def test_a_bf16_network_takes_bf16_maps_of_another_size_without_autocast():
         out = net(x['sample'], x['timestep'], conditions=conds)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     assert all(a.dtype == torch.bfloat16 for mods in conds.values() for _, a, _ in mods)
+
+
+def test_the_kernel_code_is_standardised_over_the_training_kernels(pca_path):
+    """The kernel encoder reads codes of unit spread: raw PCA codes (spread 0.075 ... 0.0006 on the demo's SVKR
+    maps) left trained SSRs blind to their kernel maps."""
+    from ssr_data.degradations import distribution_kernels
+    from ssr_data.kernels import KernelPCA
+    net = SSRUNet(**tiny_config(), pca_path=pca_path, scale=4)
+    raw = KernelPCA.load(pca_path)
+    held_out = torch.as_tensor(distribution_kernels(800, 21, 4, seed=7)).float().t().reshape(1, 441, 20, 40)
+    assert raw.encode(held_out).std(dim=(0, 2, 3)).max() < 0.5  # what the encoder used to read
+    spread = net.kernel_code(held_out).std(dim=(0, 2, 3))
+    assert torch.allclose(spread, torch.ones_like(spread), atol=0.15), spread
+    # another distribution gives another scale (the option file's datasets:train reaches the network)
+    narrow = SSRUNet(**tiny_config(), pca_path=pca_path, scale=4, kernel_distribution=dict(sigma_range=[0.6, 1.2]))
+    assert not torch.allclose(narrow.code_scale, net.code_scale)
+
+
+def test_code_scale_travels_with_the_weights_and_old_checkpoints_keep_raw_codes(pca_path, tmp_path):
+    net = SSRUNet(**tiny_config(), pca_path=pca_path).eval()
+    assert not torch.equal(net.code_scale, torch.ones(10))
+    net.save_pretrained(str(tmp_path / 'ssr'))
+    loaded = SSRUNet.from_pretrained(str(tmp_path / 'ssr'))  # config without pca_path: basis and scale from weights
+    assert torch.equal(loaded.code_scale, net.code_scale) and torch.equal(loaded.pca.components, net.pca.components)
+    old = {k: v for k, v in net.state_dict().items() if k != 'code_scale'}  # saved before code_scale existed
+    fresh = SSRUNet(**tiny_config())
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.code_scale, torch.ones(10))
+    kernel = torch.rand(1, 441, 4, 4)
+    assert torch.equal(fresh.kernel_code(kernel), net.pca.encode(kernel))
+
+
+def test_a_basis_taken_from_the_svkr_brings_its_nbsr_code_scale(pca_path):
+    from basicsr.archs import build_network
+    from ssr_pipelines.builder import adopt_svkr_kernel_pca
+    from tests.conftest import tiny_svkr_opt
+    svkr = build_network(tiny_svkr_opt(pca_path=pca_path))
+    unet = SSRUNet(**tiny_config())
+    assert torch.equal(unet.code_scale, torch.ones(10))
+    adopt_svkr_kernel_pca(unet, svkr)
+    assert torch.equal(unet.pca.components, svkr.sr_net.pca.components)
+    assert torch.equal(unet.code_scale, svkr.sr_net.code_scale)

@@ -1,0 +1,136 @@
+"""How much each trained arm of ``ssr_ablation.py`` uses each of its conditions, at the network itself rather
+than after sampling and colour correction: for every trained arm in an ablation output folder, on the first
+training crops of its pool, the change of the network's prediction (ε or v) when one condition is removed
+(flat depth 0.5, the PCA mean kernel, the LR image blurred), relative to the prediction, at a few timesteps;
+and for AMF arms the RMS of the zero-initialised output layers of each modality's modulation (all zero at
+initialisation: how far training has moved each modality's path).
+
+    python scripts/experiments/ssr_condition_use.py --out results/ssr_ablation   # after (or during) the ablation
+
+Writes ``<out>/condition_use.json`` and prints a markdown table.
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+from collections import OrderedDict
+
+from ssr_app.experiments import ssr_ablation as abl  # noqa: E402  (applies compat, registers the parts)
+import torch  # noqa: E402
+
+TIMESTEP_FRACTIONS = (0.1, 0.5, 0.9)
+
+
+def modulation_rms(net):
+    """Modality -> RMS of the zero-initialised output layers of its AMF modulations (None: not AMF)."""
+    if not any(n.startswith('amf.') for n, _ in net.named_parameters()):  # sft, concat
+        return {}
+    out = {}
+    for m in net.modalities:
+        ws = [p.detach().flatten() for n, p in net.named_parameters()
+              if n.startswith('amf.') and n.split('.')[1].endswith(f'_{m}') and ('mlp_alpha.2.' in n or
+                                                                                   'mlp_beta.2.' in n)]
+        out[m] = float(torch.cat(ws).pow(2).mean().sqrt()) if ws else None
+    return out
+
+
+@torch.no_grad()
+def prediction_changes(model, pool, pca, arm, crops):
+    """Removal -> mean |Δprediction| / mean |prediction| (%), per timestep fraction."""
+    _, modalities, maps, net_extra, _ = abl.ARMS[arm]
+    net = model.bare_g
+    idx = torch.arange(crops)
+    batch = abl.batch_of(pool, idx, maps, net_extra.get('lr_input'), pca)
+    gt = batch['gt']
+    depth = batch.get('depth_lq') if 'depth' in modalities else None
+    code = net.kernel_code(batch['kernel']) if 'kernel' in modalities else None
+    lr_img = model.lr_encoder_image(batch['lq'], gt.shape[-2:], batch.get('svkr_sr'))
+    z0 = net.encode_image(gt).float()
+    z_lr = net.encode_image(lr_img).float()
+    blurred = net.encode_image(model.lr_encoder_image(abl.blur_lr(batch['lq']), gt.shape[-2:],
+                                                      None if batch.get('svkr_sr') is None
+                                                      else abl.blur_lr(batch['svkr_sr']))).float()
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(z0.shape, generator=gen)
+    steps = model.noise_scheduler.config.num_train_timesteps
+    res = OrderedDict()
+    removed_inputs = dict(kernel=dict(kernel_code=None if code is None else torch.zeros_like(code)),
+                          depth=dict(depth=None if depth is None else torch.full_like(depth, abl.FLAT_DEPTH)),
+                          lr=dict(lr_latent=blurred))
+    feats = net.encode_features(z_lr, depth, code)
+    for what in [m for m in ('kernel', 'depth', 'lr') if m in modalities]:
+        res[what] = OrderedDict()
+        # the modality's encoder at its first level (the fusion method's input where it has no encoders)
+        kw = dict(dict(lr_latent=z_lr, depth=depth, kernel_code=code), **removed_inputs[what])
+        moved = net.encode_features(**kw)
+        key = what if what in feats else next(iter(feats))
+        a, b = feats[key][0], moved[key][0]
+        res[what]['encoder'] = 100 * float((a - b).abs().mean()) / float(a.abs().mean())
+    for frac in TIMESTEP_FRACTIONS:
+        t = torch.full((crops, ), int(frac * (steps - 1)), dtype=torch.long)
+        zt = model.noise_scheduler.add_noise(z0, noise, t)
+        base = net(zt, t, lr_latent=z_lr, depth=depth, kernel_code=code).float()
+        scale = float(base.abs().mean())
+        for what in res:
+            kw = dict(dict(lr_latent=z_lr, depth=depth, kernel_code=code), **removed_inputs[what])
+            res[what][f't={frac:g}T'] = 100 * float((net(zt, t, **kw).float() - base).abs().mean()) / scale
+    return res
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', required=True, help='an ssr_ablation.py output folder (cache/pool.pth, arms/)')
+    parser.add_argument('--tiny', action='store_true', help='the folder is a --tiny run')
+    parser.add_argument('--prior', default='experiments/train_Prior_demo/prior_model')
+    parser.add_argument('--train-opt', default='options/train_ssr_demo.yml')
+    parser.add_argument('--test-opt', default='options/test_ssr_demo.yml')
+    parser.add_argument('--svkr-ckpt', default=None)
+    parser.add_argument('--depth-model', default=None)
+    parser.add_argument('--crops', type=int, default=8)
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    import logging
+    logging.getLogger('basicsr').setLevel(logging.WARNING)
+    out = abl.rel(args.out)
+    res = abl.tiny_resources(osp.join(out, 'tiny_resources')) if args.tiny else abl.demo_resources(args)
+    pca = abl.KernelPCA.load(res['pca_path'])
+    pool = torch.load(osp.join(out, 'cache', 'pool.pth'), weights_only=True)
+    crops = min(args.crops, pool['lq'].shape[0])
+    cfg = dict(abl.MODES['tiny' if args.tiny else 'full'])
+    arms_dir = osp.join(out, 'arms')
+    codes = pool['t3_code'][:crops]
+    code_std = [float(v) for v in codes.std(dim=(0, 2, 3))]
+    results = OrderedDict()
+    for arm in abl.ARMS:
+        ckpt = osp.join(arms_dir, f'{arm}_s{args.seed}.pth')
+        if not osp.isfile(ckpt):
+            continue
+        model = abl.eval_model(arm, args.seed, res, cfg, ckpt, arms_dir)
+        results[arm] = dict(prediction_change_pct=prediction_changes(model, pool, pca, arm, crops),
+                            modulation_rms=modulation_rms(model.bare_g))
+        del model
+    with abl.atomic_write(osp.join(out, 'condition_use.json'), 'w') as f:
+        json.dump(dict(seed=args.seed, crops=crops, timestep_fractions=TIMESTEP_FRACTIONS, t3_code_std=code_std,
+                       arms=results), f, indent=1)
+    cols = ['encoder'] + [f't={f:g}T' for f in TIMESTEP_FRACTIONS]
+    lines = [f'One condition removed (flat depth {abl.FLAT_DEPTH}, the PCA mean kernel, the LR image blurred): change '
+             f'of the modality\'s encoder features at the first level ("encoder") and of the network\'s prediction '
+             f'at three timesteps, mean |Δ| / mean |value| (%), on {crops} training crops, seed {args.seed}; RMS of '
+             'the zero-initialised AMF output layers per modality (0 at initialisation). Standard deviation of the '
+             'SVKR\'s kernel PCA code per component on those crops: ' + ', '.join(f'{v:.4f}' for v in code_std) + '.',
+             '', '| arm | removed | ' + ' | '.join(cols) + ' | AMF output-layer RMS |',
+             '| --- | --- |' + ' --- |' * (len(cols) + 1)]
+    for arm, r in results.items():
+        for what, row in r['prediction_change_pct'].items():
+            rms = r['modulation_rms'].get(what)
+            lines.append(f'| {abl.ARMS[arm][0]} | {what} | ' + ' | '.join(f'{row[c]:.3f}' for c in cols)
+                         + f' | {"n/a" if rms is None else f"{rms:.2e}"} |')
+    with abl.atomic_write(osp.join(out, 'condition_use.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
