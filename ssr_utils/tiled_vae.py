@@ -399,11 +399,13 @@ class _LayerwiseTiles:
         created = False
         self.sums.pop(tmp, None)
 
-        def keys_values(ky0, ky1, dtype):  # B×heads×n×d keys and values of rows ky0:ky1
+        def keys_values(ky0, ky1, dtype):  # B×heads×n×d keys and values of rows ky0:ky1, contiguous: with the
+            # head dimension strided (as the stored maps give it) the CPU's SDPA takes its math path, which
+            # materialises the query tile × keys scores (2.3 GB of working memory at 512² output, tiny VAE)
             kk = self.store.read(f'{dst}.k', ky0, ky1, 0, wb).to(self.device, self.dtype)
             vv = self.store.read(f'{dst}.v', ky0, ky1, 0, wb).to(self.device, self.dtype)
             b, inner = kk.shape[:2]
-            return (split(z.reshape(b, inner, -1).transpose(1, 2)).to(dtype) for z in (kk, vv))
+            return (split(z.reshape(b, inner, -1).transpose(1, 2)).to(dtype).contiguous() for z in (kk, vv))
 
         kv_bytes = 2 * math.prod(self.store.shape(f'{dst}.k')) * torch.empty((), dtype=self.dtype).element_size()
         whole = tuple(keys_values(0, hb, self.dtype)) if kv_bytes <= ATTENTION_KV_BYTES else None
@@ -411,7 +413,7 @@ class _LayerwiseTiles:
             for t in row:
                 tok, (h, w) = tokens(t)
                 if whole is not None:
-                    out = F.scaled_dot_product_attention(split(attn.to_q(tok)), *whole)  # B×heads×N×d
+                    out = F.scaled_dot_product_attention(split(attn.to_q(tok)).contiguous(), *whole)  # B×heads×N×d
                 else:
                     out = self._online_softmax(split(attn.to_q(tok)).float(), hb, band, keys_values).to(self.dtype)
                 out = self._attention_out(attn, out, src, t, h, w)
