@@ -85,8 +85,8 @@ def build_inference_parser(prog=None):
                    help='keep the networks in host memory and move each to the GPU for its stage only '
                    '(SSRPipeline.enable_model_cpu_offload)')
     p.add_argument('--attention-slicing', '--attention_slicing', dest='attention_slicing', action='store_true',
-                   help='the UNet\'s attention in slices (diffusers\' attention slicing; saves nothing with PyTorch\'s '
-                   'scaled-dot-product attention, see docs/inference.md)')
+                   help='the UNet\'s attention in slices (diffusers\' attention slicing; with PyTorch\'s '
+                   'scaled-dot-product attention it costs memory and time instead, see docs/inference.md)')
     half = p.add_mutually_exclusive_group()
     half.add_argument('--fp32', action='store_true', help='float32 weights on the GPU too (default there: fp16)')
     half.add_argument('--fp16', action='store_true', help='float16 weights (batch norms and the kernel PCA stay '

@@ -13,6 +13,7 @@ Both downsample with stride-2 3x3 convolutions (padding 1), the same size rule a
 ``Downsample2D``, so level ``l`` has the UNet's level-``l`` resolution for any input size.
 """
 from torch import nn
+from torch.nn import functional as F
 
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -63,9 +64,16 @@ class _SelfAttention(nn.Module):
         self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
 
     def forward(self, x):
+        # nn.MultiheadAttention's weights, but scaled_dot_product_attention for the product: the module's own
+        # inference fast path (eval, no grad) materialises the heads × N × N weights on the CPU (torch 2.14:
+        # 1 TiB for the 512² latent of a 512² LR input, untiled), which SDPA's fused kernels never do
         b, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)
-        out, _ = self.attn(tokens, tokens, tokens, need_weights=False)
+        heads = self.attn.num_heads
+        q, k, v = (t.reshape(b, h * w, heads, c // heads).transpose(1, 2)
+                   for t in F.linear(tokens, self.attn.in_proj_weight, self.attn.in_proj_bias).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+        out = self.attn.out_proj(out)
         return x + out.transpose(1, 2).reshape(b, c, h, w)
 
 

@@ -736,7 +736,8 @@ class SSRPipeline:
         """The UNet's attention in slices of ``slice_size`` heads (diffusers' ``set_attention_slice``: ``auto`` =
         half the heads, ``max`` = one at a time, or a number). As in diffusers it applies to the UNet; the VAE's
         attention is tiled by ``enable_vae_tiling`` instead. With PyTorch's scaled-dot-product attention (the
-        default here) slicing saves nothing and costs time (docs/inference.md, measured)."""
+        default here) slicing costs memory and time instead: each slice's score matrix is computed whole
+        (docs/inference.md, measured)."""
         self._needs_unet('enable_attention_slicing')
         self.unet.unet.set_attention_slice(slice_size)
 

@@ -56,6 +56,14 @@ STORES = ('memory', 'disk')
 # the system reports available (MemAvailable)
 AUTO_STORE_SHARE = 0.5
 
+# the middle block's attention: keys and values of the whole image up to this size (both together) go to the
+# compute device at once and every query tile runs one fused scaled_dot_product_attention over them (no score
+# matrix in memory, no Python loop over bands: the CPU time of the layer-wise VAE at 512² output was mostly this
+# attention, docs/inference.md); larger ones stream in bands of ATTENTION_KEY_CHUNK tokens with the online
+# softmax, so the device never holds more than a band
+ATTENTION_KV_BYTES = 256 * 2**20
+ATTENTION_KEY_CHUNK = 4096
+
 
 def available_memory_bytes():
     """The memory the system can give without swapping (Linux: ``MemAvailable`` of /proc/meminfo), or None where
@@ -352,8 +360,9 @@ class _LayerwiseTiles:
         self.sums.pop(name, None)
         self.factor.pop(name, None)
 
-    def attention(self, src, dst, attn, key_chunk=4096):
-        """diffusers' ``Attention`` (self-attention over all positions of ``src``), exact and streamed."""
+    def attention(self, src, dst, attn):
+        """diffusers' ``Attention`` (self-attention over all positions of ``src``), exact: fused over keys and values
+        of the whole image when they fit ``ATTENTION_KV_BYTES``, else streamed in bands."""
         for flag, what in ((attn.spatial_norm, 'spatial_norm'), (attn.norm_q, 'norm_q'), (attn.norm_k, 'norm_k')):
             if flag is not None:
                 _unsupported(attn, f'with {what}')
@@ -385,46 +394,30 @@ class _LayerwiseTiles:
                         self.store.create(full, (z.shape[0], z.shape[-1], hb, wb), self.dtype)
                     self.store.write(full, y0, x0, z.transpose(1, 2).reshape(z.shape[0], z.shape[-1], h, w))
         hb, wb = self.store.shape(src)[-2:]
-        band = max(1, key_chunk // wb)
+        band = max(1, ATTENTION_KEY_CHUNK // wb)
         tmp = f'{dst}.new'
         created = False
         self.sums.pop(tmp, None)
+
+        def keys_values(ky0, ky1, dtype):  # B×heads×n×d keys and values of rows ky0:ky1, contiguous: with the
+            # head dimension strided (as the stored maps give it) the CPU's SDPA takes its math path, which
+            # materialises the query tile × keys scores (2.3 GB of working memory at 512² output, tiny VAE)
+            kk = self.store.read(f'{dst}.k', ky0, ky1, 0, wb).to(self.device, self.dtype)
+            vv = self.store.read(f'{dst}.v', ky0, ky1, 0, wb).to(self.device, self.dtype)
+            b, inner = kk.shape[:2]
+            return (split(z.reshape(b, inner, -1).transpose(1, 2)).to(dtype).contiguous() for z in (kk, vv))
+
+        kv_bytes = 2 * math.prod(self.store.shape(f'{dst}.k')) * torch.empty((), dtype=self.dtype).element_size()
+        whole = tuple(keys_values(0, hb, self.dtype)) if kv_bytes <= ATTENTION_KV_BYTES else None
         for row in self.rows:
             for t in row:
                 tok, (h, w) = tokens(t)
-                q = split(attn.to_q(tok)).float()
-                q = q * q.shape[-1] ** -0.5  # what diffusers' AttnProcessor2_0 uses
-                m = l = acc = None
-                for ky0 in range(0, hb, band):  # keys and values in bands of whole rows
-                    ky1 = min(hb, ky0 + band)
-                    kk = self.store.read(f'{dst}.k', ky0, ky1, 0, wb).to(self.device, self.dtype)
-                    vv = self.store.read(f'{dst}.v', ky0, ky1, 0, wb).to(self.device, self.dtype)
-                    b, inner = kk.shape[:2]
-                    kk = split(kk.reshape(b, inner, -1).transpose(1, 2)).float()
-                    vv = split(vv.reshape(b, inner, -1).transpose(1, 2)).float()
-                    s = q @ kk.transpose(-1, -2)
-                    smax = s.amax(dim=-1, keepdim=True)
-                    m_new = smax if m is None else torch.maximum(m, smax)
-                    p = torch.exp(s - m_new)
-                    del s
-                    pv = p @ vv
-                    if m is None:
-                        l, acc = p.sum(-1, keepdim=True), pv
-                    else:
-                        corr = torch.exp(m - m_new)
-                        l = l * corr + p.sum(-1, keepdim=True)
-                        acc = acc * corr + pv
-                    m = m_new
-                    del p, pv, kk, vv
-                out = (acc / l).to(self.dtype)  # B×heads×N×d
-                b, _, n, d = out.shape
-                out = out.transpose(1, 2).reshape(b, n, heads * d)
-                out = attn.to_out[1](attn.to_out[0](out))
-                out = out.transpose(1, 2).reshape(b, -1, h, w)
+                if whole is not None:
+                    out = F.scaled_dot_product_attention(split(attn.to_q(tok)).contiguous(), *whole)  # B×heads×N×d
+                else:
+                    out = self._online_softmax(split(attn.to_q(tok)).float(), hb, band, keys_values).to(self.dtype)
+                out = self._attention_out(attn, out, src, t, h, w)
                 y0, _, x0, _ = self.core_box(t, f)
-                if attn.residual_connection:
-                    out = out + self.store.read(src, *self.core_box(t, f)).to(self.device, self.dtype)
-                out = out / attn.rescale_output_factor
                 if not created:
                     self.store.create(tmp, (out.shape[0], out.shape[1], hb, wb), self.dtype)
                     created = True
@@ -437,6 +430,41 @@ class _LayerwiseTiles:
         self.store.rename(tmp, dst)
         self.sums[dst] = self.sums.pop(tmp)
         self.factor[dst] = f
+
+
+    @staticmethod
+    def _online_softmax(q, rows, band, keys_values):
+        """softmax(q kᵀ / √d) v over keys and values read in bands of ``band`` rows (flash attention's recurrence):
+        no score matrix larger than one query tile × one band exists."""
+        q = q * q.shape[-1] ** -0.5  # what diffusers' AttnProcessor2_0 uses
+        m = l = acc = None
+        for ky0 in range(0, rows, band):
+            kk, vv = keys_values(ky0, min(rows, ky0 + band), torch.float32)
+            s = q @ kk.transpose(-1, -2)
+            smax = s.amax(dim=-1, keepdim=True)
+            m_new = smax if m is None else torch.maximum(m, smax)
+            p = torch.exp(s - m_new)
+            del s
+            pv = p @ vv
+            if m is None:
+                l, acc = p.sum(-1, keepdim=True), pv
+            else:
+                corr = torch.exp(m - m_new)
+                l = l * corr + p.sum(-1, keepdim=True)
+                acc = acc * corr + pv
+            m = m_new
+            del p, pv, kk, vv
+        return acc / l
+
+    def _attention_out(self, attn, out, src, t, h, w):
+        """The output projection, residual and rescale of ``attn`` on tile ``t``'s B×heads×N×d attention result."""
+        b, heads, n, d = out.shape
+        out = out.transpose(1, 2).reshape(b, n, heads * d)
+        out = attn.to_out[1](attn.to_out[0](out))
+        out = out.transpose(1, 2).reshape(b, -1, h, w)
+        if attn.residual_connection:
+            out = out + self.store.read(src, *self.core_box(t, self.factor[src])).to(self.device, self.dtype)
+        return out / attn.rescale_output_factor
 
 
 def _resnet(ex, name, block):

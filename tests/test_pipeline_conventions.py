@@ -169,6 +169,15 @@ def test_model_offload_moves_one_component_per_stage_and_changes_nothing(tiny_mo
     assert pipe._offload is None
 
 
+def test_model_offload_without_cuda_is_refused_with_the_reason(tiny_models, monkeypatch):
+    # a CPU-only machine (as this one; forced where CUDA is there): nothing to offload to, a clear message
+    pipe = load_pipeline(tiny_models['ssr'], device='cpu')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    with pytest.raises(RuntimeError, match='no CUDA device to run on .*host memory'):
+        pipe.enable_model_cpu_offload()
+    assert pipe._offload is None
+
+
 @torch.no_grad()
 def test_attention_slicing_gives_the_same_image(pipe):
     lr = _lr()

@@ -372,3 +372,29 @@ def test_a_basis_taken_from_the_svkr_brings_its_nbsr_code_scale(pca_path):
     adopt_svkr_kernel_pca(unet, svkr)
     assert torch.equal(unet.pca.components, svkr.sr_net.pca.components)
     assert torch.equal(unet.code_scale, svkr.sr_net.code_scale)
+
+
+def test_lr_encoder_attention_is_multihead_attention_without_a_tokens_squared_buffer():
+    # nn.MultiheadAttention's inference fast path allocated heads × N × N floats on the CPU: an untiled 512² LR
+    # input asked for 1 TiB. The same weights through scaled_dot_product_attention give the module's result
+    # with no buffer of that size.
+    from torch.profiler import ProfilerActivity, profile
+    from ssr_arch.ssr_encoders_arch import SSRLREncoder
+    torch.manual_seed(0)
+    enc = SSRLREncoder(in_channels=4, block_out_channels=[16, 32], attention_heads=4).eval()
+    attn = next(m for m in enc.modules() if isinstance(m, nn.MultiheadAttention))
+    latent = torch.randn(1, 4, 128, 128)  # the middle block at 64² = 4096 tokens
+    with torch.no_grad():
+        mid_in = enc.input_blocks[1](enc.downsamplers[0](enc.input_blocks[0](enc.conv_in(latent))))
+        block = enc.middle_block[1]
+        b, c, h, w = mid_in.shape
+        tokens = block.norm(mid_in).flatten(2).transpose(1, 2)
+    with torch.enable_grad():  # the module's reference path (the fast path is taken only without grad)
+        ref, _ = attn(tokens, tokens, tokens, need_weights=False)
+    ref = mid_in + ref.detach().transpose(1, 2).reshape(b, c, h, w)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = block(mid_in)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    largest = max(e.self_cpu_memory_usage for e in prof.events())
+    tokens_squared = attn.num_heads * (h * w)**2 * 4
+    assert largest < tokens_squared / 16, (largest, tokens_squared)

@@ -62,6 +62,34 @@ def test_tiled_decode_equals_untiled_and_naive_tiles_do_not(store):
     assert block_shift > 2
 
 
+def test_middle_attention_streamed_in_key_bands_equals_untiled(monkeypatch):
+    # keys and values too large for ATTENTION_KV_BYTES stream in bands with the online softmax
+    from ssr_utils import tiled_vae
+    monkeypatch.setattr(tiled_vae, 'ATTENTION_KV_BYTES', 0)
+    monkeypatch.setattr(tiled_vae, 'ATTENTION_KEY_CHUNK', 64)  # 2 latent rows of 28 per band: 10 bands
+    vae = _vae()
+    z = _latent()
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+    assert (tiled_decode(vae, z, tile_size=8) - ref).abs().max() < 1e-4
+
+
+def test_middle_attention_holds_no_query_tile_by_keys_scores():
+    # the fused attention over the whole image's keys must take SDPA's fused kernel: with strided keys the CPU
+    # takes the math path and allocates the query tile × keys score matrix
+    from torch.profiler import ProfilerActivity, profile
+    vae = _vae()
+    z = _latent(h=96, w=96)  # the middle block at 96² latent pixels: 9216 keys
+    with torch.no_grad():
+        ref = vae.decode(z).sample
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = tiled_decode(vae, z, tile_size=48)  # query tiles of 2304 positions
+    assert (out - ref).abs().max() < 1e-4
+    scores = 2304 * 9216 * 4  # one head, float32: 81 MiB (the largest store map: 32 × 384² floats, 18 MiB)
+    largest = max(e.self_cpu_memory_usage for e in prof.events())
+    assert largest < scores / 3, (largest, scores)
+
+
 def test_tiled_decode_batch_streaming_rows_and_no_attention():
     vae = _vae(attention=False)
     z = _latent(b=2, h=13, w=17)  # sizes that do not divide into tiles

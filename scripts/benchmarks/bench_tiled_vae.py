@@ -11,4 +11,4 @@ sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir, osp.p
 from ssr_app.benchmarks.bench_tiled_vae import main  # noqa: E402
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -170,6 +170,8 @@ def apply_switch(pipe, switch):
         pipe.enable_attention_slicing()
     elif switch == 'bf16_weights':
         pipe.to(torch.bfloat16)
+    elif switch == 'fp16_weights':
+        pipe.to(torch.float16)
     elif switch == 'offload':
         pipe.enable_model_cpu_offload(device=pipe.device)
     elif switch != 'none':
@@ -262,28 +264,72 @@ def row(r, base, mem_key):
           f'{r[mem_key]:14.1f} {r[mem_key] / max(base[mem_key], 1e-9):7.2f} {r["canvas_mb"]:10.1f}', flush=True)
 
 
-SWITCHES = ('none', 'vae_tiling', 'attention_slicing', 'bf16_weights', 'offload')
+SWITCHES = ('none', 'vae_tiling', 'attention_slicing', 'bf16_weights', 'fp16_weights', 'offload')
+
+
+def cli_refusal(flags):
+    """What ``inference_ssr`` answers to ``flags`` on this machine when it refuses them (its one line), else None:
+    the argument checks run before any model is loaded, so a dummy model path and a 4x4 image are enough."""
+    import contextlib
+    import io
+    import tempfile
+    import numpy as np
+    from ssr_app.cli import build_inference_parser
+    from ssr_app.inference import run
+    from ssr_utils.image_io import write_image
+    with tempfile.TemporaryDirectory() as folder:
+        src = osp.join(folder, 'x.png')
+        write_image(src, np.zeros((4, 4, 3), np.uint8))
+        args = build_inference_parser().parse_args(['--model_path', folder, '-i', src, '-o', osp.join(folder, 'o'),
+                                                    '--device', 'cpu'] + flags)
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            status = run(args)
+    return text.getvalue().strip().splitlines()[-1] if status == 2 else None
+
+
+def offload_refusal():
+    """``SSRPipeline.enable_model_cpu_offload()``'s answer on a machine without CUDA, else None."""
+    import torch
+    pipe = build('ssr', torch.device('cpu'))
+    try:
+        pipe.enable_model_cpu_offload()
+    except RuntimeError as err:
+        return str(err)
+    return None
 
 
 def switches(args):
-    """``--switches``: one SSR image (tiny config) with each memory switch, every row in a fresh child process.
-    Rows: the tiled call with the window-by-window VAE (the old default: the baseline), with the layer-wise VAE
-    (the default now), + attention slicing, + bfloat16 weights; model offload on a CUDA device only (on the
-    CPU the networks already are in host memory)."""
+    """``--switches``: one SSR image (tiny config) with each memory switch, every row in a fresh child process,
+    ratios to the first row (all switches off: the untiled call). Rows: untiled; tiled with the window-by-window
+    VAE (the old default); with the layer-wise VAE (the default now); + attention slicing; + bfloat16 weights;
+    + float16 weights and + model offload where the device runs them (CUDA): on the CPU these two rows quote
+    what users get instead (``--fp16`` and ``--offload`` are refused there, and so is
+    ``enable_model_cpu_offload()`` without a CUDA device)."""
     size, tile = args.sizes[0], args.tiles[0]
+    cuda = args.device.startswith('cuda')
     print(f'== SSR switches: device {args.device}, tiny config, LR {size}² (output {4 * size}²), tile {tile} LR, '
           f'overlap {args.overlap}, {args.steps} {args.sampler} steps; baseline = first row', flush=True)
-    rows = [('tile, VAE windows (the old default)', dict(vae_tiling='windows')),
-            ('tile, VAE layerwise (the default)', dict(vae_tiling='layerwise')),
-            ('+ attention slicing', dict(vae_tiling='layerwise', switch='attention_slicing')),
-            ('+ bfloat16 weights', dict(vae_tiling='layerwise', switch='bf16_weights'))]
-    if args.device.startswith('cuda'):
-        rows.append(('+ model offload', dict(vae_tiling='layerwise', switch='offload')))
-    mem_key = 'gpu_peak_mb' if args.device.startswith('cuda') else 'work_mb'
+    layerwise = dict(tile=tile, vae_tiling='layerwise')
+    rows = [('all switches off (untiled)', dict(tile=0)),
+            ('tile, VAE windows (the old default)', dict(tile=tile, vae_tiling='windows')),
+            ('tile, VAE layerwise (the default with a tile)', layerwise),
+            ('+ attention slicing', dict(layerwise, switch='attention_slicing')),
+            ('+ bfloat16 weights', dict(layerwise, switch='bf16_weights')),
+            ('+ float16 weights', dict(layerwise, switch='fp16_weights')),
+            ('+ model offload', dict(layerwise, switch='offload'))]
+    refused = {} if cuda else {
+        '+ float16 weights': f'not run on the CPU; `--fp16` answers: {cli_refusal(["--fp16"])}',
+        '+ model offload': f'CUDA only; `enable_model_cpu_offload()` raises: {offload_refusal()}; `--offload` '
+                           f'answers: {cli_refusal(["--offload"])}'}
+    mem_key = 'gpu_peak_mb' if cuda else 'work_mb'
     print(f'| switch | s / image | x base | {mem_key} | x base |\n| --- | --- | --- | --- | --- |', flush=True)
     base = None
     for name, extra in rows:
-        r = measure(args, 'ssr', size, tile, **extra)
+        if name in refused:
+            print(f'| {name} | {refused[name]} | | | |', flush=True)
+            continue
+        r = measure(args, 'ssr', size, extra.pop('tile'), **extra)
         base = base or r
         print(f'| {name} | {r["seconds"]:.1f} | {r["seconds"] / base["seconds"]:.2f} | {r[mem_key]:.1f} | '
               f'{r[mem_key] / max(base[mem_key], 1e-9):.2f} |', flush=True)

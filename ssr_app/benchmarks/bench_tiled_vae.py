@@ -3,6 +3,7 @@
     python scripts/benchmarks/bench_tiled_vae.py                      # SD-size VAE, CPU: accuracy at 1024², memory
     python scripts/benchmarks/bench_tiled_vae.py --device cuda        # the same on a GPU (max_memory_allocated)
     python scripts/benchmarks/bench_tiled_vae.py --config tiny --size 256 --mem-sizes 128 256 512   # a quick run
+    python scripts/benchmarks/bench_tiled_vae.py --cli-check --model_path models/ssr_demo_x4   # the CLI, 512² input
 
 The VAE is diffusers' ``AutoencoderKL`` at Stable Diffusion's size (block_out_channels 128, 256, 512, 512,
 four down and up blocks, 2 layers per block, 32 norm groups, 4 latent channels; ``--config tiny``: a small
@@ -24,6 +25,15 @@ RSS minus the RSS before the call (peak reset through /proc/self/clear_refs), on
 ``max_memory_allocated`` minus the allocation before the call. Rows: the tiled decode with the activation
 store on disk (CPU) or in host memory (CUDA), optionally with ``--stores memory`` too, and the untiled
 decode at the sizes in ``--untiled-sizes``; ratios against the first tiled row.
+
+CLI check (``--cli-check --model_path <exported model folder>``): issue 23's acceptance through the real command
+line (``scripts/inference_ssr.py``, what ``ssr-infer`` runs), each run a fresh process on one photograph
+(``--image``, default McMaster ``1.tif`` of ``../shared/data/train_hr``, resized to ``--cli-size``² with bicubic
+interpolation when it has another size): untiled, ``--tile T`` (the default VAE tiling, which the CLI's first
+line names) and ``--tile T --vae-tiling windows``. Printed: each run's first line and seconds, and each tiled
+output's PSNR against the untiled output (8-bit PNGs, whole image), max abs difference and tone shift (as
+above, over tiles of ``T`` × scale output pixels); the acceptance is PSNR >= 40 dB for the default tiling,
+which must be ``layerwise``. Exit status 1 when it is not met.
 """
 import argparse
 import json
@@ -207,6 +217,80 @@ def memory(args):
               f'{r["seconds"]:8.1f} {r["output_mb"]:10.1f}', flush=True)
 
 
+def cli_input(args, folder):
+    """The check's LR input: ``--image`` (or McMaster 1.tif) as an ``--cli-size``² PNG in ``folder``."""
+    import cv2
+    from ssr_utils.errors import OptionError
+    image = args.image or osp.join(ROOT, os.pardir, 'shared', 'data', 'train_hr', '1.tif')
+    img = cv2.imread(image, cv2.IMREAD_COLOR)
+    if img is None:
+        raise OptionError('--image', image, 'not a readable image (the default needs ../shared/data)')
+    size = args.cli_size
+    note = f'{osp.basename(image)} {img.shape[1]}x{img.shape[0]}'
+    if img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+        note += f' resized to {size}² (bicubic)'
+    path = osp.join(folder, 'in', f'check_{size}.png')
+    os.makedirs(osp.dirname(path))
+    cv2.imwrite(path, img)
+    return path, note
+
+
+def cli_check(args):
+    import shutil
+    import tempfile
+    import cv2
+    import numpy as np
+    import torch
+    from ssr_utils.errors import OptionError
+    if not args.model_path or not osp.isdir(args.model_path):
+        raise OptionError('--model_path', args.model_path, 'give an exported model folder (models/ssr_demo_x4 after '
+                          'the demo)')
+    folder = tempfile.mkdtemp(prefix='ssr_cli_check_')
+    try:
+        src, note = cli_input(args, folder)
+        tile = args.cli_tile
+        runs = [('untiled', []), (f'--tile {tile}', ['--tile', str(tile)]),
+                (f'--tile {tile} --vae-tiling windows', ['--tile', str(tile), '--vae-tiling', 'windows'])]
+        print(f'== CLI check: {args.model_path}, {note}, {args.cli_size}² LR input, tile {tile}; extra flags: '
+              f'{" ".join(args.cli_args) or "none"}; torch threads {torch.get_num_threads()}', flush=True)
+        outputs = {}
+        for i, (name, flags) in enumerate(runs):
+            out_dir = osp.join(folder, f'out{i}')
+            cmd = [sys.executable, osp.join(ROOT, 'scripts', 'inference_ssr.py'), '--model_path', args.model_path,
+                   '-i', src, '-o', out_dir, '-q'] + flags + list(args.cli_args)
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env=child_env(ROOT))
+            sec = time.perf_counter() - start
+            first = next((line for line in proc.stdout.splitlines() if line.startswith('inference_ssr: device')), '')
+            written = sorted(os.listdir(out_dir)) if osp.isdir(out_dir) else []
+            if proc.returncode != 0 or len(written) != 1:
+                raise RuntimeError(f'{" ".join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}')
+            outputs[name] = cv2.imread(osp.join(out_dir, written[0]), cv2.IMREAD_COLOR)
+            print(f'{name}: {sec:.1f} s; {first}', flush=True)
+            runs[i] = (name, flags, first)
+        ref = outputs['untiled']
+        scale = ref.shape[0] // args.cli_size
+        to_tensor = (lambda a: torch.from_numpy(a.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None])
+        print('| run (vs the untiled output) | VAE tiling | PSNR dB | max abs (8-bit) | tone shift (8-bit) |\n'
+              '| --- | --- | --- | --- | --- |')
+        default_psnr, default_vae = None, None
+        for name, flags, first in runs[1:]:
+            psnr, mx, shift = compare(to_tensor(outputs[name]), to_tensor(ref), tile * scale)
+            vae = 'layerwise' if 'VAE layerwise' in first else 'windows' if 'VAE windows' in first else '?'
+            if '--vae-tiling' not in flags:
+                default_psnr, default_vae = psnr, vae
+            print(f'| {name} | {vae}{" (default)" if "--vae-tiling" not in flags else ""} | {psnr:.2f} | '
+                  f'{mx * 127.5:.0f} | {shift:.2f} |', flush=True)
+        met = default_vae == 'layerwise' and default_psnr >= 40
+        print(f'acceptance (the default with --tile is layerwise, PSNR >= 40 dB vs untiled): '
+              f'{"met" if met else "NOT met"} (default {default_vae}, {default_psnr:.2f} dB)', flush=True)
+        return 0 if met else 1
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @exit_on_option_error()
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,11 +304,22 @@ def main(argv=None):
                    help='activation stores of the memory rows (default: disk on CPU, memory on CUDA)')
     p.add_argument('--untiled-sizes', type=int, nargs='*', default=[512, 1024],
                    help='output sizes of untiled reference rows in the memory table')
+    p.add_argument('--cli-check', dest='cli_check', action='store_true',
+                   help='issue 23\'s acceptance through scripts/inference_ssr.py: untiled vs --tile (default VAE '
+                   'tiling) vs --tile --vae-tiling windows, PSNR against the untiled output')
+    p.add_argument('--model_path', '--model-path', dest='model_path', help='--cli-check: an exported model folder')
+    p.add_argument('--image', help='--cli-check: the photograph (default: ../shared/data/train_hr/1.tif)')
+    p.add_argument('--cli-size', dest='cli_size', type=int, default=512, help='--cli-check: LR input size (square)')
+    p.add_argument('--cli-tile', dest='cli_tile', type=int, default=128, help='--cli-check: --tile in LR pixels')
+    p.add_argument('--cli-args', dest='cli_args', nargs=argparse.REMAINDER, default=[],
+                   help='--cli-check: further flags for every run (last on the line), e.g. --steps 4 --seed 1')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--store', default='disk', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args)
+    if args.cli_check:
+        return cli_check(args)
     import torch
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs visible, OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS")}',
           flush=True)
@@ -235,4 +330,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())
