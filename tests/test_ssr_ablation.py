@@ -66,3 +66,35 @@ def test_tables_plots_and_metrics_that_could_not_run(tiny_run):
         assert img is not None and img.shape[0] > 100 and img.shape[1] > 300
     for metric, reason in results['not_run'].items():
         assert metric in ('lpips', 'musiq', 'clipiqa') and reason and f'{metric} ({reason})' in table
+
+
+def test_condition_use_measures_every_trained_arm_at_the_network(tiny_run):
+    out, _, results = tiny_run
+    proc = run_python(['scripts/experiments/ssr_condition_use.py', '--tiny', '--threads', '1', '--out', str(out)],
+                      timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    with open(out / 'condition_use.json') as f:
+        use = json.load(f)
+    assert set(use['arms']) == set(results['arms'])
+    for arm, entry in use['arms'].items():
+        from ssr_app.experiments.ssr_ablation import ARMS
+        assert set(entry['prediction_change_pct']) == set(ARMS[arm][1])
+    relation = use['depth_blur_relation']
+    assert relation['scenes'] >= 1 and -1 <= relation['pooled_r'] <= 1
+    assert 'Depth against blur' in open(out / 'condition_use.md').read()
+
+
+def test_depth_blur_relation_sees_a_sign_that_flips_between_scenes():
+    """Two scenes whose blur grows with depth in one and shrinks in the other: pooled r near 0, |r| per scene 1."""
+    import torch
+    from ssr_app.experiments.ssr_condition_use import depth_blur_relation
+    g = torch.Generator().manual_seed(0)
+    depth = torch.rand(8, 1, 4, 4, generator=g)
+    width = torch.cat([depth[:4], 1 - depth[4:]])
+    code = torch.zeros(8, 10, 4, 4)
+    code[:, 0] = width[:, 0]
+    rel = depth_blur_relation({'gt_depth': depth, 'gt_code': code}, crops_per_scene=4)
+    assert rel['scenes'] == 2
+    assert rel['scene_abs_r_mean'] == pytest.approx(1.0, abs=1e-5)
+    assert rel['scene_r_mean'] == pytest.approx(0.0, abs=1e-5)
+    assert abs(rel['pooled_r']) < 0.5

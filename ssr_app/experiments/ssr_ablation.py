@@ -37,10 +37,12 @@ initialisation, the order of the crops and the training noise; tables give mean 
 
     python scripts/experiments/ssr_ablation.py --tiny --out /tmp/abl   # seconds: every code path, toy sizes
     python scripts/experiments/ssr_ablation.py --quick                 # LR only vs SSR, one seed, 30 iterations
-    nohup nice -n 10 python scripts/experiments/ssr_ablation.py > /tmp/ssr_ablation.log 2>&1 &   # every arm
+    OMP_NUM_THREADS=1 nohup python scripts/experiments/ssr_ablation.py --threads 1 > /tmp/ssr_ablation.log 2>&1 &
 
-The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 30
-iterations per arm is early training, not convergence (docs/diffusion.md says what that shows and what not).
+The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 250
+iterations per arm in the full run (30 in --quick) is early training, not convergence (docs/diffusion.md says
+what that shows and what not). On a shared machine use one thread: with two, training stalled for minutes at a
+time (0.15 s per iteration with one thread against up to 9 s with two, measured in the recorded run).
 
 The quick and the full run end with the line
 ``full vs LR only: +X dB PSNR; SSR vs SVKR at fidelity setting: +Y dB; removing depth: -Z dB, removing kernel: -W dB``

@@ -16,6 +16,7 @@ import sys
 from collections import OrderedDict
 
 from ssr_app.experiments import ssr_ablation as abl  # noqa: E402  (applies compat, registers the parts)
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 TIMESTEP_FRACTIONS = (0.1, 0.5, 0.9)
@@ -77,6 +78,33 @@ def prediction_changes(model, pool, pca, arm, crops):
     return res
 
 
+def fmt_r(r):
+    return 'n/a' if r is None else f'{r:+.2f}'
+
+
+def depth_blur_relation(pool, crops_per_scene):
+    """How much the ground-truth depth says about the blur in the training crops: Pearson's r between the depth
+    and the first component of the ground-truth kernel's PCA code (the kernel's width, mostly) over every LR
+    pixel of the pool, and within each scene (its ``crops_per_scene`` consecutive crops): the scene's r, its mean
+    and the mean of |r| over scenes. The scene data blurs by the distance to a focus plane drawn per image, so
+    the sign of the within-scene relation changes from scene to scene."""
+    depth = pool['gt_depth'].float()[:, 0]
+    width = pool['gt_code'].float()[:, 0]
+
+    def pearson(a, b):
+        a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+        den = float(a.norm() * b.norm())
+        return float((a * b).sum()) / den if den > 0 else None
+
+    n = depth.shape[0] // crops_per_scene
+    per_scene = [pearson(depth[i * crops_per_scene:(i + 1) * crops_per_scene],
+                         width[i * crops_per_scene:(i + 1) * crops_per_scene]) for i in range(n)]
+    per_scene = [r for r in per_scene if r is not None]
+    return dict(pooled_r=pearson(depth, width), scenes=len(per_scene),
+                scene_r_mean=float(np.mean(per_scene)) if per_scene else None,
+                scene_abs_r_mean=float(np.mean(np.abs(per_scene))) if per_scene else None)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', required=True, help='an ssr_ablation.py output folder (cache/pool.pth, arms/)')
@@ -88,8 +116,9 @@ def main(argv=None):
     parser.add_argument('--depth-model', default=None)
     parser.add_argument('--crops', type=int, default=8)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     import logging
     logging.getLogger('basicsr').setLevel(logging.WARNING)
     out = abl.rel(args.out)
@@ -101,6 +130,7 @@ def main(argv=None):
     arms_dir = osp.join(out, 'arms')
     codes = pool['t3_code'][:crops]
     code_std = [float(v) for v in codes.std(dim=(0, 2, 3))]
+    relation = depth_blur_relation(pool, cfg['crops'])
     results = OrderedDict()
     for arm in abl.ARMS:
         ckpt = osp.join(arms_dir, f'{arm}_s{args.seed}.pth')
@@ -112,13 +142,18 @@ def main(argv=None):
         del model
     with abl.atomic_write(osp.join(out, 'condition_use.json'), 'w') as f:
         json.dump(dict(seed=args.seed, crops=crops, timestep_fractions=TIMESTEP_FRACTIONS, t3_code_std=code_std,
-                       arms=results), f, indent=1)
+                       depth_blur_relation=relation, arms=results), f, indent=1)
     cols = ['encoder'] + [f't={f:g}T' for f in TIMESTEP_FRACTIONS]
     lines = [f'One condition removed (flat depth {abl.FLAT_DEPTH}, the PCA mean kernel, the LR image blurred): change '
              f'of the modality\'s encoder features at the first level ("encoder") and of the network\'s prediction '
              f'at three timesteps, mean |Δ| / mean |value| (%), on {crops} training crops, seed {args.seed}; RMS of '
              'the zero-initialised AMF output layers per modality (0 at initialisation). Standard deviation of the '
-             'SVKR\'s kernel PCA code per component on those crops: ' + ', '.join(f'{v:.4f}' for v in code_std) + '.',
+             'SVKR\'s kernel PCA code per component on those crops (raw; the network divides it by its '
+             '`code_scale`): ' + ', '.join(f'{v:.4f}' for v in code_std) + '.',
+             '', 'Depth against blur in the training crops (ground truth; Pearson r between the depth and the first '
+             f'kernel-code component): {fmt_r(relation["pooled_r"])} over every LR pixel of the pool; within each of '
+             f'its {relation["scenes"]} scenes {fmt_r(relation["scene_r_mean"])} on average, |r| '
+             f'{relation["scene_abs_r_mean"]:.2f} (the focus plane, drawn per image, sets the sign).',
              '', '| arm | removed | ' + ' | '.join(cols) + ' | AMF output-layer RMS |',
              '| --- | --- |' + ' --- |' * (len(cols) + 1)]
     for arm, r in results.items():
