@@ -8,7 +8,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY
 from ssr_arch.maconv_arch import SFTLayer
 from ssr_data.degradations import distribution_kernels, kernel_code_spread
-from ssr_data.kernels import KernelPCA
+from ssr_data.kernels import KernelPCA, fill_missing_code_scale
 
 
 class _DenseBlock(nn.Module):
@@ -111,9 +111,7 @@ class NBSR(nn.Module):
         self.act = act
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + 'code_scale'
-        if key not in state_dict and prefix + 'pca.components' in state_dict:
-            state_dict[key] = torch.ones_like(self.code_scale)  # saved before code_scale: raw codes
+        fill_missing_code_scale(state_dict, prefix, self.code_scale)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def kernel_code(self, kernel_map):

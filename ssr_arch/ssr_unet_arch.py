@@ -50,8 +50,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from ssr_arch.amf_arch import FOLDED  # noqa: F401  (re-exported: the tag of a folded AMF point)
 from ssr_arch.fusion_arch import BLOCK_GROUPS, fusion_class
 from ssr_arch.ssr_encoders_arch import SSRLREncoder, SSRMapEncoder
-from ssr_data.degradations import kernel_code_spread, kernel_distribution_options
-from ssr_data.kernels import KernelPCA
+from ssr_data.degradations import kernel_code_spread
+from ssr_data.kernels import KernelPCA, fill_missing_code_scale
 from ssr_utils.atomic_file import atomic_write
 from ssr_utils.compat import own_weights
 from ssr_utils.errors import OptionError
@@ -293,11 +293,9 @@ class SSRUNet(ModelMixin, ConfigMixin):
                     f'kernel_code_channels is {kernel_code_channels}, kernel_size {kernel_size}')
         else:  # filled from the weights, or by SSRModel from the SVKR's basis
             self.pca = KernelPCA(kernel_size=kernel_size, dim=kernel_code_channels)
-        self.kernel_scale = scale
-        self.kernel_distribution = kernel_distribution_options(kernel_distribution, 'kernel_distribution')
         spread = torch.ones(self.pca.dim)
         if 'kernel' in self.modalities and pca_path is not None:
-            spread = kernel_code_spread(self.pca, scale, self.kernel_distribution)
+            spread = kernel_code_spread(self.pca, scale, kernel_distribution)
         self.register_buffer('code_scale', spread)
 
     def set_kernel_pca(self, pca, code_scale=None):
@@ -310,13 +308,11 @@ class SSRUNet(ModelMixin, ConfigMixin):
             self.pca.components.copy_(pca.components)
             self.pca.mean.copy_(pca.mean)
             if code_scale is None:
-                code_scale = kernel_code_spread(self.pca, self.kernel_scale, self.kernel_distribution)
+                code_scale = kernel_code_spread(self.pca, self.config['scale'], self.config['kernel_distribution'])
             self.code_scale.copy_(code_scale)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + 'code_scale'
-        if key not in state_dict and prefix + 'pca.components' in state_dict:
-            state_dict[key] = torch.ones_like(self.code_scale)  # saved before code_scale: raw codes
+        fill_missing_code_scale(state_dict, prefix, self.code_scale)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _build_encoders(self, lr_encoder, map_encoder, kernel_code_channels, build=True):

@@ -819,6 +819,5 @@ def kernel_code_spread(pca, scale, distribution=None, num=2000, seed=0):
         return torch.ones(pca.dim)
     k = pca.kernel_size
     reference = torch.as_tensor(distribution_kernels(num, k, scale, distribution, seed=seed)).float()
-    rows = 40 if num % 40 == 0 else 1
-    codes = pca.encode(reference.t().reshape(1, k * k, rows, num // rows).to(pca.components))
+    codes = pca.encode(reference.t().reshape(1, k * k, 1, num).to(pca.components))
     return codes.std(dim=(0, 2, 3)).float().clamp_min(1e-6)

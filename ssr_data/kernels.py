@@ -327,3 +327,12 @@ class KernelPCA(nn.Module):
 
     def extra_repr(self):
         return f'kernel_size={self.kernel_size}, dim={self.dim}'
+
+
+def fill_missing_code_scale(state_dict, prefix, code_scale):
+    """A state dict of a network that standardises kernel codes (``code_scale`` beside its ``pca``), saved before
+    ``code_scale`` existed: give it a scale of ones, the raw codes that network was trained on (in place; for a
+    module's ``_load_from_state_dict``)."""
+    key = prefix + 'code_scale'
+    if key not in state_dict and prefix + 'pca.components' in state_dict:
+        state_dict[key] = torch.ones_like(code_scale)
