@@ -67,6 +67,10 @@ def build_inference_parser(prog=None):
     p.add_argument('--strength', type=float, default=None,
                    help='in (0, 1]: 1 samples from noise; below 1 starts from the noised LR latent and runs the '
                    'last int(steps·strength) steps (default: the model\'s)')
+    p.add_argument('--vae-residual', '--vae_residual', dest='vae_residual', action=argparse.BooleanOptionalAction,
+                   default=None, help='add back what the VAE round trip loses on the image the start latent comes '
+                   'from (the LR image, or the SVKR\'s I^T for lr_input: svkr): with a small --strength the result '
+                   'approaches that image, not its VAE reconstruction (default: the model\'s)')
     p.add_argument('--num_samples', '--num-samples', dest='num_samples', type=int, default=1,
                    help='samples per image, seeds seed, seed+1, ...; written as <stem>_seed<seed>.<ext>')
     p.add_argument('--tile', type=int, default=None,

@@ -25,7 +25,7 @@ from basicsr.utils import get_root_logger  # noqa: E402
 
 from ssr_app.cli import MIN_TILE  # noqa: E402
 from ssr_pipelines.builder import load_pipeline  # noqa: E402
-from ssr_pipelines.pipeline_ssr import VAE_TILINGS, check_sampler, check_strength  # noqa: E402
+from ssr_pipelines.pipeline_ssr import VAE_TILINGS, check_sampler, check_strength, check_vae_residual  # noqa: E402
 from ssr_utils.amp import amp_dtype  # noqa: E402
 from ssr_utils.errors import OptionError  # noqa: E402
 from ssr_utils.image_io import image_to_tensor, list_images, read_image, upscale_alpha, write_image  # noqa: E402
@@ -150,7 +150,7 @@ class Inferencer:
 
     def __init__(self, pipeline, svkr_only=False, precision='fp32', tile=None, tile_overlap=None, steps=None, seed=None,
                  color_fix_method=None, scale=None, save_maps=False, progress=True, sampler=None, strength=None,
-                 num_samples=1, ext='png', suffix='', batch_size=1, vae_tiling=None):
+                 num_samples=1, ext='png', suffix='', batch_size=1, vae_tiling=None, vae_residual=None):
         tile, tile_overlap = check_tiling(tile, tile_overlap)
         if steps is not None and steps < 1:
             raise OptionError('--steps', steps, 'must be >= 1')
@@ -164,7 +164,8 @@ class Inferencer:
             raise OptionError('--num_samples', num_samples, 'the SVKR result (--svkr-only) is deterministic: one '
                               'sample')
         if svkr_only:
-            for flag, value in (('--sampler', sampler), ('--strength', strength), ('--vae-tiling', vae_tiling)):
+            for flag, value in (('--sampler', sampler), ('--strength', strength), ('--vae-tiling', vae_tiling),
+                                ('--vae-residual', vae_residual)):
                 if value is not None:
                     raise OptionError(flag, value, 'has no effect with --svkr-only')
         if vae_tiling is not None and vae_tiling not in VAE_TILINGS:
@@ -176,6 +177,9 @@ class Inferencer:
             check_sampler(sampler, '--sampler')
         if strength is not None:
             strength = check_strength(strength, '--strength')
+        if vae_residual is not None:
+            check_vae_residual(vae_residual, '--vae-residual')
+        self.vae_residual = vae_residual
         if ext not in OUTPUT_EXTS:
             raise OptionError('--ext', ext, f'expected one of {", ".join(OUTPUT_EXTS)}')
         if suffix and (os.sep in suffix or (os.altsep and os.altsep in suffix)):
@@ -232,7 +236,7 @@ class Inferencer:
                              num_images_per_image=self.num_samples, strength=self.strength, sampler=self.sampler,
                              tile=self.tile, tile_overlap=self.tile_overlap, vae_tiling=self.vae_tiling,
                              color_fix=self.color_fix, return_maps=self.save_maps, progress=self.progress, out=out,
-                             out_device='cpu', output_type='pt')
+                             out_device='cpu', output_type='pt', vae_residual=self.vae_residual)
 
     def process(self, path, out_dir):
         """Super-resolve one file; returns the list of written files; raises on any problem."""
@@ -346,7 +350,8 @@ def run(args):
                             args.color_fix, args.scale, args.save_maps, progress=not args.quiet,
                             sampler=args.sampler, strength=args.strength, num_samples=args.num_samples,
                             ext=args.ext, suffix=args.suffix, batch_size=getattr(args, 'batch_size', 1),
-                            vae_tiling=getattr(args, 'vae_tiling', None))
+                            vae_tiling=getattr(args, 'vae_tiling', None),
+                            vae_residual=getattr(args, 'vae_residual', None))
         if offload:
             pipeline.enable_model_cpu_offload(device=device)
         if getattr(args, 'attention_slicing', False):

@@ -36,7 +36,8 @@ from ssr_arch.ssr_unet_arch import check_pretrained_folder
 from ssr_models.ssr_base_model import SSRBaseModel
 from ssr_pipelines.builder import (SVKR_WEIGHTS_HINT, assemble_pipeline, build_svkr_from_options, ssr_unet_options,
                                    svkr_has_weights)
-from ssr_pipelines.pipeline_ssr import check_color_fix, check_sampler, check_strength, upsample_lr
+from ssr_pipelines.pipeline_ssr import (check_color_fix, check_sampler, check_strength, check_vae_residual,
+                                        upsample_lr)
 from ssr_utils.errors import OptionError
 
 CONDITION_SOURCES = ('gt', 'svkr')
@@ -100,6 +101,7 @@ class SSRModel(SSRBaseModel):
         check_sampler(diff_opt.get('sampler', 'dpmsolver++'))
         check_color_fix(diff_opt.get('color_fix', 'wavelet'))
         check_strength(diff_opt.get('strength', 1.0))
+        check_vae_residual(diff_opt.get('vae_residual', False))
         warmup = (opt.get('train') or {}).get('vae_warmup_iter', 0)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise OptionError('train:vae_warmup_iter', warmup, 'expected an integer >= 0')

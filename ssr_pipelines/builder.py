@@ -32,7 +32,7 @@ from ssr_utils.option_check import check_options  # noqa: E402
 from ssr_utils.option_file import read_option_file  # noqa: E402
 
 # the keys of an option file's ``diffusion`` block that are sampling defaults of the pipeline
-SAMPLING_KEYS = ('sampler', 'num_inference_steps', 'strength', 'seed', 'color_fix', 'solver_order')
+SAMPLING_KEYS = ('sampler', 'num_inference_steps', 'strength', 'seed', 'color_fix', 'solver_order', 'vae_residual')
 # the keys of a ``diffusion`` block that shape the training noise schedule (diffusers' DDPMScheduler)
 SCHEDULE_KEYS = ('num_train_timesteps', 'beta_schedule', 'beta_start', 'beta_end', 'prediction_type',
                  'timestep_spacing', 'steps_offset', 'rescale_betas_zero_snr', 'clip_sample')

@@ -134,6 +134,12 @@ def check_color_fix(method, key='diffusion:color_fix'):
     return method
 
 
+def check_vae_residual(value, key='diffusion:vae_residual'):
+    if not isinstance(value, bool):
+        raise OptionError(key, value, 'expected true or false')
+    return value
+
+
 def strength_steps(num_steps, strength):
     """Index of the first sampler step and the number of steps run for ``strength`` (diffusers' img2img rule:
     ``int(num_steps * strength)`` steps, at least one)."""
@@ -484,6 +490,7 @@ class SamplingSettings:
     seed: int
     color_fix: str
     dtype: Optional[torch.dtype]
+    vae_residual: bool
     cond_cache: str
     windows: SamplingWindows
     vae_tiling: Any  # WindowVAETiling | LayerwiseVAETiling
@@ -595,8 +602,8 @@ class SSRPipeline:
             DPM-Solver++ sampler is derived from it.
         svkr (SVKR | None): estimates the depth and kernel maps (None: pass ``depth=`` / ``kernel=``).
         scale (int | None): the SR factor (default: the SVKR's).
-        sampler, num_inference_steps, strength, seed, color_fix, solver_order: sampling defaults (the
-            ``diffusion`` block of an option file), each overridable per call.
+        sampler, num_inference_steps, strength, seed, color_fix, solver_order, vae_residual: sampling defaults
+            (the ``diffusion`` block of an option file), each overridable per call.
         dtype: autocast precision (``none`` / ``fp16`` / ``bf16`` or a torch dtype) over the weights as they are;
             ``pipe.to(torch.float16)`` (or ``from_pretrained(..., torch_dtype=...)``) casts the weights themselves.
 
@@ -609,7 +616,7 @@ class SSRPipeline:
     _callback_tensor_inputs = ['latents', 'noise_pred', 'lr_latent']
 
     def __init__(self, unet=None, scheduler=None, svkr=None, scale=None, sampler='dpmsolver++', num_inference_steps=50,
-                 strength=1.0, seed=0, color_fix='wavelet', solver_order=2, dtype=None):
+                 strength=1.0, seed=0, color_fix='wavelet', solver_order=2, vae_residual=False, dtype=None):
         if unet is None and svkr is None:
             raise ValueError('SSRPipeline needs an SSRUNet, an SVKR or both')
         if unet is not None and not isinstance(unet, SSRUNet):
@@ -635,6 +642,7 @@ class SSRPipeline:
         self.seed = int(seed)
         self.color_fix = check_color_fix(color_fix)
         self.solver_order = int(solver_order)
+        self.vae_residual = check_vae_residual(vae_residual)
         self.dtype = amp_dtype(dtype, 'dtype')
         self._weights_dtype = torch.float32
         self._progress_bar_config = {}
@@ -648,7 +656,8 @@ class SSRPipeline:
     def config(self):
         """What ``model_index.json`` holds besides the components: the scale and the sampling defaults."""
         return dict(scale=self.scale, sampler=self.sampler, num_inference_steps=self.num_inference_steps,
-                    strength=self.strength, seed=self.seed, color_fix=self.color_fix, solver_order=self.solver_order)
+                    strength=self.strength, seed=self.seed, color_fix=self.color_fix, solver_order=self.solver_order,
+                    vae_residual=self.vae_residual)
 
     @property
     def device(self):
@@ -847,7 +856,8 @@ class SSRPipeline:
     # ------------------------------------------------------------------ sampling stages
     def check_inputs(self, num_inference_steps=None, strength=None, sampler=None, seed=None, tile=None,
                      tile_overlap=16, color_fix=None, dtype=None, cond_cache='auto', vae_tiling=None,
-                     vae_store=None, num_images_per_image=1, output_type=None, callback_on_step_end_tensor_inputs=None):
+                     vae_store=None, num_images_per_image=1, output_type=None, callback_on_step_end_tensor_inputs=None,
+                     vae_residual=None):
         """Check the sampling arguments of ``__call__`` (an ``OptionError`` names a bad one) and fill in the
         pipeline's defaults; returns the ``SamplingSettings`` the other stages read."""
         if self.unet is None:
@@ -878,6 +888,8 @@ class SSRPipeline:
                                                                'strength'),
             sampler=check_sampler(self.sampler if sampler is None else sampler, 'sampler'),
             seed=int(self.seed if seed is None else seed), color_fix=color_fix, dtype=dtype,
+            vae_residual=check_vae_residual(self.vae_residual if vae_residual is None else vae_residual,
+                                            'vae_residual'),
             cond_cache=check_cond_cache(cond_cache), windows=windows, vae_tiling=vae_tiling,
             num_images=self.samples_per_image(1, num_images_per_image), output_type=check_output_type(output_type),
             callback_tensor_inputs=names)
@@ -929,16 +941,43 @@ class SSRPipeline:
         the unpadded image; ``network_g: lr_input: svkr``) that image, padded as ``lq`` is, is encoded instead:
         restoration, then generation."""
         vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
-        image = None
-        if svkr_sr is not None:
-            s = windows.scale
-            image = svkr_sr.to(lq.device).float().clamp(0, 1)
-            gh, gw = lq.shape[-2] * s - image.shape[-2], lq.shape[-1] * s - image.shape[-1]
-            if gh or gw:
-                mode = 'reflect' if gh < image.shape[-2] and gw < image.shape[-1] else 'replicate'
-                image = F.pad(image, (0, gw, 0, gh), mode=mode)
+        image = self.padded_svkr_image(lq, windows, svkr_sr)
         self._place('vae')
         return vae_tiling.encode(self.unet, lq, windows, progress, image=image)
+
+    @staticmethod
+    def padded_svkr_image(lq, windows, svkr_sr):
+        """The SVKR's Iᵀ of the unpadded image padded to the HR size of the padded ``lq`` (None without one)."""
+        if svkr_sr is None:
+            return None
+        s = windows.scale
+        image = svkr_sr.to(lq.device).float().clamp(0, 1)
+        gh, gw = lq.shape[-2] * s - image.shape[-2], lq.shape[-1] * s - image.shape[-1]
+        if gh or gw:
+            mode = 'reflect' if gh < image.shape[-2] and gw < image.shape[-1] else 'replicate'
+            image = F.pad(image, (0, gw, 0, gh), mode=mode)
+        return image
+
+    def vae_round_trip_loss(self, lr_latent, lq, windows, vae_tiling=None, out_device=None, progress=False,
+                            svkr_sr=None):
+        """What the VAE's round trip loses on the image ``encode_lr`` encoded (the upsampled padded ``lq``, or
+        with ``svkr_sr`` the SVKR's Iᵀ): that image minus the decoding of its latent ``lr_latent``, one per image
+        at the padded HR size. ``vae_residual`` adds it to the decoded result."""
+        vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
+        out_device = lq.device if out_device is None else torch.device(out_device)
+        s = self.scale
+        lost = torch.empty((lr_latent.shape[0], 3, lq.shape[-2] * s, lq.shape[-1] * s), dtype=torch.float32,
+                           device=out_device)
+        image = self.padded_svkr_image(lq, windows, svkr_sr)
+
+        def take(r0, r1, rows):
+            r1 = min(r1, lost.shape[-2])
+            source = upsample_lr_rows(lq, s, r0, r1) if image is None else image[..., r0:r1, :]
+            lost[..., r0:r1, :] = source.to(out_device) - rows[..., :r1 - r0, :lost.shape[-1]].to(out_device)
+
+        self._place('vae')
+        vae_tiling.decode(self.unet, lr_latent, windows, take, out_device, progress)
+        return lost
 
     def condition_windows(self, lr_latent, maps, windows, cond_cache='auto'):
         """The ``ConditionWindows`` of a call: the LR latent and the maps of ``prepare_conditions`` (padded as the
@@ -1026,11 +1065,13 @@ class SSRPipeline:
         return latents
 
     @torch.no_grad()
-    def decode(self, latents, lq, windows, color_fix, out, vae_tiling=None, out_device=None, progress=False):
+    def decode(self, latents, lq, windows, color_fix, out, vae_tiling=None, out_device=None, progress=False,
+               lost=None):
         """The final latent -> the image, written into ``out`` (N×3×(h·s)×(w·s), the unpadded size): VAE-decoded
         (``vae_tiling``, default ``WindowVAETiling``) in row bands that stream through the colour correction
         (``color_fix`` against the upsampled padded LR image ``lq``: one per sample, or one per image for several
-        samples of each). Returns ``out``."""
+        samples of each). ``lost`` (``vae_round_trip_loss``, one per image): added to the decoded rows before the
+        colour correction. Returns ``out``."""
         vae_tiling = WindowVAETiling() if vae_tiling is None else vae_tiling
         out_device = out.device if out_device is None else out_device
         s = self.scale
@@ -1039,7 +1080,15 @@ class SSRPipeline:
         self._place('vae')
         fixer = StreamingColorFix(color_fix, lambda a, b: upsample_lr_rows(lq, s, a, b).to(out_device).float(),
                                   lq.shape[-2] * s, out)
-        vae_tiling.decode(self.unet, latents, windows, fixer.push, out_device, progress)
+        push = fixer.push
+        if lost is not None:
+            per_image = latents.shape[0] // lost.shape[0]
+
+            def push(r0, r1, rows):
+                add = lost[..., r0:r1, :rows.shape[-1]].to(rows)
+                fixer.push(r0, r1, (rows + add.repeat_interleave(per_image, 0)).clamp(0, 1))
+
+        vae_tiling.decode(self.unet, latents, windows, push, out_device, progress)
         fixer.finish()
         return out
 
@@ -1048,7 +1097,8 @@ class SSRPipeline:
                  tile_overlap=16, color_fix=None, dtype=None, depth=None, kernel=None, return_maps=False,
                  progress=None, out=None, out_device=None, cond_cache='auto', vae_tiling=None, vae_store=None,
                  generator=None, num_images_per_image=None, num_images_per_prompt=None, output_type=None,
-                 return_dict=True, callback_on_step_end=None, callback_on_step_end_tensor_inputs=None):
+                 return_dict=True, callback_on_step_end=None, callback_on_step_end_tensor_inputs=None,
+                 vae_residual=None):
         """Super-resolve ``image`` (see ``SSRPipelineOutput``; tensors, NumPy arrays, PIL images, lists of them).
 
         diffusers' conventions: ``generator`` (a ``torch.Generator``, or a list with one per sample),
@@ -1070,10 +1120,14 @@ class SSRPipeline:
         ``LayerwiseVAETiling``: no tone seams; its image-size activations in ``vae_store``: ``auto``, ``memory``
         or ``disk``) or ``windows`` (``WindowVAETiling``). Without ``tile`` the VAE is whole unless
         ``enable_vae_tiling()``. ``dtype``: autocast precision (default the pipeline's). Other arguments default to
-        the pipeline's.
+        the pipeline's. ``vae_residual``: add back what the VAE's round trip loses on the image the start latent is
+        encoded from (the bicubic-upsampled LR image, or the SVKR's Iᵀ with ``network_g: lr_input: svkr``), so
+        that a small ``strength`` approaches that image instead of its VAE reconstruction (one more VAE decode;
+        one HR-size image per input held; default: the pipeline's).
 
         The stages, each a method: ``check_inputs`` -> ``prepare_conditions`` (SVKR maps) -> ``encode_lr`` ->
-        ``condition_windows`` -> ``prepare_timesteps`` / ``prepare_latents`` -> ``denoise`` -> ``decode``."""
+        ``condition_windows`` -> ``prepare_timesteps`` / ``prepare_latents`` -> ``denoise`` ->
+        ``vae_round_trip_loss`` (with ``vae_residual``) -> ``decode``."""
         images = _Images(image)
         b = images.batch.shape[0]
         if hasattr(callback_on_step_end, 'tensor_inputs'):  # diffusers' PipelineCallback objects
@@ -1081,7 +1135,7 @@ class SSRPipeline:
         num_images = self.samples_per_image(b, num_images_per_image, num_images_per_prompt, generator)
         run = self.check_inputs(num_inference_steps, strength, sampler, seed, tile, tile_overlap, color_fix, dtype,
                                 cond_cache, vae_tiling, vae_store, num_images, output_type,
-                                callback_on_step_end_tensor_inputs)
+                                callback_on_step_end_tensor_inputs, vae_residual)
         generators = self.prepare_generators(b, num_images, generator, seed)
         progress = self._progress(progress)
         out_device = torch.device(out_device) if out_device is not None else images.device
@@ -1112,7 +1166,10 @@ class SSRPipeline:
                     if out is None:
                         out = torch.empty((n, 3, h * s, w * s), dtype=torch.float32, device=out_device)
                     with self._vae_autocast(run.dtype):
-                        self.decode(latents, lq, run.windows, run.color_fix, out, run.vae_tiling, out_device, progress)
+                        lost = self.vae_round_trip_loss(lr_latent, lq, run.windows, run.vae_tiling, out_device,
+                                                        progress, maps.get('sr')) if run.vae_residual else None
+                        self.decode(latents, lq, run.windows, run.color_fix, out, run.vae_tiling, out_device, progress,
+                                    lost)
                     result = images.convert(out, run.output_type)
         finally:
             self._place()

@@ -222,6 +222,20 @@ def test_bad_sampler_and_strength(models, tmp_path, capsys):
     _one_error_line(capsys, '--sampler')
 
 
+def test_vae_residual_flag_changes_the_output_and_is_refused_with_svkr_only(models, tmp_path, capsys):
+    src = _image(tmp_path / 'x.png', shape=(12, 10, 3))
+    outs = {}
+    for name, flags in (('plain', []), ('res', ['--vae-residual']), ('off', ['--no-vae-residual'])):
+        assert _ssr(models, src, tmp_path / name, '--seed', '4', '--strength', '0.5', '--color-fix', 'none',
+                    *flags) == 0, capsys.readouterr().out
+        outs[name] = cv2.imread(str(tmp_path / name / 'x.png')).astype(np.int32)
+    assert np.array_equal(outs['plain'], outs['off'])  # the model's default: off
+    assert not np.array_equal(outs['plain'], outs['res'])
+    capsys.readouterr()
+    assert _svkr(models, src, tmp_path / 'o', '--vae-residual') == 2
+    _one_error_line(capsys, '--vae-residual')
+
+
 def test_num_samples_one_seed_each_named_apart(models, tmp_path, capsys):
     src = _image(tmp_path / 'x.png', shape=(12, 10, 3))
     assert _ssr(models, src, tmp_path / 'n', '--seed', '5', '--num_samples', '3', '--save-maps') == 0
@@ -285,7 +299,7 @@ def test_help_lists_every_flag(capsys):
     for flag in ('-s', '--outscale', '--scale', '--ext', '--suffix', '--tile', '--tile_pad', '--tile-overlap',
                  '--fp32', '--fp16', '--bf16', '--sampler', '--strength', '--num_samples', '--device', '--seed',
                  '--steps', '--color-fix', '--svkr-only', '--save-maps', '--model_path', '-opt', '--batch_size',
-                 '--vae-tiling', '--offload', '--attention-slicing'):
+                 '--vae-tiling', '--offload', '--attention-slicing', '--vae-residual'):
         assert flag in text, flag
 
 

@@ -68,6 +68,23 @@ def test_tiled_and_layerwise_sampling_read_the_svkr_image_at_output_size(pca_pat
         assert (tiled - whole).abs().mean() < 0.1, vae_tiling
 
 
+def test_vae_residual_takes_the_start_back_to_the_svkr_image(pca_path):
+    from ssr_pipelines.pipeline_ssr import SamplingWindows, pad_lr
+    pipe = SSRPipeline(_unet('svkr', pca_path), dict(num_train_timesteps=100), _svkr(pca_path, num_iter=1),
+                       sampler='ddim', num_inference_steps=1, color_fix='none', vae_residual=True)
+    assert pipe.config['vae_residual'] is True
+    lr = torch.rand(1, 3, 7, 13, generator=torch.Generator().manual_seed(3))  # padded to the size multiple
+    maps = pipe.prepare_conditions(lr)
+    lq, (h, w) = pad_lr(lr, 4, pipe.unet.size_multiple)
+    whole = SamplingWindows.plan(None, 16, 4, pipe.unet.vae_scale_factor, pipe.unet.size_multiple)
+    lr_latent = pipe.encode_lr(lq, whole, svkr_sr=maps['sr'])
+    lost = pipe.vae_round_trip_loss(lr_latent, lq, whole, svkr_sr=maps['sr'])
+    out = pipe.decode(lr_latent, lq, whole, 'none', torch.empty(1, 3, h * 4, w * 4), lost=lost)
+    sr = maps['sr'].float().clamp(0, 1)
+    torch.testing.assert_close(out, sr, atol=2e-6, rtol=0)
+    assert (out - upsample_lr(lr, (h * 4, w * 4))).abs().mean() > 1e-3  # Iᵀ, not the upsampled LR image
+
+
 def test_a_pipeline_without_svkr_says_the_lr_encoder_needs_it(pca_path):
     pipe = SSRPipeline(_unet('svkr', pca_path), dict(num_train_timesteps=100), None, scale=4, num_inference_steps=1)
     lr = torch.rand(1, 3, 8, 8)
@@ -100,6 +117,10 @@ def _model_opt(tmp_path, pca_path, svkr_ckpt=None):
 
 def test_training_encodes_the_svkr_image_and_needs_the_svkr(tmp_path, pca_path):
     from basicsr.models import build_model
+    bad = _model_opt(tmp_path, pca_path, str(tmp_path / 'svkr.pth'))
+    bad['diffusion']['vae_residual'] = 'yes'
+    with pytest.raises(OptionError, match='diffusion:vae_residual'):
+        build_model(bad)
     with pytest.raises(OptionError, match='network_svkr'):
         build_model(_model_opt(tmp_path, pca_path))
     model = build_model(_model_opt(tmp_path, pca_path, str(tmp_path / 'svkr.pth')))

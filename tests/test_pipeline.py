@@ -45,7 +45,7 @@ def test_folder_layout_and_config_round_trip(tiny_models, folder, tmp_path):
     pipe = SSRPipeline.from_pretrained(folder)
     # the defaults of the option file's diffusion block
     assert pipe.config == dict(scale=4, sampler='ddim', num_inference_steps=2, strength=1.0, seed=0,
-                               color_fix='wavelet', solver_order=2)
+                               color_fix='wavelet', solver_order=2, vae_residual=False)
     # the folder's kernel PCA file is the basis the conditions are coded with
     from ssr_data.kernels import KernelPCA
     pca = KernelPCA.load(osp.join(folder, 'kernel_pca.pth'))

@@ -53,6 +53,7 @@ def test_check_inputs_fills_the_defaults_and_plans_the_windows(pipe):
     (dict(tile=8, tile_overlap=8), 'tile_overlap'),
     (dict(tile=32, vae_tiling='groupnorm'), 'vae_tiling'),
     (dict(dtype='fp8'), 'dtype'),
+    (dict(vae_residual='yes'), 'vae_residual'),
 ])
 def test_check_inputs_names_a_bad_argument(pipe, kwargs, key):
     with pytest.raises(OptionError) as err:
@@ -185,6 +186,37 @@ def test_decode_writes_the_colour_corrected_decoding_cropped_into_out(pipe, meth
     with torch.no_grad():
         ref = color_fix(net.decode_latent(latents), upsample_lr(lq, (13 * s, 18 * s)), method)
     torch.testing.assert_close(out, ref[..., :13 * s - 4, :18 * s - 8], atol=2e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------ vae_residual
+def test_vae_round_trip_loss_makes_the_start_latent_decode_to_the_start_image(pipe):
+    net, s = pipe.unet, pipe.scale
+    lq, _ = pad_lr(_lr(13, 18, seed=5), s, net.size_multiple)
+    whole = _whole(pipe)
+    lr_latent = pipe.encode_lr(lq, whole)
+    lost = pipe.vae_round_trip_loss(lr_latent, lq, whole)
+    start = upsample_lr(lq, (lq.shape[-2] * s, lq.shape[-1] * s))
+    with torch.no_grad():
+        torch.testing.assert_close(lost, start - net.decode_latent(lr_latent), atol=2e-6, rtol=0)
+    assert lost.abs().mean() > 1e-3  # the tiny VAE does lose something: the test below is not trivially true
+    out = pipe.decode(lr_latent, lq, whole, 'none', torch.empty_like(start), lost=lost)
+    torch.testing.assert_close(out, start, atol=2e-6, rtol=0)
+    # layer-wise tiled, the same loss (whole-image GroupNorm statistics: equal up to summation order)
+    tiled = pipe.check_inputs(tile=8, tile_overlap=2, vae_tiling='layerwise')
+    torch.testing.assert_close(pipe.vae_round_trip_loss(lr_latent, lq, tiled.windows, tiled.vae_tiling), lost,
+                               atol=1e-4, rtol=0)
+
+
+def test_call_with_vae_residual_adds_the_loss_to_every_sample(pipe):
+    lr = _lr(10, 14, seed=6)
+    kw = dict(strength=0.5, seed=3, color_fix='none', num_images_per_image=2)
+    plain = pipe(lr, **kw).images
+    assert torch.equal(pipe(lr, vae_residual=False, **kw).images, plain)  # the pipeline's default: off
+    res = pipe(lr, vae_residual=True, **kw).images
+    lq, (h, w) = pad_lr(lr, pipe.scale, pipe.unet.size_multiple)
+    whole = _whole(pipe)
+    lost = pipe.vae_round_trip_loss(pipe.encode_lr(lq, whole), lq, whole)[..., :h * 4, :w * 4]
+    torch.testing.assert_close(res, (plain + lost.repeat_interleave(2, 0)).clamp(0, 1), atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------ the call

@@ -48,7 +48,8 @@ def test_every_arm_is_trained_and_scored_with_each_of_its_conditions_removed(tin
     full = results['arms']['full']['0']
     assert list(full['deviation']['kernel']) == ['0.7', '1.4'] and list(full['deviation']['depth']) == ['0.63', '1.6']
     for arm in ('full', 'full_it'):
-        assert [(r['steps'], r['strength']) for r in results['arms'][arm]['0']['pd']] == [(1, 1.0), (2, 0.5)]
+        assert [(r['steps'], r['strength'], r['vae_residual']) for r in results['arms'][arm]['0']['pd']] == \
+            [(1, 1.0, False), (2, 0.5, True)]
         assert results['settings'][arm]['0']['fidelity'] is not None
 
 
@@ -59,6 +60,10 @@ def test_tables_plots_and_metrics_that_could_not_run(tiny_run):
     for label in ('Bicubic', 'SVKR', 'LR only', 'fusion sft', 'fusion concat', 'from scratch', 'ground-truth maps'):
         assert label in table
     assert '| LR + kernel + depth, SVKR T = 3 (SSR) | 0, 1 |' in table  # the seeds behind each row
+    # every point of the perception-distortion grid is a row
+    for setting in ('1/1', '2/0.5+r'):
+        for label in ('LR + kernel + depth, SVKR T = 3 (SSR)', 'SSR, LR encoder reads Iᵀ'):
+            assert f'| {label} | {setting} |' in table
     # NIQE needs two 96-pixel blocks: the toy images are smaller, and the table says so
     assert 'niqe: n/a' in table
     for name in ('deviation.png', 'pd_curve.png'):

@@ -27,8 +27,9 @@ same with ``network_g: lr_input: svkr`` (the LR encoder and the img2img start re
 trained arm each of its conditions is then removed alone at test time (flat depth 0.5, the mean kernel of the
 PCA basis everywhere, the LR image blurred): an arm whose output does not move is printed as a DEFECT.
 Figs. 8/9: the full arm with Kᵀ made narrower / wider (K^(1/a²), renormalised) and Dᵀ pushed nearer / farther
-(D^g). Item 5: PSNR against NIQE over sampling steps and strength for the full arm and the Iᵀ arm, with the
-SVKR and bicubic points; the fidelity setting (highest PSNR on ``val``) and the perceptual setting (lowest
+(D^g). Item 5: PSNR against NIQE over sampling steps and strength (``PD_GRID``, each point also with
+``vae_residual``: what the VAE round trip loses on the start image added back) for the full arm and the Iᵀ arm,
+with the SVKR and bicubic points; the fidelity setting (highest PSNR on ``val``) and the perceptual setting (lowest
 NIQE on ``val`` among settings not below bicubic's PSNR) are reported on the test sets.
 
 Metrics: PSNR / SSIM on Y (crop 4) and NIQE (crop 4), BasicSR's; LPIPS, MUSIQ, CLIP-IQA through
@@ -127,19 +128,24 @@ METRICS = OrderedDict([
 # fails). A 200² image is one 6.5 CPU-s sample here, a 32² crop × 4 one 1.4 CPU-s training iteration
 # (measured 2026-12-06): the budget of every mode is mostly sampling. ``extra_seeds``: more seeds for some arms,
 # run after every arm's first seed; PD curve and Figs. 8/9 on an arm's first seed.
+# the perception-distortion grid: (sampling steps, strength, vae_residual); a strength s runs int(steps · s) steps
+# from the LR latent noised to that point (one step for every point below 1)
+PD_GRID = ((1, 1.0, False), (4, 0.5, False), (4, 0.25, False), (10, 0.1, False), (20, 0.05, False),
+           (4, 0.25, True), (10, 0.1, True), (20, 0.05, True))
 MODES = {
     'tiny': dict(iters=2, batch=2, seeds=(0, ), extra_seeds={'full': (1, )}, arms=tuple(ARMS), pool_scenes=None, draws=1,
                  crops=4, crop=32, scenes=1, val=1, photos=1, size=32, removal_images=1, table_steps=1,
-                 pd=((1, 1.0), (2, 0.5)), widths=(0.7, 1.4), gammas=(0.63, 1.6), deviation_images=1),
+                 pd=((1, 1.0, False), (2, 0.5, True)), widths=(0.7, 1.4), gammas=(0.63, 1.6), deviation_images=1),
     'quick': dict(iters=30, batch=4, seeds=(0, ), extra_seeds={}, arms=('lr_only', 'full'), pool_scenes=32,
                   draws=1, crops=8, crop=32, scenes=2, val=1, photos=1, size=200, removal_images=2,
-                  table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
+                  table_steps=None, pd=((1, 1.0, False), (4, 0.5, False), (4, 0.25, False), (10, 0.1, False),
+                                        (10, 0.1, True)), widths=(0.5, 1.0, 2.0),
                   gammas=(0.4, 1.0, 2.5), deviation_images=1),
     'full': dict(iters=250, batch=4, seeds=(0, ), extra_seeds={'lr_only': (1, ), 'full': (1, )},
                  arms=('lr_only', 'full', 'full_it', 'lr_kernel', 'lr_depth', 'full_t0', 'full_gt', 'sft', 'concat',
                        'scratch'),
                  pool_scenes=64, draws=1, crops=8, crop=32, scenes=2, val=1, photos=2, size=200, removal_images=1,
-                 table_steps=None, pd=((1, 1.0), (4, 0.5), (4, 0.25)), widths=(0.5, 1.0, 2.0),
+                 table_steps=None, pd=PD_GRID, widths=(0.5, 1.0, 2.0),
                  gammas=(0.4, 1.0, 2.5), deviation_images=1),
 }
 
@@ -470,7 +476,7 @@ def eval_model(name, seed, res, cfg, ckpt, arms_dir):
 
 
 @torch.no_grad()
-def sample(model, pca, item, maps, steps, strength, lq=None, depth=None, code=None):
+def sample(model, pca, item, maps, steps, strength, lq=None, depth=None, code=None, vae_residual=False):
     """One test image through the model's pipeline with the arm's maps (or the ones given)."""
     net = model.bare_g
     kw = {}
@@ -483,7 +489,7 @@ def sample(model, pca, item, maps, steps, strength, lq=None, depth=None, code=No
         if 'kernel' in net.modalities:
             kw['kernel'] = pca.decode(c)
     out = model.pipeline(item['lq'] if lq is None else lq, num_inference_steps=steps, strength=strength, seed=0,
-                         **kw)
+                         vae_residual=vae_residual, **kw)
     return out.images
 
 
@@ -583,16 +589,22 @@ def deviation_rows(model, pca, items, steps, suite, widths, gammas, unchanged=No
 
 
 def pd_rows(model, pca, val, tests, maps, grid, suite):
-    """PSNR and NIQE over sampling steps × strength on ``val`` (where the settings are chosen) and the tests."""
+    """PSNR and NIQE over the ``grid`` of (steps, strength, vae_residual) on ``val`` (where the settings are chosen)
+    and the tests."""
     rows = []
-    for steps, strength in grid:
-        row = dict(steps=steps, strength=strength)
+    for steps, strength, vae_residual in grid:
+        row = dict(steps=steps, strength=strength, vae_residual=vae_residual)
         for set_name, items in [('val', val)] + list(tests.items()):
-            outs = [sample(model, pca, it, maps, steps, strength) for it in items]
+            outs = [sample(model, pca, it, maps, steps, strength, vae_residual=vae_residual) for it in items]
             means, _ = score_set(suite, outs, items)
             row[set_name] = dict(psnr=means['psnr'], ssim=means['ssim'], niqe=means['niqe'])
         rows.append(row)
     return rows
+
+
+def setting_label(row):
+    """``steps/strength``, ``+r`` with the VAE residual."""
+    return f'{row["steps"]}/{row["strength"]:g}' + ('+r' if row.get('vae_residual') else '')
 
 
 def choose_settings(rows, bicubic_val_psnr):
@@ -681,6 +693,19 @@ def make_tables(results, baselines, records, cfg, suite, mode, not_run):
             cells.append(fmt([v['delta_psnr'] for v in vals]))
             changes += [255 * v['mean_abs_change'] for v in vals]
         lines.append(f'| {ARMS[name][0]} | ' + ' | '.join(cells) + f' | {min(changes):.2f} |')
+    pd_arms = [a for a in arms_in_order(cfg) if any('pd' in r for r in results['arms'][a].values())]
+    if pd_arms:
+        lines += ['', 'Perception-distortion grid (sampling steps / strength, +r: with the VAE residual; PSNR / NIQE; '
+                  'mean over the seeds that ran it; the settings are chosen on val):', '',
+                  '| arm | setting | ' + ' | '.join(f'{s} PSNR | {s} NIQE' for s in ('val', ) + TEST_SETS) + ' |',
+                  '|' + ' --- |' * (2 + 2 * (1 + len(TEST_SETS)))]
+        for name in pd_arms:
+            runs = [r['pd'] for r in results['arms'][name].values() if 'pd' in r]
+            for i, row in enumerate(runs[0]):
+                cells = []
+                for s in ('val', ) + TEST_SETS:
+                    cells += [fmt([r[i][s]['psnr'] for r in runs]), fmt([r[i][s]['niqe'] for r in runs])]
+                lines.append(f'| {ARMS[name][0]} | {setting_label(row)} | ' + ' | '.join(cells) + ' |')
     lines += ['', 'Not run: ' + ('; '.join(f'{k} ({v})' for k, v in not_run.items()) or 'none')]
     notes = suite.na_notes()
     if notes:
@@ -754,7 +779,8 @@ def plot_deviation(results, cfg, path):
 
 
 def plot_pd(results, baselines, cfg, path):
-    """PSNR against NIQE over sampling steps / strength (labels ``steps/strength``), with bicubic and SVKR."""
+    """PSNR against NIQE over sampling steps / strength (labels ``steps/strength``, one curve without and one with
+    the VAE residual), with bicubic, SVKR and the VAE round trip of Iᵀ."""
     panel, margin = (430, 320), 70
     img = np.full((panel[1] + 2 * margin, len(TEST_SETS) * (panel[0] + 2 * margin), 3), 255, np.uint8)
     for p, set_name in enumerate(TEST_SETS):
@@ -763,12 +789,17 @@ def plot_pd(results, baselines, cfg, path):
             if name not in results['arms']:
                 continue
             runs = [r['pd'] for r in results['arms'][name].values() if 'pd' in r]
-            xs = [float(np.mean([np.nan if r[i][set_name]['niqe'] is None else r[i][set_name]['niqe'] for r in runs]))
-                  for i in range(len(runs[0]))]
-            ys = [float(np.mean([r[i][set_name]['psnr'] for r in runs])) for i in range(len(runs[0]))]
-            legend = ARMS[name][0].replace('ᵀ', '^T')  # OpenCV's font has no superscript T
-            series.append((legend, xs, ys, 'point'))
-            labels[legend] = [f'{r["steps"]}/{r["strength"]:g}' for r in runs[0]]
+            for residual in (False, True):
+                idx = [i for i, row in enumerate(runs[0]) if bool(row.get('vae_residual')) == residual]
+                if not idx:
+                    continue
+                xs = [float(np.mean([np.nan if r[i][set_name]['niqe'] is None else r[i][set_name]['niqe']
+                                     for r in runs])) for i in idx]
+                ys = [float(np.mean([r[i][set_name]['psnr'] for r in runs])) for i in idx]
+                # OpenCV's font has no superscript T
+                legend = ARMS[name][0].replace('ᵀ', '^T') + (' + VAE residual' if residual else '')
+                series.append((legend, xs, ys, 'point'))
+                labels[legend] = [setting_label(runs[0][i]) for i in idx]
         for label in ('Bicubic', 'SVKR (I^T, T = 3)', 'VAE round trip of I^T'):
             if label.replace('I^T', 'Iᵀ') not in baselines:
                 continue
@@ -923,9 +954,9 @@ def main(argv=None):
         fids = [p['fidelity']['scenes']['psnr'] for p in picks.values()]
         pers = [p['perceptual']['scenes']['niqe'] for p in picks.values() if p['perceptual'] is not None]
         lines.append(f'{ARMS[arm][0]}: fidelity setting ' + ', '.join(
-            f'{p["fidelity"]["steps"]}/{p["fidelity"]["strength"]:g}' for p in picks.values())
+            setting_label(p['fidelity']) for p in picks.values())
             + f' -> scenes PSNR {fmt(fids)} dB (SVKR {svkr_psnr:.2f}); perceptual setting ' + ', '.join(
-            f'{p["perceptual"]["steps"]}/{p["perceptual"]["strength"]:g}' if p['perceptual'] else 'none'
+            setting_label(p['perceptual']) if p['perceptual'] else 'none'
             for p in picks.values()) + f' -> scenes NIQE {fmt(pers)} (SVKR '
             + ('n/a' if svkr_niqe is None else f'{svkr_niqe:.2f}') + ')')
     for line in lines:
