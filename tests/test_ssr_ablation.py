@@ -53,6 +53,20 @@ def test_every_arm_is_trained_and_scored_with_each_of_its_conditions_removed(tin
         assert results['settings'][arm]['0']['fidelity'] is not None
 
 
+def test_the_regimes_differ_in_the_unets_starting_weights_only(tmp_path):
+    from ssr_app.experiments import ssr_ablation as abl
+    from ssr_pipelines.builder import SCHEDULE_KEYS, scheduler_from_options
+    res = abl.tiny_resources(str(tmp_path / 'res'))
+    cfg = abl.MODES['tiny']
+    schedules = {}
+    for arm in ('full', 'scratch'):
+        opt = abl.arm_options(arm, res, cfg, 0, str(tmp_path / arm))
+        sched = scheduler_from_options(opt['diffusion'], opt['network_g'].get('pretrained_path'))
+        schedules[arm] = {k: sched.config[k] for k in SCHEDULE_KEYS}
+    assert schedules['full']['prediction_type'] == 'v_prediction' and schedules['full']['num_train_timesteps'] == 100
+    assert schedules['scratch'] == schedules['full']
+
+
 def test_tables_plots_and_metrics_that_could_not_run(tiny_run):
     out, _, results = tiny_run
     with open(out / 'ssr_ablation.md') as f:
@@ -84,6 +98,12 @@ def test_condition_use_measures_every_trained_arm_at_the_network(tiny_run):
     for arm, entry in use['arms'].items():
         from ssr_app.experiments.ssr_ablation import ARMS
         assert set(entry['prediction_change_pct']) == set(ARMS[arm][1])
+        # the objective on training crops and on held-out crops, at every timestep
+        for key in ('loss_train', 'loss_held_out'):
+            assert list(entry[key]) == ['t=0.1T', 't=0.5T', 't=0.9T'] and all(v > 0 for v in entry[key].values())
+        assert entry['loss_train'] != entry['loss_held_out']
+    with open(out / 'condition_use.md') as f:
+        assert '| LR + kernel + depth, SVKR T = 3 (SSR) | ' in f.read().split('Denoising loss')[1]
     relation = use['depth_blur_relation']
     assert relation['scenes'] >= 1 and -1 <= relation['pooled_r'] <= 1
     assert 'Depth against blur' in open(out / 'condition_use.md').read()

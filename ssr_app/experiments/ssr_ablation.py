@@ -88,7 +88,7 @@ from ssr_data.kernels import KernelPCA, random_kernels  # noqa: E402
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
 from ssr_data.ssr_degradation_dataset import SSRDegradationDataset  # noqa: E402
 from ssr_data.ssr_paired_dataset import SSRPairedDataset  # noqa: E402
-from ssr_pipelines.builder import build_svkr_from_options  # noqa: E402
+from ssr_pipelines.builder import SCHEDULE_KEYS, build_svkr_from_options  # noqa: E402
 from ssr_pipelines.pipeline_ssr import upsample_lr  # noqa: E402
 from ssr_utils.atomic_file import atomic_torch_save, atomic_write  # noqa: E402
 from ssr_utils.evaluation import MetricSuite  # noqa: E402
@@ -186,7 +186,10 @@ def tiny_resources(work):
         torch.manual_seed(0)
         UNet2DConditionModel(**cfg['unet']).save_pretrained(osp.join(prior, 'unet'))
         AutoencoderKL(**cfg['vae']).save_pretrained(osp.join(prior, 'vae'))
-        DDPMScheduler(num_train_timesteps=100).save_pretrained(osp.join(prior, 'scheduler'))
+        # v-prediction, as the demo's prior: not DDPMScheduler's default, so an arm that lost the prior's schedule
+        # would show it (tests/test_ssr_ablation.py)
+        DDPMScheduler(num_train_timesteps=100, prediction_type='v_prediction').save_pretrained(
+            osp.join(prior, 'scheduler'))
         with atomic_write(osp.join(prior, 'model_index.json'), 'w') as f:
             json.dump({'_class_name': 'StableDiffusionPipeline'}, f)
     pca_path = osp.join(work, 'kernel_pca.pth')
@@ -262,10 +265,17 @@ def load_svkr(res):
 
 
 def prior_configs(prior):
+    """The prior folder's UNet and VAE configs, and ``schedule``: its noise schedule's keys of
+    ``builder.SCHEDULE_KEYS`` (as an option file's ``diffusion`` block would give them)."""
     out = {}
     for part in ('unet', 'vae'):
         with open(osp.join(prior, part, 'config.json')) as f:
             out[part] = {k: v for k, v in json.load(f).items() if not k.startswith('_')}
+    sched = osp.join(prior, 'scheduler', 'scheduler_config.json')
+    out['schedule'] = {}
+    if osp.isfile(sched):
+        with open(sched) as f:
+            out['schedule'] = {k: v for k, v in json.load(f).items() if k in SCHEDULE_KEYS}
     return out
 
 
@@ -394,9 +404,13 @@ def arm_options(name, res, cfg, seed, work, ckpt=None):
                **net_extra)
     if net.get('fusion') == 'sft':
         net['fusion_opt'] = dict(hidden=(net.get('amf') or {}).get('hidden', 128))
+    diffusion = dict(res['sampling'])
     if regime == 'scratch':
         cfgs = prior_configs(res['prior'])
         net.update(unet=cfgs['unet'], vae=cfgs['vae'], freeze_vae=True)
+        # the prior's noise schedule and prediction type (a frozen prior brings its own): the regimes differ in the
+        # UNet's starting weights only
+        diffusion.update(cfgs['schedule'])
     else:
         net['pretrained_path'] = res['prior']
     train = copy.deepcopy(res['train'])
@@ -406,7 +420,7 @@ def arm_options(name, res, cfg, seed, work, ckpt=None):
         os.makedirs(osp.join(work, sub), exist_ok=True)
     opt = dict(name=f'ablation_{name}_s{seed}', model_type='SSRModel', scale=SCALE, num_gpu=0,
                is_train=ckpt is None, dist=False, rank=0, world_size=1, manual_seed=seed, network_g=net,
-               conditions=dict(source='gt', val_source='gt'), diffusion=dict(res['sampling']),
+               conditions=dict(source='gt', val_source='gt'), diffusion=diffusion,
                path=dict(models=osp.join(work, 'models'), training_states=osp.join(work, 'training_states'),
                          visualization=osp.join(work, 'visualization'), pretrain_network_g=ckpt,
                          param_key_g='params'),

@@ -3,7 +3,10 @@ than after sampling and colour correction: for every trained arm in an ablation 
 training crops of its pool, the change of the network's prediction (ε or v) when one condition is removed
 (flat depth 0.5, the PCA mean kernel, the LR image blurred), relative to the prediction, at a few timesteps;
 and for AMF arms the RMS of the zero-initialised output layers of each modality's modulation (all zero at
-initialisation: how far training has moved each modality's path).
+initialisation: how far training has moved each modality's path); and each arm's denoising loss at those
+timesteps on training crops against the same number of crops cut alike from the held-out test images (the
+ablation's ``scenes``, ``photos`` and ``val`` sets): a held-out loss above the training loss is the network
+learning its 512 crops rather than the task.
 
     python scripts/experiments/ssr_condition_use.py --out results/ssr_ablation   # after (or during) the ablation
 
@@ -78,6 +81,56 @@ def prediction_changes(model, pool, pca, arm, crops):
     return res
 
 
+def held_out_pool(items, crops_per_image, crop, seed=0):
+    """Crops of ``crop``² HR (and the LR, every map, Iᵀ alike) cut at seeded positions from the held-out test
+    ``items`` (``ssr_ablation.load_test_set``), in the layout of the training pool (``ssr_ablation.build_pool``)."""
+    lcrop = crop // abl.SCALE
+    rng = np.random.default_rng(seed)
+    pool = {k: [] for k in ('lq', 'gt', 'gt_depth', 'gt_code', 't0_depth', 't0_code', 't3_depth', 't3_code',
+                            'svkr_sr')}
+    for it in items:
+        h, w = it['lq'].shape[-2:]
+        for _ in range(crops_per_image):
+            y, x = int(rng.integers(0, h - lcrop + 1)), int(rng.integers(0, w - lcrop + 1))
+            lr = (0, slice(None), slice(y, y + lcrop), slice(x, x + lcrop))
+            hr = (0, slice(None), slice(y * abl.SCALE, (y + lcrop) * abl.SCALE),
+                  slice(x * abl.SCALE, (x + lcrop) * abl.SCALE))
+            pool['lq'].append(it['lq'][lr])
+            pool['gt'].append((it['gt'][hr] * 255).round().to(torch.uint8))
+            for kind in ('gt', 't0', 't3'):
+                depth, code = it['maps'][kind]
+                pool[f'{kind}_depth'].append(depth[lr])
+                pool[f'{kind}_code'].append(code[lr])
+            pool['svkr_sr'].append(it['svkr_sr'][hr].half())
+    return {k: torch.stack(v).contiguous() for k, v in pool.items()}
+
+
+@torch.no_grad()
+def denoising_loss(model, pool, pca, arm, idx, batch=16):
+    """The training objective (MSE between the prediction and its target, ε or v) on the crops ``idx`` of
+    ``pool``, at each of ``TIMESTEP_FRACTIONS`` with seeded noise: timestep fraction -> loss."""
+    _, modalities, maps, net_extra, _ = abl.ARMS[arm]
+    net, sched = model.bare_g, model.noise_scheduler
+    steps = sched.config.num_train_timesteps
+    gen = torch.Generator().manual_seed(0)
+    totals = OrderedDict((frac, 0.0) for frac in TIMESTEP_FRACTIONS)
+    for first in range(0, len(idx), batch):
+        b = abl.batch_of(pool, idx[first:first + batch], maps, net_extra.get('lr_input'), pca)
+        gt = b['gt']
+        depth = b.get('depth_lq') if 'depth' in modalities else None
+        code = net.kernel_code(b['kernel']) if 'kernel' in modalities else None
+        z0 = net.encode_image(gt).float()
+        z_lr = net.encode_image(model.lr_encoder_image(b['lq'], gt.shape[-2:], b.get('svkr_sr'))).float()
+        for frac in TIMESTEP_FRACTIONS:
+            noise = torch.randn(z0.shape, generator=gen)
+            t = torch.full((z0.shape[0], ), int(frac * (steps - 1)), dtype=torch.long)
+            zt = sched.add_noise(z0, noise, t)
+            target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == 'v_prediction' else noise
+            pred = net(zt, t, lr_latent=z_lr, depth=depth, kernel_code=code).float()
+            totals[frac] += float((pred - target).pow(2).mean()) * z0.shape[0]
+    return OrderedDict((f't={frac:g}T', v / len(idx)) for frac, v in totals.items())
+
+
 def fmt_r(r):
     return 'n/a' if r is None else f'{r:+.2f}'
 
@@ -115,6 +168,8 @@ def main(argv=None):
     parser.add_argument('--svkr-ckpt', default=None)
     parser.add_argument('--depth-model', default=None)
     parser.add_argument('--crops', type=int, default=8)
+    parser.add_argument('--loss-crops', type=int, default=64,
+                        help='crops of the training pool and of the held-out images for the denoising loss')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=2)
     args = parser.parse_args(argv)
@@ -131,6 +186,13 @@ def main(argv=None):
     codes = pool['t3_code'][:crops]
     code_std = [float(v) for v in codes.std(dim=(0, 2, 3))]
     relation = depth_blur_relation(pool, cfg['crops'])
+    tests = [it for name in abl.TEST_SETS + ('val', ) for it in
+             torch.load(osp.join(out, 'cache', f'{name}_items.pth'), weights_only=True)]
+    crop = pool['gt'].shape[-1]
+    held = held_out_pool(tests, -(-args.loss_crops // len(tests)), crop)
+    n_loss = min(args.loss_crops, pool['lq'].shape[0], held['lq'].shape[0])
+    train_idx = torch.randperm(pool['lq'].shape[0], generator=torch.Generator().manual_seed(1))[:n_loss]
+    held_idx = torch.arange(n_loss)
     results = OrderedDict()
     for arm in abl.ARMS:
         ckpt = osp.join(arms_dir, f'{arm}_s{args.seed}.pth')
@@ -138,10 +200,13 @@ def main(argv=None):
             continue
         model = abl.eval_model(arm, args.seed, res, cfg, ckpt, arms_dir)
         results[arm] = dict(prediction_change_pct=prediction_changes(model, pool, pca, arm, crops),
-                            modulation_rms=modulation_rms(model.bare_g))
+                            modulation_rms=modulation_rms(model.bare_g),
+                            loss_train=denoising_loss(model, pool, pca, arm, train_idx),
+                            loss_held_out=denoising_loss(model, held, pca, arm, held_idx))
         del model
     with abl.atomic_write(osp.join(out, 'condition_use.json'), 'w') as f:
-        json.dump(dict(seed=args.seed, crops=crops, timestep_fractions=TIMESTEP_FRACTIONS, t3_code_std=code_std,
+        json.dump(dict(seed=args.seed, crops=crops, loss_crops=n_loss, timestep_fractions=TIMESTEP_FRACTIONS,
+                       t3_code_std=code_std,
                        depth_blur_relation=relation, arms=results), f, indent=1)
     cols = ['encoder'] + [f't={f:g}T' for f in TIMESTEP_FRACTIONS]
     lines = [f'One condition removed (flat depth {abl.FLAT_DEPTH}, the PCA mean kernel, the LR image blurred): change '
@@ -161,6 +226,17 @@ def main(argv=None):
             rms = r['modulation_rms'].get(what)
             lines.append(f'| {abl.ARMS[arm][0]} | {what} | ' + ' | '.join(f'{row[c]:.3f}' for c in cols)
                          + f' | {"n/a" if rms is None else f"{rms:.2e}"} |')
+    lines += ['', f'Denoising loss (the training objective, seeded noise) on {n_loss} training crops and on {n_loss} '
+              f'crops cut alike from the {len(tests)} held-out test images, seed {args.seed}; ratio = held-out / '
+              'training:', '',
+              '| arm | ' + ' | '.join(f'{c} train | {c} held-out | {c} ratio' for c in cols[1:]) + ' |',
+              '| --- |' + ' --- |' * (3 * (len(cols) - 1))]
+    for arm, r in results.items():
+        cells = []
+        for c in cols[1:]:
+            a, b = r['loss_train'][c], r['loss_held_out'][c]
+            cells += [f'{a:.4f}', f'{b:.4f}', f'{b / a:.2f}']
+        lines.append(f'| {abl.ARMS[arm][0]} | ' + ' | '.join(cells) + ' |')
     with abl.atomic_write(osp.join(out, 'condition_use.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     print('\n'.join(lines))
