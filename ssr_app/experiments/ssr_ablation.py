@@ -40,10 +40,13 @@ initialisation, the order of the crops and the training noise; tables give mean 
     python scripts/experiments/ssr_ablation.py --quick                 # LR only vs SSR, one seed, 30 iterations
     OMP_NUM_THREADS=1 nohup python scripts/experiments/ssr_ablation.py --threads 1 > /tmp/ssr_ablation.log 2>&1 &
 
-The sizes (``MODES``) are set by what a 2-core CPU shared with others finishes in about an hour: 250
-iterations per arm in the full run (30 in --quick) is early training, not convergence (docs/diffusion.md says
-what that shows and what not). On a shared machine use one thread: with two, training stalled for minutes at a
-time (0.15 s per iteration with one thread against up to 9 s with two, measured in the recorded run).
+The sizes (``MODES``): the full run trains 17 networks (seeds 0 and 1 for every arm but sft, concat and
+scratch) for 3000 iterations each, about two and a half hours on one core of the 2-core CPU (0.06-0.15 s per
+iteration, measured 2026-12-07), about a thirtieth of the paper's budget on a prior trained on that CPU
+(docs/diffusion.md says what that shows and what not); ``--iters`` shortens it (the 250- and 1000-iteration runs
+in docs/evidence/ssr_ablation). ``--quick`` (30 iterations) checks the wiring in about a minute. On a shared
+machine use one thread: with two, training stalled for minutes at a time (0.15 s per iteration with one thread
+against up to 9 s with two, measured in the 250-iteration run).
 
 The quick and the full run end with the line
 ``full vs LR only: +X dB PSNR; SSR vs SVKR at fidelity setting: +Y dB; removing depth: -Z dB, removing kernel: -W dB``
@@ -141,7 +144,9 @@ MODES = {
                   table_steps=None, pd=((1, 1.0, False), (4, 0.5, False), (4, 0.25, False), (10, 0.1, False),
                                         (10, 0.1, True)), widths=(0.5, 1.0, 2.0),
                   gammas=(0.4, 1.0, 2.5), deviation_images=1),
-    'full': dict(iters=250, batch=4, seeds=(0, ), extra_seeds={'lr_only': (1, ), 'full': (1, )},
+    'full': dict(iters=3000, batch=4, seeds=(0, ),
+                 extra_seeds={a: (1, ) for a in ('lr_only', 'full', 'full_it', 'lr_kernel', 'lr_depth', 'full_t0',
+                                                 'full_gt')},
                  arms=('lr_only', 'full', 'full_it', 'lr_kernel', 'lr_depth', 'full_t0', 'full_gt', 'sft', 'concat',
                        'scratch'),
                  pool_scenes=64, draws=1, crops=8, crop=32, scenes=2, val=1, photos=2, size=200, removal_images=1,
@@ -727,7 +732,9 @@ def make_tables(results, baselines, records, cfg, suite, mode, not_run):
     return '\n'.join(lines)
 
 
-COLOURS = ((200, 80, 30), (30, 120, 220), (40, 160, 40), (40, 40, 40), (150, 60, 160))
+# BGR; one per series of a panel (the PD panel has up to 7: four SSR curves, bicubic, SVKR, the VAE round trip)
+COLOURS = ((200, 80, 30), (30, 120, 220), (40, 160, 40), (40, 40, 40), (150, 60, 160), (30, 30, 200),
+           (160, 160, 0), (0, 110, 140))
 
 
 def draw_panel(img, box, series, xlabel, ylabel, title, log_x=False, labels_at=None):
