@@ -68,7 +68,8 @@ def run(args):
     parts = []
     if pipe.unet is not None:
         parts.append(f'SSR (×{pipe.scale}, {pipe.num_inference_steps} {pipe.sampler} step(s), strength '
-                     f'{pipe.strength:g}, colour fix {pipe.color_fix})')
+                     f'{pipe.strength:g}, colour fix {pipe.color_fix}'
+                     + (', VAE residual' if pipe.vae_residual else '') + ')')
     if pipe.svkr is not None:
         parts.append(f'SVKR (T = {pipe.svkr.num_iter})')
     lines = [f'Exported {osp.abspath(args.output)}: {"; ".join(parts)}']

@@ -68,11 +68,12 @@ def test_tiled_and_layerwise_sampling_read_the_svkr_image_at_output_size(pca_pat
         assert (tiled - whole).abs().mean() < 0.1, vae_tiling
 
 
-def test_vae_residual_takes_the_start_back_to_the_svkr_image(pca_path):
+def test_vae_residual_takes_the_start_back_to_the_svkr_image(pca_path, tmp_path):
     from ssr_pipelines.pipeline_ssr import SamplingWindows, pad_lr
     pipe = SSRPipeline(_unet('svkr', pca_path), dict(num_train_timesteps=100), _svkr(pca_path, num_iter=1),
                        sampler='ddim', num_inference_steps=1, color_fix='none', vae_residual=True)
-    assert pipe.config['vae_residual'] is True
+    pipe.save_pretrained(str(tmp_path / 'folder'))  # the default travels with the model folder
+    assert SSRPipeline.from_pretrained(str(tmp_path / 'folder')).vae_residual is True
     lr = torch.rand(1, 3, 7, 13, generator=torch.Generator().manual_seed(3))  # padded to the size multiple
     maps = pipe.prepare_conditions(lr)
     lq, (h, w) = pad_lr(lr, 4, pipe.unet.size_multiple)
