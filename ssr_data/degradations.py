@@ -368,12 +368,13 @@ class SVBlurStage(DegradationStage):
 
     Options: ``scale``, ``kernel_size`` (21), ``kernel_mode`` (``depth`` | ``invariant`` | ``linear`` |
     ``rotate`` | ``block``), ``sigma_range`` ([0.6, 5.0] for ×4), ``rho_min`` (0.2), ``theta_jitter``
-    (0.3 rad), ``jitter_cells`` (4), ``block_size`` (8). Numbers: ``kernel_params`` 3×h×w float32
+    (0.3 rad), ``jitter_cells`` (4), ``block_size`` (8), ``focus_plane`` (``depth`` mode: ~ draws the focus plane
+    per image, U(0, 1), the default; a depth in [0, 1] fixes it, so that blur follows depth alone). Numbers: ``kernel_params`` 3×h×w float32
     (σ_major, σ_minor, θ of every LR pixel, whatever the mode); reported ``focus``, ``rho``, ``theta`` (−1
     where the mode has no such scalar) and ``sigma_mean``.
     """
     option_keys = ('scale', 'kernel_size', 'kernel_mode', 'sigma_range', 'rho_min', 'theta_jitter', 'jitter_cells',
-                   'block_size')
+                   'block_size', 'focus_plane')
     synthesis_keys = ('scale', 'kernel_size')
     carried = ('kernel_params', )
     reported = ('focus', 'rho', 'theta', 'sigma_mean')
@@ -395,6 +396,7 @@ class SVBlurStage(DegradationStage):
         self.theta_jitter = float(opt.get('theta_jitter', 0.3))
         self.jitter_cells = int(opt.get('jitter_cells', 4))
         self.block_size = int(opt.get('block_size', 8))
+        self.focus_plane = None if opt.get('focus_plane') is None else K.check_focus_plane(opt['focus_plane'])
 
     def parameter_maps(self, depth_lq, rng):
         """Per-pixel (σ_major, σ_minor, θ) maps (h×w) for the kernel mode, and the reported scalars."""
@@ -403,7 +405,7 @@ class SVBlurStage(DegradationStage):
         if mode == 'depth':
             smaj, smin, theta, p = K.sample_depth_kernel_params(depth_lq.reshape(h, w), rng, self.sigma_range,
                                                                 self.rho_min, self.theta_jitter,
-                                                                self.jitter_cells)
+                                                                self.jitter_cells, focus=self.focus_plane)
         elif mode == 'invariant':
             sig = float(rng.uniform(*self.sigma_range))
             rho = float(rng.uniform(self.rho_min, 1.0))

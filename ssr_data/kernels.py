@@ -139,12 +139,14 @@ def depth_defocus_sigma(depth, focus, sigma_min, sigma_max):
 
 
 def sample_depth_kernel_params(depth_lq, rng, sigma_range=(0.6, 5.0), rho_min=0.2, theta_jitter=0.3,
-                               jitter_cells=4):
+                               jitter_cells=4, focus=None):
     """Sample the per-pixel parameters of the depth-driven model for one image.
 
     Args:
         depth_lq (Tensor): h×w depth at LR resolution, in [0, 1] (1 = near).
         rng (np.random.Generator): the only source of randomness (determinism per sample index).
+        focus (float | None): the focus plane's depth; None draws it, U(0, 1), per image. A fixed plane makes
+            the blur a function of depth alone (the draw is made either way, so the other numbers stay the same).
 
     Returns:
         (sigma_major, sigma_minor, theta) h×w float32 maps and a dict of the per-image scalars.
@@ -152,7 +154,8 @@ def sample_depth_kernel_params(depth_lq, rng, sigma_range=(0.6, 5.0), rho_min=0.
     depth_lq = torch.as_tensor(depth_lq, dtype=torch.float32)
     h, w = depth_lq.shape
     sigma_min, sigma_max = float(sigma_range[0]), float(sigma_range[1])
-    focus = float(rng.uniform(0.0, 1.0))
+    drawn_focus = float(rng.uniform(0.0, 1.0))
+    focus = drawn_focus if focus is None else check_focus_plane(focus)
     rho = float(rng.uniform(rho_min, 1.0))
     theta0 = float(rng.uniform(0.0, math.pi))
     jitter = smooth_field(h, w, rng, jitter_cells) * theta_jitter
@@ -179,14 +182,26 @@ def random_kernels(num, kernel_size=21, sigma_range=(0.6, 5.0), rho_min=0.2, the
     return anisotropic_gaussian_kernels(sigma_major, sigma_major * rho, theta, kernel_size)
 
 
+def check_focus_plane(value, key='focus_plane'):
+    """A fixed focus plane: a depth in [0, 1]."""
+    try:
+        focus = float(value)
+    except (TypeError, ValueError):
+        raise OptionError(key, value, 'expected a depth in [0, 1] (or ~ for one drawn per image)') from None
+    if not 0.0 <= focus <= 1.0:
+        raise OptionError(key, value, 'expected a depth in [0, 1] (or ~ for one drawn per image)')
+    return focus
+
+
 def pattern_params(pattern, h, w, seed, sigma_range=(0.6, 5.0), rho_min=0.2, depth_lq=None, block=8,
-                   theta_jitter=0.3):
+                   theta_jitter=0.3, focus=None):
     """Fixed, reproducible spatially variant test patterns (MANet-style test modes + depth-driven).
 
     - ``linear``: σ grows linearly from σ_min (left) to σ_max (right); one ρ, θ for the image.
     - ``rotate``: θ turns with the polar angle around the centre; σ_major fixed (mid-range), ρ fixed.
     - ``block``: independent random (σ_major, ρ, θ) in ``block×block`` LR-pixel tiles.
-    - ``depth``: the training model driven by ``depth_lq`` (h×w, required).
+    - ``depth``: the training model driven by ``depth_lq`` (h×w, required); ``focus``: a fixed focus plane
+      (default: drawn per image).
 
     Returns ``(sigma_major, sigma_minor, theta, params)`` like :func:`sample_depth_kernel_params`.
     """
@@ -222,7 +237,7 @@ def pattern_params(pattern, h, w, seed, sigma_range=(0.6, 5.0), rho_min=0.2, dep
     elif pattern == 'depth':
         if depth_lq is None:
             raise ValueError("pattern 'depth' needs a depth map (depth_lq)")
-        return sample_depth_kernel_params(depth_lq, rng, sigma_range, rho_min, theta_jitter)
+        return sample_depth_kernel_params(depth_lq, rng, sigma_range, rho_min, theta_jitter, focus=focus)
     else:
         raise OptionError('pattern', pattern, f'expected one of {", ".join(PATTERNS)}')
     return sigma_major, sigma_major * rho, theta, params

@@ -157,8 +157,12 @@ def test_kernel_modes_and_bad_options():
     inv = D.SVDegradation({'scale': 4, 'kernel_size': 7, 'kernel_mode': 'invariant'})(gt, depth,
                                                                                  np.random.default_rng(1))
     assert torch.allclose(inv['kernel'], inv['kernel'][:, :1, :1].expand_as(inv['kernel']))
+    fixed = D.SVDegradation({'scale': 4, 'kernel_size': 7, 'focus_plane': 0.25})
+    assert all(fixed(gt, depth, np.random.default_rng(s))['params']['focus'] == 0.25 for s in range(3))
+    assert D.SVDegradation({'scale': 4, 'kernel_size': 7})(gt, depth, np.random.default_rng(1))['params']['focus'] \
+        != 0.25
     for key, value in [('kernel_size', 8), ('kernel_mode', 'spiral'), ('jpeg_range', [30, 120]),
-                       ('sigma_range', [3, 1]), ('rho_min', 0)]:
+                       ('sigma_range', [3, 1]), ('rho_min', 0), ('focus_plane', 2)]:
         with pytest.raises(OptionError, match=key):
             D.SVDegradation({'scale': 4, key: value})
     assert K.default_sigma_range(4) == (0.6, 5.0)

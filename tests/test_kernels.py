@@ -123,6 +123,23 @@ def test_depth_params_deterministic_and_in_range():
     assert theta.std() > 0  # per-pixel, not constant
 
 
+def test_a_fixed_focus_plane_makes_blur_follow_depth_alone():
+    depth = torch.rand(12, 10, generator=torch.Generator().manual_seed(1))
+    drawn = K.sample_depth_kernel_params(depth, np.random.default_rng(5))
+    fixed = K.sample_depth_kernel_params(depth, np.random.default_rng(5), focus=1.0)
+    assert fixed[3]['focus'] == 1.0 and drawn[3]['focus'] != 1.0
+    # the same draws otherwise (the focus is drawn and dropped): only sigma moves
+    assert fixed[3]['rho'] == drawn[3]['rho'] and torch.equal(fixed[2], drawn[2])
+    # in focus at the near end (depth 1), blur grows monotonically with distance
+    order = depth.flatten().argsort()
+    assert (fixed[0].flatten()[order].diff() <= 1e-6).all()
+    assert fixed[0].flatten()[order[-1]] < fixed[0].flatten()[order[0]]
+    assert torch.allclose(fixed[0], K.depth_defocus_sigma(depth, 1.0, 0.6, 5.0))
+    for bad in (1.5, -0.1, 'near'):
+        with pytest.raises(OptionError, match='focus_plane'):
+            K.check_focus_plane(bad)
+
+
 @pytest.mark.parametrize('pattern', K.PATTERNS)
 def test_patterns_reproducible(pattern):
     depth = torch.rand(16, 12, generator=torch.Generator().manual_seed(0))

@@ -159,3 +159,16 @@ def test_table3_sets_share_images_kernels_and_noise(tmp_path):
     assert len(qualities) > 1  # drawn per image
     with pytest.raises(OptionError, match='either'):
         make_sv_testset(images, str(tmp_path / 'x'), noise=5, noise_range=(1, 2), show_progress=False, report=None)
+
+
+def test_depth_pattern_with_a_fixed_focus_plane(tmp_path):
+    images = [(f'a{i}', _photo(32, 32, i)) for i in range(2)]
+    ramp = np.tile(np.linspace(0, 1, 32, dtype=np.float32)[:, None], (1, 32))
+    depths = {'a0': ramp, 'a1': ramp}
+    metas = {}
+    for name, focus in (('drawn', None), ('fixed', 1.0)):
+        make_sv_testset(images, str(tmp_path / name), kernel_size=7, pattern='depth', depth_maps=depths,
+                        show_progress=False, report=None, focus_plane=focus)
+        metas[name] = json.loads((tmp_path / name / 'meta.json').read_text())
+    assert [m['params']['focus'] for m in metas['fixed']['images'].values()] == [1.0, 1.0]
+    assert all(m['params']['focus'] != 1.0 for m in metas['drawn']['images'].values())

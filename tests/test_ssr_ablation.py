@@ -118,8 +118,18 @@ def test_depth_blur_relation_sees_a_sign_that_flips_between_scenes():
     width = torch.cat([depth[:4], 1 - depth[4:]])
     code = torch.zeros(8, 10, 4, 4)
     code[:, 0] = width[:, 0]
-    rel = depth_blur_relation({'gt_depth': depth, 'gt_code': code}, crops_per_scene=4)
+    estimated = depth * 0.5 + 0.2  # an estimate that is a linear function of the truth: r = 1
+    rel = depth_blur_relation({'gt_depth': depth, 'gt_code': code, 't0_depth': estimated}, crops_per_scene=4)
+    assert rel['estimated_vs_true_r'] == pytest.approx(1.0, abs=1e-5)
+    assert rel['estimated_vs_width_r'] == pytest.approx(rel['pooled_r'], abs=1e-5)
     assert rel['scenes'] == 2
     assert rel['scene_abs_r_mean'] == pytest.approx(1.0, abs=1e-5)
     assert rel['scene_r_mean'] == pytest.approx(0.0, abs=1e-5)
     assert abs(rel['pooled_r']) < 0.5
+
+
+def test_a_focus_plane_outside_the_depth_range_is_refused(capsys):
+    from ssr_app.experiments import ssr_ablation as abl
+    with pytest.raises(SystemExit):
+        abl.main(['--tiny', '--focus-plane', '1.5', '--out', '/nonexistent/never_made'])
+    assert '--focus-plane 1.5' in capsys.readouterr().err

@@ -19,7 +19,8 @@ fidelity and perceptual sampling settings are chosen (never scored in the tables
 whole, one seed; each arm's maps come from the SVKR run on the whole test LR image (T = 0 / T = 3), or are
 the set's ground truth.
 
-Arms (``ARMS``): LR only; LR + kernel and LR + depth (T = 0 maps, as the paper's Table 2 rows); LR + kernel +
+Arms (``ARMS``): LR only; LR + kernel and LR + depth (T = 0 maps, as the paper's Table 2 rows; ``lr_depth_gt``:
+LR + the ground-truth depth, for the depth control, not in the full mode); LR + kernel +
 depth with T = 0 maps, with SVKR's T = 3 maps (SSR) and with ground-truth maps (upper bound); the same with the
 ``sft`` and ``concat`` fusion methods; the same with the UNet trained from scratch (same architecture, random
 weights, everything trainable, the prior's autoencoder kept frozen so both regimes decode alike); and the
@@ -103,6 +104,7 @@ ARMS = OrderedDict([
     ('lr_only', ('LR only', ['lr'], None, {}, 'prior')),
     ('lr_kernel', ('LR + kernel (T = 0)', ['kernel', 'lr'], 't0', {}, 'prior')),
     ('lr_depth', ('LR + depth (T = 0)', ['depth', 'lr'], 't0', {}, 'prior')),
+    ('lr_depth_gt', ('LR + depth (ground truth)', ['depth', 'lr'], 'gt', {}, 'prior')),
     ('full_t0', ('LR + kernel + depth, T = 0', ALL, 't0', {}, 'prior')),
     ('full', ('LR + kernel + depth, SVKR T = 3 (SSR)', ALL, 't3', {}, 'prior')),
     ('full_gt', ('LR + kernel + depth, ground-truth maps', ALL, 'gt', {}, 'prior')),
@@ -344,8 +346,9 @@ def build_pool(res, cfg, svkr, pca, cache):
 
 
 def write_test_sets(res, cfg, data_dir, depth_net):
-    """``scenes`` / ``val`` (held-out scenes, exact depth, blur driven by it) and ``photos`` (held-out
-    photographs centre-cropped, mixed spatially variant blur, the depth network's depth) as test-set folders."""
+    """``scenes`` / ``val`` (held-out scenes, exact depth, blur driven by it, with the training data's focus
+    plane: ``res['dataset']['focus_plane']``, default drawn per image) and ``photos`` (held-out photographs
+    centre-cropped, mixed spatially variant blur, the depth network's depth) as test-set folders."""
     size = cfg['size']
     folders = {}
     gen = None
@@ -361,7 +364,7 @@ def write_test_sets(res, cfg, data_dir, depth_net):
             images.append((f'{name}_{i:03d}', np.ascontiguousarray(rgb[:, :, ::-1])))
             depths[f'{name}_{i:03d}'] = depth
         make_sv_testset(images, folder, scale=SCALE, kernel_size=21, pattern='depth', seed=seed, depth_maps=depths,
-                        show_progress=False, report=None)
+                        show_progress=False, report=None, focus_plane=res['dataset'].get('focus_plane'))
     folder = osp.join(data_dir, f'photos_x{SCALE}')
     folders['photos'] = folder
     if not osp.isfile(osp.join(folder, 'meta.json')):
@@ -850,9 +853,15 @@ def main(argv=None):
     parser.add_argument('--steps', type=int, default=None,
                         help='sampling steps of the tables (default: the --test-opt file\'s)')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--focus-plane', type=float, default=None,
+                        help='a control: fix the focus plane of the depth-driven blur (training scenes, held-out '
+                        'scenes and val) at this depth in [0, 1], so that blur follows depth alone (default: drawn '
+                        'per image, as the demo data); use its own --out (the cache does not know it)')
     parser.add_argument('--report-only', action='store_true',
                         help='train and sample nothing: the tables from the arms already in --out (a run cut short)')
     args = parser.parse_args(argv)
+    if args.focus_plane is not None and not 0 <= args.focus_plane <= 1:
+        parser.error(f'--focus-plane {args.focus_plane:g}: expected a depth in [0, 1]')
     name = 'tiny' if args.tiny else 'quick' if args.quick else 'full'
     cfg = dict(MODES[name])
     if args.arms:
@@ -874,6 +883,10 @@ def main(argv=None):
     log(f'SSR ablation ({name}): {len(cfg["arms"])} arms, {sum(len(seeds_of(a, cfg)) for a in cfg["arms"])} trained '
         f'networks, {cfg["iters"]} iterations each; out {out}')
     res = tiny_resources(osp.join(out, 'tiny_resources')) if args.tiny else demo_resources(args)
+    if args.focus_plane is not None:
+        from ssr_data.kernels import check_focus_plane
+        res['dataset']['focus_plane'] = check_focus_plane(args.focus_plane, '--focus-plane')
+        log(f'control: the focus plane fixed at depth {args.focus_plane:g} (blur follows depth alone)')
     steps = args.steps or cfg['table_steps'] or res['sampling'].get('num_inference_steps', 1)
     pca = KernelPCA.load(res['pca_path'])
     svkr = load_svkr(res)

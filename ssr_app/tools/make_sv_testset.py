@@ -126,7 +126,7 @@ def _crop_box(h, w, crop_size, scale):
 def make_sv_testset(images, output, scale=4, kernel_size=21, pattern='mixed', seed=0, depth_maps=None,
                     depth_net=None, sigma_range=None, rho_min=0.2, block_size=8, crop_size=None, noise=0.0,
                     jpeg=None, overwrite=False, show_progress=True, noise_range=None, jpeg_range=None,
-                    skip_small=False, total=None, report=print):
+                    skip_small=False, total=None, report=print, focus_plane=None):
     """Write the test set (atomically, see the module doc); returns the meta dict.
 
     Args:
@@ -134,6 +134,7 @@ def make_sv_testset(images, output, scale=4, kernel_size=21, pattern='mixed', se
         depth_maps: optional ``{stem: H×W float in [0, 1]}`` at HR size; otherwise ``depth_net`` (a
             ``MonocularDepth``, default the weight-free prior) estimates depth from the HR image.
         pattern: ``linear`` | ``rotate`` | ``block`` | ``depth`` | ``mixed`` (cycles through the four).
+        focus_plane: the ``depth`` pattern's focus plane, fixed (default None: drawn per image).
         crop_size: centre crop (divisible by scale); a shorter side is kept whole, or the image skipped
             with ``skip_small``. Default: the whole image (the largest multiple of scale).
         noise: Gaussian noise σ on the 0..255 scale (0 = none), or ``noise_range`` (low, high): σ drawn
@@ -206,7 +207,7 @@ def make_sv_testset(images, output, scale=4, kernel_size=21, pattern='mixed', se
             p = MIXED_ORDER[index % len(MIXED_ORDER)] if pattern == 'mixed' else pattern
             img_seed = int(np.random.default_rng([int(seed), index]).integers(0, 2**31 - 1))
             smaj, smin, theta, params = K.pattern_params(p, ch // scale, cw // scale, img_seed, sigma_range, rho_min,
-                                                         depth_lq=depth_lq, block=block_size)
+                                                         depth_lq=depth_lq, block=block_size, focus=focus_plane)
             # per-image draws from their own streams: switching noise or JPEG off leaves the rest unchanged
             sigma = float(np.random.default_rng([int(seed), index, 2]).uniform(*noise_range)) if noise_range \
                 else float(noise)
