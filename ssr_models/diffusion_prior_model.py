@@ -28,7 +28,7 @@ from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ssr_models.ssr_base_model import SSRBaseModel, all_finite
-from ssr_pipelines.builder import scheduler_from_options
+from ssr_pipelines.builder import prediction_target, scheduler_from_options
 from ssr_utils.errors import OptionError
 from ssr_utils.visualize import add_tb_image
 
@@ -196,10 +196,7 @@ class DiffusionPriorModel(SSRBaseModel):
             steps = self.noise_scheduler.config.num_train_timesteps
             t = torch.randint(0, steps, (z0.shape[0], ), generator=self.train_gen, device=self.device)
             z_t = self.noise_scheduler.add_noise(z0, noise, t)
-            if self.noise_scheduler.config.prediction_type == 'v_prediction':
-                target = self.noise_scheduler.get_velocity(z0, noise, t)
-            else:
-                target = noise
+            target = prediction_target(self.noise_scheduler, z0, noise, t)
             pred = self.net_g('denoise', z_t, t)
             total = F.mse_loss(pred.float(), target)
             losses['l_diff'] = total.detach()

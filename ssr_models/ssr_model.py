@@ -34,8 +34,8 @@ from ssr_data.batch_degradation import maybe_degrade_batch
 from ssr_arch.depth_arch import depth_sources
 from ssr_arch.ssr_unet_arch import check_pretrained_folder
 from ssr_models.ssr_base_model import SSRBaseModel
-from ssr_pipelines.builder import (SVKR_WEIGHTS_HINT, assemble_pipeline, build_svkr_from_options, ssr_unet_options,
-                                   svkr_has_weights)
+from ssr_pipelines.builder import (SVKR_WEIGHTS_HINT, assemble_pipeline, build_svkr_from_options, prediction_target,
+                                   ssr_unet_options, svkr_has_weights)
 from ssr_pipelines.pipeline_ssr import (check_color_fix, check_sampler, check_strength, check_vae_residual,
                                         upsample_lr)
 from ssr_utils.errors import OptionError
@@ -238,10 +238,7 @@ class SSRModel(SSRBaseModel):
         steps = self.noise_scheduler.config.num_train_timesteps
         t = torch.randint(0, steps, (z0.shape[0], ), generator=self.train_gen, device=self.device)
         zt = self.noise_scheduler.add_noise(z0, noise, t)
-        if self.noise_scheduler.config.prediction_type == 'v_prediction':
-            target = self.noise_scheduler.get_velocity(z0, noise, t)
-        else:
-            target = noise
+        target = prediction_target(self.noise_scheduler, z0, noise, t)
         pred, recon = self.net_g(zt, t, lr_latent=z_lr, depth=depth, kernel_code=code, return_recon=True)
         total = F.mse_loss(pred.float(), target)
         losses['l_eps'] = total.detach()

@@ -125,6 +125,14 @@ def scheduler_from_options(diffusion_opt=None, pretrained_path=None):
     return sched
 
 
+def prediction_target(scheduler, z0, noise, t):
+    """What the network is trained to predict for the clean latent ``z0`` noised by ``noise`` at ``t``: the
+    velocity for a ``v_prediction`` schedule, else the noise."""
+    if scheduler.config.prediction_type == 'v_prediction':
+        return scheduler.get_velocity(z0, noise, t)
+    return noise
+
+
 def sampling_options(diffusion_opt=None):
     """The sampling defaults of an option file's ``diffusion`` block, as ``SSRPipeline`` keyword arguments."""
     d = diffusion_opt or {}

@@ -88,13 +88,14 @@ from ssr_app.tools.make_sv_testset import make_sv_testset  # noqa: E402
 from ssr_arch.depth_arch import MonocularDepth  # noqa: E402
 from ssr_arch.ssr_unet_arch import MODALITIES, tiny_config  # noqa: E402
 from ssr_data.degradations import kernel_distribution_options  # noqa: E402
-from ssr_data.kernels import KernelPCA, random_kernels  # noqa: E402
+from ssr_data.kernels import KernelPCA, check_focus_plane, random_kernels  # noqa: E402
 from ssr_data.scenes import SceneGenerator, default_texture_photos  # noqa: E402
 from ssr_data.ssr_degradation_dataset import SSRDegradationDataset  # noqa: E402
 from ssr_data.ssr_paired_dataset import SSRPairedDataset  # noqa: E402
 from ssr_pipelines.builder import SCHEDULE_KEYS, build_svkr_from_options  # noqa: E402
 from ssr_pipelines.pipeline_ssr import upsample_lr  # noqa: E402
 from ssr_utils.atomic_file import atomic_torch_save, atomic_write  # noqa: E402
+from ssr_utils.errors import OptionError  # noqa: E402
 from ssr_utils.evaluation import MetricSuite  # noqa: E402
 
 SCALE = 4
@@ -302,6 +303,22 @@ def svkr_outputs(svkr, pca, lq, batch=8):
     return {k: torch.cat(v) for k, v in out.items()}
 
 
+POOL_KEYS = ('lq', 'gt', 'gt_depth', 'gt_code', 't0_depth', 't0_code', 't3_depth', 't3_code', 'svkr_sr')
+
+
+def append_crop(pool, y, x, lcrop, lq, gt, lr_maps, svkr_sr):
+    """Append to ``pool`` (lists under ``POOL_KEYS``) the ``lcrop``² LR crop at (y, x) of one image: ``lq``
+    (3×h×w), ``gt`` (3×H×W in [0, 1], stored uint8), every map of ``lr_maps`` (key -> C×h×w), and ``svkr_sr``
+    (3×H×W, stored float16) at the matching HR box."""
+    lr_box = (slice(None), slice(y, y + lcrop), slice(x, x + lcrop))
+    hr_box = (slice(None), slice(y * SCALE, (y + lcrop) * SCALE), slice(x * SCALE, (x + lcrop) * SCALE))
+    pool['lq'].append(lq[lr_box])
+    pool['gt'].append((gt[hr_box] * 255).round().to(torch.uint8))
+    for key, value in lr_maps.items():
+        pool[key].append(value[lr_box])
+    pool['svkr_sr'].append(svkr_sr[hr_box].half())
+
+
 def build_pool(res, cfg, svkr, pca, cache):
     """Training crops: whole scenes degraded (``draws`` per scene, seeded), the SVKR run on each whole LR scene,
     ``crops`` random crops per draw cut from the images and every map alike."""
@@ -310,8 +327,7 @@ def build_pool(res, cfg, svkr, pca, cache):
     opt = dict(res['dataset'], gt_size=None, seed=0, phase='train')
     crop = cfg['crop'] or res['dataset']['gt_size']
     lcrop = crop // SCALE
-    pool = {k: [] for k in ('lq', 'gt', 'gt_depth', 'gt_code', 't0_depth', 't0_code', 't3_depth', 't3_code',
-                            'svkr_sr')}
+    pool = {k: [] for k in POOL_KEYS}
     rng = np.random.default_rng(0)
     start = time.time()
     for draw in range(cfg['draws']):
@@ -326,19 +342,11 @@ def build_pool(res, cfg, svkr, pca, cache):
                 maps = svkr_outputs(svkr, pca, lq)
                 for j, s in enumerate(group):
                     h, w = size
-                    gt_code = pca.encode(s['kernel'][None].float())[0]
+                    lr_maps = dict(gt_depth=s['depth_lq'], gt_code=pca.encode(s['kernel'][None].float())[0],
+                                   **{k: maps[k][j] for k in ('t0_depth', 't0_code', 't3_depth', 't3_code')})
                     for _ in range(cfg['crops']):
                         y, x = int(rng.integers(0, h - lcrop + 1)), int(rng.integers(0, w - lcrop + 1))
-                        lr_box = (slice(None), slice(y, y + lcrop), slice(x, x + lcrop))
-                        hr_box = (slice(None), slice(y * SCALE, (y + lcrop) * SCALE),
-                                  slice(x * SCALE, (x + lcrop) * SCALE))
-                        pool['lq'].append(s['lq'][lr_box])
-                        pool['gt'].append((s['gt'][hr_box] * 255).round().to(torch.uint8))
-                        pool['gt_depth'].append(s['depth_lq'][lr_box])
-                        pool['gt_code'].append(gt_code[lr_box])
-                        for k in ('t0_depth', 't0_code', 't3_depth', 't3_code'):
-                            pool[k].append(maps[k][j][lr_box])
-                        pool['svkr_sr'].append(maps['svkr_sr'][j][hr_box].half())
+                        append_crop(pool, y, x, lcrop, s['lq'], s['gt'], lr_maps, maps['svkr_sr'][j])
         log(f'  pool: draw {draw + 1}/{cfg["draws"]}, {len(pool["lq"])} crops ({time.time() - start:.0f} s)')
     pool = {k: torch.stack(v).contiguous() for k, v in pool.items()}
     atomic_torch_save(pool, cache)
@@ -860,8 +868,11 @@ def main(argv=None):
     parser.add_argument('--report-only', action='store_true',
                         help='train and sample nothing: the tables from the arms already in --out (a run cut short)')
     args = parser.parse_args(argv)
-    if args.focus_plane is not None and not 0 <= args.focus_plane <= 1:
-        parser.error(f'--focus-plane {args.focus_plane:g}: expected a depth in [0, 1]')
+    if args.focus_plane is not None:
+        try:
+            check_focus_plane(args.focus_plane, '--focus-plane')
+        except OptionError:
+            parser.error(f'--focus-plane {args.focus_plane:g}: expected a depth in [0, 1]')
     name = 'tiny' if args.tiny else 'quick' if args.quick else 'full'
     cfg = dict(MODES[name])
     if args.arms:
@@ -884,8 +895,7 @@ def main(argv=None):
         f'networks, {cfg["iters"]} iterations each; out {out}')
     res = tiny_resources(osp.join(out, 'tiny_resources')) if args.tiny else demo_resources(args)
     if args.focus_plane is not None:
-        from ssr_data.kernels import check_focus_plane
-        res['dataset']['focus_plane'] = check_focus_plane(args.focus_plane, '--focus-plane')
+        res['dataset']['focus_plane'] = args.focus_plane
         log(f'control: the focus plane fixed at depth {args.focus_plane:g} (blur follows depth alone)')
     steps = args.steps or cfg['table_steps'] or res['sampling'].get('num_inference_steps', 1)
     pca = KernelPCA.load(res['pca_path'])

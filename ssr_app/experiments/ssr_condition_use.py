@@ -21,6 +21,7 @@ from collections import OrderedDict
 from ssr_app.experiments import ssr_ablation as abl  # noqa: E402  (applies compat, registers the parts)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from ssr_pipelines.builder import prediction_target  # noqa: E402
 
 TIMESTEP_FRACTIONS = (0.1, 0.5, 0.9)
 
@@ -86,22 +87,14 @@ def held_out_pool(items, crops_per_image, crop, seed=0):
     ``items`` (``ssr_ablation.load_test_set``), in the layout of the training pool (``ssr_ablation.build_pool``)."""
     lcrop = crop // abl.SCALE
     rng = np.random.default_rng(seed)
-    pool = {k: [] for k in ('lq', 'gt', 'gt_depth', 'gt_code', 't0_depth', 't0_code', 't3_depth', 't3_code',
-                            'svkr_sr')}
+    pool = {k: [] for k in abl.POOL_KEYS}
     for it in items:
         h, w = it['lq'].shape[-2:]
+        lr_maps = {f'{kind}_{what}': m[0] for kind in ('gt', 't0', 't3')
+                   for what, m in zip(('depth', 'code'), it['maps'][kind])}
         for _ in range(crops_per_image):
             y, x = int(rng.integers(0, h - lcrop + 1)), int(rng.integers(0, w - lcrop + 1))
-            lr = (0, slice(None), slice(y, y + lcrop), slice(x, x + lcrop))
-            hr = (0, slice(None), slice(y * abl.SCALE, (y + lcrop) * abl.SCALE),
-                  slice(x * abl.SCALE, (x + lcrop) * abl.SCALE))
-            pool['lq'].append(it['lq'][lr])
-            pool['gt'].append((it['gt'][hr] * 255).round().to(torch.uint8))
-            for kind in ('gt', 't0', 't3'):
-                depth, code = it['maps'][kind]
-                pool[f'{kind}_depth'].append(depth[lr])
-                pool[f'{kind}_code'].append(code[lr])
-            pool['svkr_sr'].append(it['svkr_sr'][hr].half())
+            abl.append_crop(pool, y, x, lcrop, it['lq'][0], it['gt'][0], lr_maps, it['svkr_sr'][0])
     return {k: torch.stack(v).contiguous() for k, v in pool.items()}
 
 
@@ -125,7 +118,7 @@ def denoising_loss(model, pool, pca, arm, idx, batch=16):
             noise = torch.randn(z0.shape, generator=gen)
             t = torch.full((z0.shape[0], ), int(frac * (steps - 1)), dtype=torch.long)
             zt = sched.add_noise(z0, noise, t)
-            target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == 'v_prediction' else noise
+            target = prediction_target(sched, z0, noise, t)
             pred = net(zt, t, lr_latent=z_lr, depth=depth, kernel_code=code).float()
             totals[frac] += float((pred - target).pow(2).mean()) * z0.shape[0]
     return OrderedDict((f't={frac:g}T', v / len(idx)) for frac, v in totals.items())
