@@ -42,10 +42,11 @@ initialisation, the order of the crops and the training noise; tables give mean 
     OMP_NUM_THREADS=1 nohup python scripts/experiments/ssr_ablation.py --threads 1 > /tmp/ssr_ablation.log 2>&1 &
 
 The sizes (``MODES``): the full run trains 17 networks (seeds 0 and 1 for every arm but sft, concat and
-scratch) for 3000 iterations each, about two and a half hours on one core of the 2-core CPU (0.06-0.15 s per
-iteration, measured 2026-12-07), about a thirtieth of the paper's budget on a prior trained on that CPU
-(docs/diffusion.md says what that shows and what not); ``--iters`` shortens it (the 250- and 1000-iteration runs
-in docs/evidence/ssr_ablation). ``--quick`` (30 iterations) checks the wiring in about a minute. On a shared
+scratch) for 3000 iterations each: 17 × 3000 iterations at the 0.06-0.15 s per iteration the recorded run's
+tables give (one core of the 2-core CPU, 2026-12-07) is 1-2 hours of training, plus the sampling: a small
+budget (3000 × batch 4 of 32² crops; the paper states none) on a prior trained on that CPU (docs/diffusion.md
+says what that shows and what not); ``--iters`` shortens it (the 250- and 1000-iteration runs in
+docs/evidence/ssr_ablation). ``--quick`` (30 iterations) checks the wiring in about a minute. On a shared
 machine use one thread: with two, training stalled for minutes at a time (0.15 s per iteration with one thread
 against up to 9 s with two, measured in the 250-iteration run).
 
